@@ -1,0 +1,146 @@
+"""Configurations of the IGPG tokenizer (VQ-VAE over weight chunks) and prior (conditioned GPT-2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import GPT2Config, PreTrainedConfig
+
+__all__ = ["IGPGVQVAEConfig", "IGPGPriorConfig"]
+
+
+class IGPGVQVAEConfig(PreTrainedConfig):
+    """Configuration of `IGPGVQVAEModel`: chunking, normalization, encoder/decoder sizes and quantizer.
+
+    Weights are vectorized (``vec(W) ⊕ b`` per layer), normalized, padded and split into chunks of
+    ``chunk_size`` (K) values; each chunk becomes ``tokens_per_chunk`` (l) codes from a codebook of
+    ``codebook_size`` (C) vectors of ``code_dim`` (d) dimensions.
+    """
+
+    model_type = "igpg_vqvae"
+
+    chunk_size: int = 64
+    tokens_per_chunk: int = 4
+    codebook_size: int = 512
+    code_dim: int = 64
+    hidden_size: int = 512
+    num_hidden_layers: int = 2
+    # "layer": each layer padded to a multiple of K on its own (chunks never straddle layers);
+    # "model": the whole vector padded once (the paper's architecture-wise mode).
+    chunk_mode: str = "layer"
+    # chunk position (index within the model, modulo max_positions) is fed to encoder and decoder
+    use_position: bool = True
+    max_positions: int = 1024
+    # "gumbel" (the paper's), or from vector-quantize-pytorch: "vq" (EMA VQ), "fsq"
+    quantizer: str = "gumbel"
+    fsq_levels: list[int] | None = None
+    tau_start: float = 1.0
+    tau_end: float = 0.05
+    commitment_weight: float = 0.1
+    codebook_weight: float = 0.1
+    kl_weight: float = 1e-3
+    # weight normalization: "layer" (per-entry mean/std from the zoo), "delta" (subtract the
+    # per-coordinate zoo mean of one layout, then per-entry std: for zoos fine-tuned from one base),
+    # or "none"
+    normalization: str = "layer"
+    weight_stats: dict[str, list[float]] | None = None
+    base_size: int = 0
+    base_layout: str = ""
+
+    def __post_init__(self, **kwargs: Any):
+        if self.chunk_mode not in ("layer", "model"):
+            raise ValueError(f"chunk_mode must be 'layer' or 'model', got {self.chunk_mode!r}")
+        if self.quantizer not in ("gumbel", "vq", "fsq"):
+            raise ValueError(f"quantizer must be 'gumbel', 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.normalization not in ("layer", "delta", "none"):
+            raise ValueError(f"normalization must be 'layer', 'delta' or 'none', got {self.normalization!r}")
+        if self.chunk_size < 1 or self.tokens_per_chunk < 1:
+            raise ValueError(f"chunk_size and tokens_per_chunk must be positive, got {self.chunk_size}, {self.tokens_per_chunk}")
+        if self.quantizer == "fsq" and self.fsq_levels is None:
+            self.fsq_levels = [8, 5, 5, 5]
+        if self.weight_stats is None:
+            self.weight_stats = {}
+        super().__post_init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct token ids."""
+        if self.quantizer == "fsq":
+            n = 1
+            for lv in self.fsq_levels:
+                n *= lv
+            return n
+        return self.codebook_size
+
+    PRESETS = {
+        "tiny": dict(chunk_size=32, tokens_per_chunk=2, codebook_size=64, code_dim=16, hidden_size=64, max_positions=256),
+        # calibrated on 2 CPU cores: K=64, 4 tokens per chunk lost 0.2 accuracy points on the tiny CNN
+        "demo": dict(chunk_size=64, tokens_per_chunk=4, codebook_size=512, code_dim=64, hidden_size=512),
+        "base": dict(chunk_size=64, tokens_per_chunk=4, codebook_size=1024, code_dim=64, hidden_size=1024,
+                     num_hidden_layers=3, max_positions=4096),
+    }
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> IGPGVQVAEConfig:
+        """A named size: "tiny" (tests), "demo" (the CPU demo), "base" (GPU runs)."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown IGPGVQVAEConfig preset {name!r}; known: {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+
+class IGPGPriorConfig(GPT2Config):
+    """Configuration of `IGPGPriorModel`: a GPT-2 over weight tokens with a condition prefix.
+
+    The prefix holds up to four embeddings, in order: instruction text, architecture text, dataset
+    (a set encoder over a few labelled samples) and block offset (for block-wise generation of
+    models longer than the context). An absent condition uses a learned "null" embedding.
+    """
+
+    model_type = "igpg_prior"
+
+    text_embed_dim: int = 384
+    dataset_feature_dim: int = 256
+    dataset_hidden_size: int = 128
+    max_classes: int = 16
+    max_blocks: int = 64
+    # tokens of the previous block kept as context when generating block by block
+    block_overlap: int = 64
+    tokens_per_chunk: int = 4
+    text_encoder_name: str = ""
+    # what the prior was trained on and what it measured (filled by the training loop / demo; goes
+    # into the model card)
+    training_summary: dict | None = None
+
+    def __post_init__(self, **kwargs: Any):
+        # weight tokens have no BOS/EOS: sequences have a known length
+        self.bos_token_id = None
+        self.eos_token_id = None
+        if self.pad_token_id is None:
+            self.pad_token_id = 0
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 4
+
+    @property
+    def max_weight_tokens(self) -> int:
+        """Weight tokens that fit in one block after the prefix."""
+        return self.n_positions - self.num_prefix_tokens
+
+    PRESETS = {
+        "tiny": dict(n_layer=2, n_embd=32, n_head=2, n_positions=128, dataset_hidden_size=16, dataset_feature_dim=32),
+        # calibrated on 2 CPU cores: 4 layers x 128 dims (0.9 M params) learned a 156-token tiny-CNN zoo
+        "demo": dict(n_layer=4, n_embd=128, n_head=4, n_positions=256),
+        "small": dict(n_layer=6, n_embd=256, n_head=8, n_positions=1024),
+        # the paper's size (27.8 M parameters)
+        "paper": dict(n_layer=12, n_embd=432, n_head=12, n_positions=1024),
+    }
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> IGPGPriorConfig:
+        """A named size: "tiny" (tests), "demo" (CPU demo), "small", "paper" (27.8 M, GPU)."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown IGPGPriorConfig preset {name!r}; known: {', '.join(cls.PRESETS)}")
+        base = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return cls(**{**base, **cls.PRESETS[name], **overrides})

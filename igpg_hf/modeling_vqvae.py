@@ -1,0 +1,226 @@
+"""IGPG tokenizer: a VQ-VAE over normalized chunks of vectorized weights.
+
+Chunk level: ``forward(chunks, positions, mask)`` trains on chunks (B, K); ``encode_chunks`` and
+``decode_indices`` map chunks <-> codes (B, l). Weight level: ``encode(state_dict)`` gives the token
+ids of a whole model (M*l,), ``decode(token_ids, layout)`` gives back a state dict keyed exactly like
+the layout. Normalization statistics (and the base vector in delta mode) are stored in the model,
+so a saved tokenizer decodes to the right scale on its own.
+
+The paper's tokenizer is a VQGAN-style conv net on chunks reshaped into images; ours is an MLP on
+chunks plus a position embedding (calibrated on CPU: K=64 with 4 tokens per chunk lost 0.2 points
+of accuracy on the tiny CNN). Temperature is annealed by the training loop (``tau`` argument).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_igpg import IGPGVQVAEConfig
+from .quantizers import build_quantizer
+from .weights import (
+    WeightLayout,
+    chunk_vector,
+    denormalize_vector,
+    fit_weight_stats,
+    normalize_vector,
+    num_chunks,
+    unchunk_vector,
+)
+
+__all__ = ["IGPGVQVAEModel", "IGPGVQVAEOutput"]
+
+
+@dataclass
+class IGPGVQVAEOutput(ModelOutput):
+    """loss = recon_loss + aux_loss; reconstruction (B, K); indices (B, l); perplexity of code usage."""
+
+    loss: torch.Tensor | None = None
+    recon_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+    perplexity: torch.Tensor | None = None
+
+
+def _mlp(n_in: int, hidden: int, n_out: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for _ in range(layers):
+        mods += [nn.Linear(n_in, hidden), nn.LayerNorm(hidden), nn.GELU()]
+        n_in = hidden
+    mods.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*mods)
+
+
+class IGPGVQVAEModel(PreTrainedModel):
+    """VQ-VAE that tokenizes neural-network weights: chunks of K values -> l codes each, and back."""
+
+    config_class = IGPGVQVAEConfig
+    base_model_prefix = "vqvae"
+    main_input_name = "chunks"
+
+    def __init__(self, config: IGPGVQVAEConfig):
+        super().__init__(config)
+        K, l, d, H = config.chunk_size, config.tokens_per_chunk, config.code_dim, config.hidden_size
+        self.enc_pos = nn.Embedding(config.max_positions, K) if config.use_position else None
+        self.dec_pos = nn.Embedding(config.max_positions, l * d) if config.use_position else None
+        self.encoder = _mlp(K, H, l * d, config.num_hidden_layers)
+        self.quantizer = build_quantizer(config)
+        self.decoder = _mlp(l * d, H, K, config.num_hidden_layers)
+        self.register_buffer("base_vector", torch.zeros(config.base_size))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # torch's default initialization suits these MLPs; position embeddings start small
+        if isinstance(module, nn.Embedding) and module is not getattr(self.quantizer, "codebook", None):
+            nn.init.normal_(module.weight, std=0.02)
+
+    # ------------------------------------------------------------------ chunk level
+    def _positions(self, positions: torch.Tensor) -> torch.Tensor:
+        # chunk index within the model, folded into the embedding table's range
+        return positions % self.config.max_positions
+
+    def _encode_latents(self, chunks: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        x = chunks  # (B, K)
+        if self.enc_pos is not None:
+            x = x + self.enc_pos(self._positions(positions))
+        z = self.encoder(x)  # (B, l*d)
+        return z.view(-1, self.config.tokens_per_chunk, self.config.code_dim)  # (B, l, d)
+
+    def _decode_latents(self, q: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        h = q.reshape(q.shape[0], -1)  # (B, l*d)
+        if self.dec_pos is not None:
+            h = h + self.dec_pos(self._positions(positions))
+        return self.decoder(h)  # (B, K)
+
+    def forward(
+        self,
+        chunks: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        tau: float = 1.0,
+        return_dict: bool = True,
+    ) -> IGPGVQVAEOutput:
+        """Reconstruct chunks (B, K); the loss is masked MSE on real values plus quantizer terms."""
+        if positions is None:
+            positions = torch.zeros(chunks.shape[0], dtype=torch.long, device=chunks.device)
+        z = self._encode_latents(chunks, positions)
+        q = self.quantizer(z, tau=tau)
+        recon = self._decode_latents(q.quantized, positions)
+        if mask is None:
+            mask = torch.ones_like(chunks, dtype=torch.bool)
+        m = mask.to(recon.dtype)
+        recon_loss = ((recon - chunks) ** 2 * m).sum() / m.sum().clamp_min(1)
+        return IGPGVQVAEOutput(
+            loss=recon_loss + q.aux_loss, recon_loss=recon_loss, aux_loss=q.aux_loss,
+            reconstruction=recon, indices=q.indices, perplexity=q.perplexity,
+        )
+
+    @torch.no_grad()
+    def encode_chunks(self, chunks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Chunks (B, K) -> code indices (B, l), hard (argmax)."""
+        was = self.training
+        self.eval()
+        idx = self.quantizer(self._encode_latents(chunks, positions)).indices
+        self.train(was)
+        return idx
+
+    @torch.no_grad()
+    def decode_indices(self, indices: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, l) -> chunks (B, K)."""
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        return self._decode_latents(self.quantizer.lookup(indices), positions)
+
+    # ------------------------------------------------------------------ weight level
+    def check_layout(self, layout: WeightLayout) -> None:
+        """Raise ValueError if this tokenizer cannot encode/decode weights of this layout."""
+        if self.config.normalization == "delta" and layout.to_json() != self.config.base_layout:
+            raise ValueError("this tokenizer encodes differences from one base model (normalization='delta') "
+                             "and only accepts that base's layout; the requested architecture has another layout")
+        if layout.num_float == 0:
+            raise ValueError("layout has no floating-point weights to encode")
+
+    def num_tokens(self, layout: WeightLayout) -> int:
+        """Tokens (M*l) one model of this layout takes."""
+        return num_chunks(layout, self.config.chunk_size, self.config.chunk_mode) * self.config.tokens_per_chunk
+
+    def _base(self, layout: WeightLayout) -> torch.Tensor | None:
+        if self.config.normalization != "delta":
+            return None
+        self.check_layout(layout)
+        return self.base_vector.float().cpu()
+
+    def prepare(self, vector: torch.Tensor, layout: WeightLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw weight vector (D,) -> normalized chunks (M, K), mask (M, K), positions (M,)."""
+        v = vector.float().cpu()
+        if self.config.normalization != "none":
+            v = normalize_vector(v, layout, self.config.weight_stats, self._base(layout))
+        chunks, mask = chunk_vector(v, layout, self.config.chunk_size, self.config.chunk_mode)
+        return chunks, mask, torch.arange(chunks.shape[0])
+
+    def restore(self, chunks: torch.Tensor, layout: WeightLayout) -> torch.Tensor:
+        """Normalized chunks (M, K) -> raw weight vector (D,)."""
+        v = unchunk_vector(chunks.float().cpu(), layout, self.config.chunk_size, self.config.chunk_mode)
+        if self.config.normalization != "none":
+            v = denormalize_vector(v, layout, self.config.weight_stats, self._base(layout))
+        return v
+
+    @torch.no_grad()
+    def encode(self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None) -> torch.Tensor:
+        """A state dict -> its token ids (M*l,) int64."""
+        layout = layout or WeightLayout.from_state_dict(state_dict)
+        self.check_layout(layout)
+        chunks, _, pos = self.prepare(layout.vectorize(state_dict), layout)
+        return self.encode_chunks(chunks.to(self.device), pos.to(self.device)).reshape(-1).cpu()
+
+    @torch.no_grad()
+    def decode(
+        self, token_ids: torch.Tensor, layout: WeightLayout, fill: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """Token ids (N,) -> a state dict of ``layout``; (B, N) -> a list of B state dicts."""
+        self.check_layout(layout)
+        if token_ids.ndim == 2:
+            return [self.decode(t, layout, fill) for t in token_ids]
+        n = self.num_tokens(layout)
+        if token_ids.numel() != n:
+            raise ValueError(f"layout needs {n} tokens, got {token_ids.numel()}")
+        l = self.config.tokens_per_chunk
+        idx = token_ids.reshape(-1, l).to(self.device)
+        pos = torch.arange(idx.shape[0], device=self.device)
+        chunks = self.decode_indices(idx, pos)
+        return layout.devectorize(self.restore(chunks, layout), fill=fill)
+
+    @torch.no_grad()
+    def reconstruct(self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None) -> dict[str, torch.Tensor]:
+        """decode(encode(state_dict)): what the tokenizer keeps of a checkpoint."""
+        layout = layout or WeightLayout.from_state_dict(state_dict)
+        return self.decode(self.encode(state_dict, layout), layout, fill=state_dict)
+
+    def fit_normalization(self, items: Iterable[tuple[WeightLayout, torch.Tensor]]) -> None:
+        """Measure normalization statistics (and the base in delta mode) from (layout, raw vector) pairs."""
+        items = list(items)
+        if not items:
+            raise ValueError("fit_normalization needs at least one checkpoint")
+        if self.config.normalization == "delta":
+            layouts = {lay.to_json() for lay, _ in items}
+            if len(layouts) != 1:
+                raise ValueError(f"normalization='delta' needs checkpoints of one layout, got {len(layouts)} layouts")
+            base = torch.stack([v.float() for _, v in items]).mean(0)
+            self.config.base_size, self.config.base_layout = base.numel(), layouts.pop()
+            self.base_vector = base.to(self.device)
+            items = [(lay, v.float() - base) for lay, v in items]
+        self.config.weight_stats = fit_weight_stats(items)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the True entries of mask."""
+    m = mask.to(pred.dtype)
+    return F.mse_loss(pred * m, target * m, reduction="sum") / m.sum().clamp_min(1)

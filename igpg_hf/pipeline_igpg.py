@@ -1,0 +1,189 @@
+"""IGPGPipeline: an instruction (+ architecture, + a few data samples) -> loadable state dicts.
+
+    pipe = IGPGPipeline.from_pretrained("path/or/repo")
+    out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=5, seed=0)
+    model.load_state_dict(out.state_dicts[0], strict=True)
+
+The pipeline owns no weights of its own: components are the tokenizer (`IGPGVQVAEModel`), the
+prior (`IGPGPriorModel`) and a Hugging Face text encoder with its tokenizer. Device placement is
+diffusers' (accelerate underneath): ``pipe.to("cuda")``, ``pipe.enable_model_cpu_offload()``.
+Load it with ``IGPGPipeline.from_pretrained``; the generic ``DiffusionPipeline.from_pretrained``
+does not resolve pipeline classes outside diffusers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .conditioning import encode_text, prepare_support_set
+from .modeling_prior import IGPGConditions, IGPGPriorModel
+from .modeling_vqvae import IGPGVQVAEModel
+from .sampling import SamplingConfig, sample_weight_tokens
+from .weights import WeightLayout
+from .zoo.architectures import ArchSpec, get_architecture
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IGPGPipeline", "IGPGPipelineOutput"]
+
+CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md"
+
+
+@dataclass
+class IGPGPipelineOutput(BaseOutput):
+    """state_dicts: one per sample, keyed like the target module; modules: instantiated nets (if asked);
+    token_ids: (num_samples, N) sampled tokens; seconds: generation wall time."""
+
+    state_dicts: list[dict[str, torch.Tensor]]
+    modules: list[nn.Module] | None
+    token_ids: torch.Tensor
+    seconds: float
+
+
+class IGPGPipeline(DiffusionPipeline):
+    """Instruction-guided parameter generation: text (+ architecture, + dataset samples) -> weights."""
+
+    model_cpu_offload_seq = "text_encoder->prior->vqvae"
+
+    def __init__(
+        self,
+        vqvae: IGPGVQVAEModel,
+        prior: IGPGPriorModel,
+        text_encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+    ):
+        super().__init__()
+        self.register_modules(vqvae=vqvae, prior=prior, text_encoder=text_encoder, tokenizer=tokenizer)
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def resolve_architecture(
+        architecture: str | dict | ArchSpec | nn.Module, architecture_text: str | None = None
+    ) -> tuple[WeightLayout, str, ArchSpec | None, nn.Module | None]:
+        """-> (layout, description text, spec or None, template module or None)."""
+        if isinstance(architecture, nn.Module):
+            if not architecture_text:
+                raise ValueError("an nn.Module architecture needs architecture_text= describing it "
+                                 "(e.g. 'cnn: conv channels [8, 6, 4], ...'); or pass an ArchSpec / preset name")
+            return WeightLayout.from_module(architecture), architecture_text, None, architecture
+        if architecture is None:
+            raise ValueError("architecture is required: a preset name (e.g. 'tiny_cnn'), a spec dict or an ArchSpec")
+        spec = get_architecture(architecture)
+        module = spec.build()
+        return WeightLayout.from_module(module), architecture_text or spec.text(), spec, module
+
+    def _dataset_condition(self, dataset: Any, batch: int) -> dict[str, torch.Tensor]:
+        if dataset is None:
+            return {}
+        if isinstance(dataset, str):
+            from .zoo.tasks import sample_support_set
+
+            dataset = sample_support_set(dataset, per_class=5, seed=0)
+        if not (isinstance(dataset, (tuple, list)) and len(dataset) == 2):
+            raise TypeError("dataset must be a (samples, labels) pair of tensors, or a registered task name")
+        x, y = (torch.as_tensor(t) for t in dataset)
+        feats = prepare_support_set(x, y.long(), self.prior.config.dataset_feature_dim)
+        return {"dataset_feats": feats.unsqueeze(0).expand(batch, -1, -1),
+                "dataset_labels": y.long().unsqueeze(0).expand(batch, -1)}
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        instruction: str,
+        architecture: str | dict | ArchSpec | nn.Module = "tiny_cnn",
+        dataset: tuple[torch.Tensor, torch.Tensor] | str | None = None,
+        num_samples: int = 1,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        architecture_text: str | None = None,
+        return_modules: bool = False,
+        use_cache: bool = True,
+    ) -> IGPGPipelineOutput:
+        """Generate ``num_samples`` state dicts for ``architecture`` following ``instruction``."""
+        t0 = time.perf_counter()
+        # 1. check inputs
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("instruction must be a non-empty string, e.g. 'Classify handwritten digits 0-9'")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        for name in ("vqvae", "prior", "text_encoder", "tokenizer"):
+            if getattr(self, name, None) is None:
+                raise ValueError(f"pipeline component {name!r} is missing; load a complete pipeline folder")
+        # 2. resolve the architecture into the exact layout to produce
+        layout, arch_text, spec, template = self.resolve_architecture(architecture, architecture_text)
+        self.vqvae.check_layout(layout)
+        n_tokens = self.vqvae.num_tokens(layout)
+        # 3. encode the conditions (one row, expanded over samples by the sampler)
+        emb = encode_text([instruction, arch_text], self.text_encoder, self.tokenizer)  # (2, E)
+        cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **self._dataset_condition(dataset, 1))
+        # 4. sample weight tokens autoregressively (block by block past the context)
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+        tokens = sample_weight_tokens(self.prior, cond, n_tokens, num_samples, sampling, seed=seed, use_cache=use_cache)
+        # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
+        fill = template.state_dict() if template is not None else None
+        state_dicts = self.vqvae.decode(tokens.to(self.vqvae.device), layout, fill=fill)
+        # 6. optionally instantiate the modules
+        modules = None
+        if return_modules:
+            modules = []
+            for sd in state_dicts:
+                m = spec.build() if spec is not None else copy.deepcopy(template)
+                m.load_state_dict(sd, strict=True)
+                modules.append(m.eval())
+        return IGPGPipelineOutput(state_dicts, modules, tokens.cpu(), time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """diffusers' save (model_index.json + one folder per component) plus a model card README.md."""
+        repo_id = kwargs.pop("repo_id", None)
+        token, private = kwargs.pop("token", None), kwargs.pop("private", None)
+        commit_message = kwargs.pop("commit_message", "Upload IGPG pipeline")
+        super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        write_model_card(save_directory, self)
+        if push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+            repo_id = repo_id or Path(save_directory).name
+            api.create_repo(repo_id, exist_ok=True, private=private)
+            api.upload_folder(repo_id=repo_id, folder_path=str(save_directory), commit_message=commit_message)
+
+
+def write_model_card(save_directory: str | os.PathLike, pipe: IGPGPipeline) -> Path:
+    """Fill hub_cards/model_card.md with the components' settings and the recorded training summary."""
+    summary = dict(getattr(pipe.prior.config, "training_summary", None) or {})
+    vq, pr = pipe.vqvae.config, pipe.prior.config
+    values = {
+        "prior_params": f"{sum(p.numel() for p in pipe.prior.parameters()) / 1e6:.2f} M",
+        "prior_layers": pr.n_layer, "prior_width": pr.n_embd, "prior_context": pr.n_positions,
+        "vqvae_params": f"{sum(p.numel() for p in pipe.vqvae.parameters()) / 1e6:.2f} M",
+        "chunk_size": vq.chunk_size, "tokens_per_chunk": vq.tokens_per_chunk, "codebook_size": vq.vocab_size,
+        "quantizer": vq.quantizer, "normalization": vq.normalization,
+        "text_encoder": pr.text_encoder_name or type(pipe.text_encoder).__name__,
+        "corpus": summary.get("corpus", "unknown"),
+        "training_summary": json.dumps(summary, indent=2, default=str),
+    }
+    text = CARD_TEMPLATE.read_text() if CARD_TEMPLATE.exists() else "# IGPG pipeline\n\n{training_summary}\n"
+    for k, v in values.items():
+        text = text.replace("{" + k + "}", str(v))
+    path = Path(save_directory) / "README.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

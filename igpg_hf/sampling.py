@@ -1,0 +1,110 @@
+"""Sampling weight tokens from the prior, in one block or block by block.
+
+A model that needs more tokens than the context holds is generated block by block (as the paper
+does): block 0 holds the first ``L = n_positions - P`` tokens; every later block b generates the
+next ``L - W`` tokens after a window of the previous ``W = block_overlap`` tokens, with b in the
+prefix. `block_windows` defines that split once, for sampling and for training alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .modeling_prior import IGPGConditions, IGPGPriorModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BlockWindow", "block_windows", "sample_weight_tokens", "SamplingConfig"]
+
+
+@dataclass(frozen=True)
+class BlockWindow:
+    """Block ``index`` generates tokens [start, stop) after context tokens [context_start, start)."""
+
+    index: int
+    context_start: int
+    start: int
+    stop: int
+
+
+def block_windows(num_tokens: int, block_len: int, overlap: int, multiple: int = 1) -> list[BlockWindow]:
+    """How a sequence of ``num_tokens`` splits into blocks of at most ``block_len`` tokens (context included)."""
+    block_len -= block_len % multiple  # keep block edges on chunk boundaries
+    overlap -= overlap % multiple
+    if block_len <= overlap or block_len < 1:
+        raise ValueError(f"block length {block_len} must exceed the overlap {overlap}")
+    if num_tokens <= block_len:
+        return [BlockWindow(0, 0, 0, num_tokens)]
+    wins, start, b = [BlockWindow(0, 0, 0, block_len)], block_len, 1
+    while start < num_tokens:
+        stop = min(start + block_len - overlap, num_tokens)
+        wins.append(BlockWindow(b, start - overlap, start, stop))
+        start, b = stop, b + 1
+    return wins
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings: temperature, top-k, top-p; ``do_sample=False`` is greedy."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    do_sample: bool = True
+
+    def generate_kwargs(self) -> dict:
+        if not self.do_sample:
+            return {"do_sample": False}
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        kw = {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k or 0}
+        if self.top_p is not None:
+            kw["top_p"] = self.top_p
+        return kw
+
+
+@torch.no_grad()
+def sample_weight_tokens(
+    prior: IGPGPriorModel,
+    cond: IGPGConditions,
+    num_tokens: int,
+    num_samples: int = 1,
+    sampling: SamplingConfig | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Sample (B * num_samples, num_tokens) weight-token ids for the B condition rows in ``cond``."""
+    sampling = sampling or SamplingConfig()
+    cfg = prior.config
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+    wins = block_windows(num_tokens, cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
+    if len(wins) > cfg.max_blocks:
+        raise ValueError(f"a model of {num_tokens} tokens needs {len(wins)} blocks; this prior can produce at most "
+                         f"{cfg.max_blocks} blocks of {cfg.max_weight_tokens} tokens")
+    cond = cond.repeat_interleave(num_samples).to(prior.device)
+    B = cond.batch_size() or num_samples
+    out = torch.empty(B, num_tokens, dtype=torch.long, device=prior.device)
+    devices = [prior.device] if prior.device.type == "cuda" else []
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for w in wins:
+            cond.block_index = torch.full((B,), w.index, dtype=torch.long, device=prior.device)
+            embeds = prior.embed_sequence(prior.build_prefix(cond, B), out[:, w.context_start:w.start])
+            n_new = w.stop - w.start
+            gen = prior.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prior.device),
+                max_new_tokens=n_new, min_new_tokens=n_new, use_cache=use_cache,
+                pad_token_id=cfg.pad_token_id, eos_token_id=None, **sampling.generate_kwargs(),
+            )
+            out[:, w.start:w.stop] = gen[:, -n_new:]
+    logger.debug("sampled %d x %d tokens in %.2fs", B, num_tokens, time.perf_counter() - t0)
+    return out
