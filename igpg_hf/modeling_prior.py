@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import GPT2LMHeadModel
+from transformers import GPT2LMHeadModel, PreTrainedModel
+
+# diffusers' loader looks up PreTrainedModel *in this module* to find the load method of a
+# pipeline component stored as ["igpg_hf.modeling_prior", "IGPGPriorModel"]: keep the name here.
+_LOADABLE_BASE = PreTrainedModel
 
 from .conditioning.dataset import DatasetSetEncoder
 from .configuration_igpg import IGPGPriorConfig
@@ -105,13 +109,13 @@ class IGPGPriorModel(GPT2LMHeadModel):
         """Prefix (B, P, d) and weight tokens (B, N) -> inputs_embeds (B, P+N, d)."""
         return torch.cat([prefix, self.transformer.wte(tokens)], 1)
 
-    def sequence_loss(
+    def build_inputs(
         self, cond: IGPGConditions, tokens: torch.Tensor, loss_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Next-token cross-entropy on weight tokens (B, N) after the condition prefix.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight tokens (B, N) + conditions -> (inputs_embeds (B, P+N, d), labels (B, P+N)).
 
-        ``loss_mask`` (B, N) False marks tokens that are context only (the overlap window of a
-        later block) or padding.
+        Labels are -100 on the prefix and where ``loss_mask`` (B, N) is False: tokens that are context
+        only (the overlap window of a later block) or padding.
         """
         B, N = tokens.shape
         P = self.config.num_prefix_tokens
@@ -119,5 +123,11 @@ class IGPGPriorModel(GPT2LMHeadModel):
             raise ValueError(f"sequence of {N} tokens + {P} prefix exceeds the context of {self.config.n_positions}")
         embeds = self.embed_sequence(self.build_prefix(cond, B), tokens)
         labels = tokens.masked_fill(~loss_mask, -100) if loss_mask is not None else tokens
-        labels = torch.cat([tokens.new_full((B, P), -100), labels], 1)
+        return embeds, torch.cat([tokens.new_full((B, P), -100), labels], 1)
+
+    def sequence_loss(
+        self, cond: IGPGConditions, tokens: torch.Tensor, loss_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Next-token cross-entropy on weight tokens (B, N) after the condition prefix."""
+        embeds, labels = self.build_inputs(cond, tokens, loss_mask)
         return self(inputs_embeds=embeds, labels=labels, use_cache=False).loss

@@ -1,0 +1,97 @@
+"""Accuracy of state dicts on a task, fine-tuning from given weights, and BatchNorm recalibration."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..zoo.architectures import ArchSpec
+from ..zoo.tasks import TaskData, load_task_data
+
+__all__ = ["accuracy", "evaluate_state_dicts", "finetune", "recalibrate_batchnorm", "predictions"]
+
+
+@torch.no_grad()
+def predictions(module: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes (N,) of a module in eval mode."""
+    module.eval()
+    return torch.cat([module(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * (predictions(module, x) == y).float().mean().item()
+
+
+def _load(spec: ArchSpec, sd: dict[str, torch.Tensor]) -> nn.Module:
+    m = spec.build()
+    m.load_state_dict(sd, strict=True)
+    return m
+
+
+def evaluate_state_dicts(spec: ArchSpec, state_dicts: list[dict], task, split: str = "test") -> list[float]:
+    """Test (or train) accuracy in percent of every state dict; non-finite weights score NaN."""
+    data = load_task_data(task)
+    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+    out = []
+    for sd in state_dicts:
+        if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
+            out.append(float("nan"))
+            continue
+        out.append(accuracy(_load(spec, sd), x, y))
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Recompute BatchNorm running statistics on inputs x (needed after averaging or generating weights)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return module
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the pass
+    module.train()
+    for i in range(0, len(x), batch_size):
+        module(x[i:i + batch_size])
+    return module.eval()
+
+
+def finetune(
+    spec: ArchSpec,
+    state_dict: dict | None,
+    task,
+    steps: list[int],
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    data: TaskData | None = None,
+) -> dict[int, float]:
+    """Fine-tune from ``state_dict`` (None: random init) with Adam; test accuracy after each step count in ``steps``."""
+    data = data or load_task_data(task)
+    torch.manual_seed(seed)
+    m = spec.build() if state_dict is None else _load(spec, copy.deepcopy(state_dict))
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    out, step, n = {}, 0, len(data.x_train)
+    todo = sorted(steps)
+    if todo and todo[0] == 0:
+        out[0] = accuracy(m, data.x_test, data.y_test)
+    while step < todo[-1]:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            m.train()
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(m(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step in todo:
+                out[step] = accuracy(m, data.x_test, data.y_test)
+            if step >= todo[-1]:
+                break
+    return out

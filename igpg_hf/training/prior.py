@@ -1,0 +1,227 @@
+"""Train the conditioned GPT-2 prior on the token sequences of a weight corpus, with accelerate.
+
+Every checkpoint is encoded once by the (frozen) tokenizer. A training example is one block window
+of one checkpoint's sequence (see `igpg_hf.sampling.block_windows`) with its conditions: an
+instruction drawn from the task's phrasings (paraphrases teach the prior that wordings differ), the
+architecture description, and a support set of 5 labelled samples per class drawn from a small pool.
+Each condition is dropped (replaced by its learned null) with probability ``condition_dropout`` so
+the pipeline works when a condition is absent. AdamW, one-cycle LR; checkpoints and resume as the
+tokenizer trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
+
+from ..conditioning import encode_text, prepare_support_set
+from ..configuration_igpg import IGPGPriorConfig
+from ..modeling_prior import IGPGConditions, IGPGPriorModel
+from ..modeling_vqvae import IGPGVQVAEModel
+from ..progress import progress_bar
+from ..sampling import block_windows
+from .checkpointing import atomic_write_json, load_training_state, save_training_state
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PriorTrainingArgs", "PriorExamples", "encode_corpus", "train_prior"]
+
+
+@dataclass
+class PriorTrainingArgs:
+    """Optimization settings for the prior (calibrated: 600-1,000 steps of 16 at lr 2e-3 for the demo)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    condition_dropout: float = 0.1
+    support_per_class: int = 5
+    support_pool: int = 4
+    use_dataset_condition: bool = True
+    checkpoint_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class EncodedCheckpoint:
+    """A training sequence and the strings/keys of its conditions."""
+
+    tokens: torch.Tensor  # (N,) int64
+    instructions: tuple[str, ...]
+    arch_text: str
+    task: str
+    model_id: str
+
+
+def _instructions(meta) -> tuple[str, ...]:
+    from ..zoo.tasks import _REGISTRY
+
+    spec = _REGISTRY.get(meta.task)
+    if spec is not None:
+        return spec.instructions
+    if not meta.instruction:
+        raise ValueError(f"checkpoint {meta.model_id!r} has neither a registered task nor an instruction")
+    return (meta.instruction,)
+
+
+def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedCheckpoint]:
+    """Tokenize every checkpoint with the frozen tokenizer."""
+    out = []
+    for c in checkpoints:
+        m = c.metadata
+        out.append(EncodedCheckpoint(vqvae.encode(c.state_dict(), c.layout), _instructions(m),
+                                     m.arch_text, m.task, m.model_id))
+    if not out:
+        raise ValueError("the corpus has no checkpoints to train the prior on")
+    return out
+
+
+class PriorExamples(Dataset):
+    """Map-style dataset: item i is a random block window of checkpoint i with sampled conditions."""
+
+    def __init__(self, seqs: list[EncodedCheckpoint], config: IGPGPriorConfig, text_table: dict[str, torch.Tensor],
+                 support: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], dropout: float, seed: int):
+        self.seqs, self.cfg, self.text, self.support, self.dropout = seqs, config, text_table, support, dropout
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, i: int) -> dict:
+        s, cfg, rng = self.seqs[i], self.cfg, self.rng
+        wins = block_windows(len(s.tokens), cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
+        w = rng.choice(wins)
+        tokens = s.tokens[w.context_start:w.stop]
+        loss_mask = torch.arange(len(tokens)) >= (w.start - w.context_start)
+        item = {"tokens": tokens, "loss_mask": loss_mask, "block": w.index,
+                "text": self.text[rng.choice(s.instructions)], "arch": self.text[s.arch_text],
+                "drop": [rng.random() < self.dropout for _ in range(3)]}
+        pool = self.support.get(s.task)
+        if pool:
+            item["feats"], item["labels"] = rng.choice(pool)
+        else:
+            item["drop"][2] = True
+        return item
+
+
+def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.Tensor, torch.Tensor]:
+    """Pad a batch: tokens (B, N), loss_mask (B, N) False on padding/context, conditions."""
+    B, N = len(items), max(len(it["tokens"]) for it in items)
+    tokens = torch.zeros(B, N, dtype=torch.long)
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    S = max((len(it["labels"]) for it in items if "labels" in it), default=1)
+    feats, labels, smask = torch.zeros(B, S, feature_dim), torch.zeros(B, S, dtype=torch.long), torch.zeros(B, S, dtype=torch.bool)
+    for b, it in enumerate(items):
+        n = len(it["tokens"])
+        tokens[b, :n], mask[b, :n] = it["tokens"], it["loss_mask"]
+        if "labels" in it:
+            k = len(it["labels"])
+            feats[b, :k], labels[b, :k], smask[b, :k] = it["feats"], it["labels"], True
+    drop = torch.tensor([it["drop"] for it in items])  # (B, 3)
+    cond = IGPGConditions(
+        text_embeds=torch.stack([it["text"] for it in items]), arch_embeds=torch.stack([it["arch"] for it in items]),
+        dataset_feats=feats, dataset_labels=labels, dataset_mask=smask,
+        block_index=torch.tensor([it["block"] for it in items]),
+        drop={"text": drop[:, 0], "arch": drop[:, 1], "dataset": drop[:, 2] | ~smask.any(1)},
+    )
+    return cond, tokens, mask
+
+
+def _support_pool(tasks: set[str], args: PriorTrainingArgs, feature_dim: int) -> dict:
+    from ..zoo.tasks import _REGISTRY, sample_support_set
+
+    pool = {}
+    if not args.use_dataset_condition:
+        return pool
+    for t in sorted(tasks):
+        if t in _REGISTRY:
+            pool[t] = []
+            for k in range(args.support_pool):
+                x, y = sample_support_set(t, args.support_per_class, seed=k)
+                pool[t].append((prepare_support_set(x, y, feature_dim), y))
+    return pool
+
+
+def train_prior(
+    checkpoints: Iterable,
+    vqvae: IGPGVQVAEModel,
+    text_encoder,
+    tokenizer,
+    config: IGPGPriorConfig | IGPGPriorModel,
+    output_dir: str | os.PathLike,
+    args: PriorTrainingArgs | None = None,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> IGPGPriorModel:
+    """Train (or resume) the prior on the corpus's token sequences; saves it to ``output_dir/final``."""
+    args = args or PriorTrainingArgs()
+    accelerator = accelerator or Accelerator()
+    out = Path(output_dir)
+    torch.manual_seed(args.seed)
+    vqvae = vqvae.eval()
+    seqs = encode_corpus(vqvae, checkpoints)
+    model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
+    cfg = model.config
+    if cfg.vocab_size != vqvae.config.vocab_size:
+        raise ValueError(f"prior vocab_size {cfg.vocab_size} != tokenizer vocabulary {vqvae.config.vocab_size}")
+    if cfg.tokens_per_chunk != vqvae.config.tokens_per_chunk:
+        raise ValueError(f"prior tokens_per_chunk {cfg.tokens_per_chunk} != tokenizer's {vqvae.config.tokens_per_chunk}")
+    strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
+    emb = encode_text(strings, text_encoder, tokenizer).cpu()
+    text_table = dict(zip(strings, emb, strict=True))
+    support = _support_pool({s.task for s in seqs}, args, cfg.dataset_feature_dim)
+    data = PriorExamples(seqs, cfg, text_table, support, args.condition_dropout, args.seed + accelerator.process_index)
+    loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=len(data) >= args.batch_size,
+                        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
+                        generator=torch.Generator().manual_seed(args.seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
+    state = load_training_state(accelerator, out)
+    step = state["step"] if state else 0
+    history = state.get("history", []) if state else []
+    t0 = time.perf_counter()
+    model.train()
+    with progress_bar(args.steps, "prior", enabled=progress and accelerator.is_main_process) as bar:
+        bar.update(step)
+        while step < args.steps:
+            for cond, tokens, mask in loader:
+                # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
+                embeds, labels = accelerator.unwrap_model(model).build_inputs(cond, tokens, mask)
+                loss = model(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                if step % args.log_every == 0 or step == args.steps:
+                    history.append({"step": step, "loss": loss.item()})
+                    logger.info("prior step %d loss %.4f", step, loss.item())
+                bar.update(1, postfix=f"loss {loss.item():.3f}")
+                if step % args.checkpoint_every == 0 and step < args.steps:
+                    save_training_state(accelerator, model, out, step, {"history": history})
+                if step >= args.steps:
+                    break
+    model = accelerator.unwrap_model(model).eval()
+    if accelerator.is_main_process:
+        model.config.training_summary = {**(model.config.training_summary or {}),
+                                         "prior_steps": args.steps, "prior_final_loss": history[-1]["loss"] if history else None,
+                                         "num_sequences": len(seqs)}
+        model.save_pretrained(out / "final")
+        atomic_write_json(out / "final" / "training_log.json", {
+            "args": asdict(args), "history": history, "num_sequences": len(seqs), "seconds": time.perf_counter() - t0})
+    accelerator.wait_for_everyone()
+    return model
+
