@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from transformers import GPT2LMHeadModel, PreTrainedModel
 
+from .conditioning.dataset import DatasetSetEncoder
+from .configuration_igpg import IGPGPriorConfig
+
 # diffusers' loader looks up PreTrainedModel *in this module* to find the load method of a
 # pipeline component stored as ["igpg_hf.modeling_prior", "IGPGPriorModel"]: keep the name here.
 _LOADABLE_BASE = PreTrainedModel
-
-from .conditioning.dataset import DatasetSetEncoder
-from .configuration_igpg import IGPGPriorConfig
 
 __all__ = ["IGPGPriorModel", "IGPGConditions"]
 

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -67,12 +66,12 @@ class IGPGVQVAEModel(PreTrainedModel):
 
     def __init__(self, config: IGPGVQVAEConfig):
         super().__init__(config)
-        K, l, d, H = config.chunk_size, config.tokens_per_chunk, config.code_dim, config.hidden_size
+        K, L, d, H = config.chunk_size, config.tokens_per_chunk, config.code_dim, config.hidden_size
         self.enc_pos = nn.Embedding(config.max_positions, K) if config.use_position else None
-        self.dec_pos = nn.Embedding(config.max_positions, l * d) if config.use_position else None
-        self.encoder = _mlp(K, H, l * d, config.num_hidden_layers)
+        self.dec_pos = nn.Embedding(config.max_positions, L * d) if config.use_position else None
+        self.encoder = _mlp(K, H, L * d, config.num_hidden_layers)
         self.quantizer = build_quantizer(config)
-        self.decoder = _mlp(l * d, H, K, config.num_hidden_layers)
+        self.decoder = _mlp(L * d, H, K, config.num_hidden_layers)
         self.register_buffer("base_vector", torch.zeros(config.base_size))
         self.post_init()
 
@@ -192,8 +191,7 @@ class IGPGVQVAEModel(PreTrainedModel):
         n = self.num_tokens(layout)
         if token_ids.numel() != n:
             raise ValueError(f"layout needs {n} tokens, got {token_ids.numel()}")
-        l = self.config.tokens_per_chunk
-        idx = token_ids.reshape(-1, l).to(self.device)
+        idx = token_ids.reshape(-1, self.config.tokens_per_chunk).to(self.device)  # (M, l)
         pos = torch.arange(idx.shape[0], device=self.device)
         chunks = self.decode_indices(idx, pos)
         return layout.devectorize(self.restore(chunks, layout), fill=fill)
@@ -219,8 +217,3 @@ class IGPGVQVAEModel(PreTrainedModel):
             items = [(lay, v.float() - base) for lay, v in items]
         self.config.weight_stats = fit_weight_stats(items)
 
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the True entries of mask."""
-    m = mask.to(pred.dtype)
-    return F.mse_loss(pred * m, target * m, reduction="sum") / m.sum().clamp_min(1)

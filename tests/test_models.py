@@ -1,0 +1,154 @@
+"""VQ-VAE tokenizer and prior: shapes, losses, save/load round trips, sampling, clear errors."""
+
+import pytest
+import torch
+
+from igpg_hf import (
+    IGPGConditions,
+    IGPGPriorConfig,
+    IGPGPriorModel,
+    IGPGVQVAEConfig,
+    IGPGVQVAEModel,
+    WeightLayout,
+)
+from igpg_hf.sampling import SamplingConfig, block_windows, sample_weight_tokens
+from igpg_hf.training import gumbel_temperature
+from igpg_hf.zoo import get_architecture
+
+
+@pytest.fixture(scope="module")
+def sd_layout():
+    torch.manual_seed(0)
+    sd = get_architecture("tiny_cnn").build().state_dict()
+    return sd, WeightLayout.from_state_dict(sd)
+
+
+@pytest.mark.parametrize("quantizer", ["gumbel", "vq", "fsq"])
+def test_vqvae_forward_encode_decode(quantizer, sd_layout):
+    sd, layout = sd_layout
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny", quantizer=quantizer))
+    vq.fit_normalization([(layout, layout.vectorize(sd))])
+    out = vq(torch.randn(16, 32), torch.arange(16), torch.ones(16, 32, dtype=torch.bool), tau=0.5)
+    assert out.reconstruction.shape == (16, 32) and out.indices.shape == (16, 2) and out.indices.dtype == torch.int64
+    assert out.loss.requires_grad and out.perplexity > 0
+    ids = vq.encode(sd)
+    assert ids.shape == (vq.num_tokens(layout),) and ids.max() < vq.config.vocab_size
+    back = vq.decode(ids, layout, fill=sd)
+    assert list(back) == list(sd) and all(back[k].shape == sd[k].shape for k in sd)
+
+
+def test_masked_loss_ignores_padding():
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny")).eval()
+    x = torch.randn(4, 32)
+    mask = torch.ones(4, 32, dtype=torch.bool)
+    mask[:, 16:] = False
+    out = vq(x, torch.arange(4), mask)
+    manual = ((out.reconstruction - x)[:, :16] ** 2).mean()
+    assert torch.allclose(out.recon_loss, manual)
+    assert not torch.allclose(vq(x, torch.arange(4)).recon_loss, manual)
+
+
+def test_vqvae_save_load_identical(tmp_path, sd_layout):
+    sd, layout = sd_layout
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny"))
+    vq.fit_normalization([(layout, layout.vectorize(sd))])
+    vq.save_pretrained(tmp_path)
+    again = IGPGVQVAEModel.from_pretrained(tmp_path)
+    ids = vq.encode(sd)
+    assert torch.equal(again.encode(sd), ids)
+    a, b = vq.decode(ids, layout), again.decode(ids, layout)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_delta_normalization_restores_the_base(tmp_path):
+    torch.manual_seed(0)
+    base = get_architecture("mlp_small").build().state_dict()
+    layout = WeightLayout.from_state_dict(base)
+    vecs = [layout.vectorize(base) + 1e-3 * torch.randn(layout.num_float) for _ in range(4)]
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny", normalization="delta"))
+    vq.fit_normalization([(layout, v) for v in vecs])
+    chunks, _, _ = vq.prepare(vecs[0], layout)
+    assert chunks.abs().max() < 10  # residuals are standardized, not "base + noise"
+    assert torch.allclose(vq.restore(chunks, layout), vecs[0], atol=1e-5)
+    vq.save_pretrained(tmp_path)
+    again = IGPGVQVAEModel.from_pretrained(tmp_path)
+    assert torch.equal(again.base_vector, vq.base_vector)
+    with pytest.raises(ValueError, match="one base"):
+        vq.check_layout(WeightLayout.from_state_dict(get_architecture("tiny_cnn").build().state_dict()))
+
+
+def test_vqvae_rejects_out_of_range_tokens(sd_layout):
+    sd, layout = sd_layout
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny"))
+    with pytest.raises(ValueError, match="token ids must lie"):
+        vq.decode(torch.full((vq.num_tokens(layout),), 10_000), layout)
+    with pytest.raises(ValueError, match="needs 160 tokens"):
+        vq.decode(torch.zeros(7, dtype=torch.long), layout)
+
+
+def test_gumbel_temperature_anneals_and_cycles():
+    assert gumbel_temperature(0, 100, 1.0, 1e-4) == 1.0
+    assert gumbel_temperature(80, 100, 1.0, 1e-4) == pytest.approx(1e-4)
+    assert gumbel_temperature(50, 100, 1.0, 1e-4, cycles=2) == 1.0  # restart
+
+
+def _prior(**kw):
+    torch.manual_seed(0)
+    return IGPGPriorModel(IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16, **kw))
+
+
+def _cond(b=2):
+    g = torch.Generator().manual_seed(0)
+    return IGPGConditions(text_embeds=torch.randn(b, 384, generator=g), arch_embeds=torch.randn(b, 384, generator=g),
+                          dataset_feats=torch.randn(b, 5, 32, generator=g), dataset_labels=torch.arange(5).repeat(b, 1))
+
+
+def test_prior_loss_and_absent_conditions():
+    prior = _prior()
+    tokens = torch.randint(0, 64, (2, 50))
+    loss = prior.sequence_loss(_cond(), tokens)
+    assert loss.requires_grad and 3.0 < loss.item() < 6.0  # about log(64) at init
+    only_text = IGPGConditions(text_embeds=torch.randn(2, 384))
+    assert torch.isfinite(prior.sequence_loss(only_text, tokens))
+    # the prefix differs with and without a dataset, so the condition is used
+    assert not torch.allclose(prior.build_prefix(_cond()), prior.build_prefix(IGPGConditions(
+        text_embeds=_cond().text_embeds, arch_embeds=_cond().arch_embeds)))
+
+
+def test_prior_sampling_is_seeded_and_survives_save_load(tmp_path):
+    prior = _prior()
+    a = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0)
+    b = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0)
+    assert a.shape == (3, 40) and torch.equal(a, b)
+    assert torch.equal(a, sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0, use_cache=False))
+    prior.save_pretrained(tmp_path)
+    again = IGPGPriorModel.from_pretrained(tmp_path)
+    assert torch.equal(sample_weight_tokens(again, _cond(1), 40, num_samples=3, seed=0), a)
+    greedy = sample_weight_tokens(prior, _cond(1), 10, sampling=SamplingConfig(do_sample=False))
+    assert greedy.shape == (1, 10)
+
+
+def test_block_wise_generation_past_the_context():
+    prior = _prior()
+    n = 3 * prior.config.max_weight_tokens
+    wins = block_windows(n, prior.config.max_weight_tokens, prior.config.block_overlap, 2)
+    assert wins[0].start == 0 and wins[-1].stop == n and len(wins) > 3
+    assert all(w.start - w.context_start == 16 for w in wins[1:])
+    out = sample_weight_tokens(prior, _cond(1), n, num_samples=2, seed=1)
+    assert out.shape == (2, n)
+
+
+def test_prior_refuses_more_tokens_than_it_can_produce():
+    prior = _prior(max_blocks=2)
+    with pytest.raises(ValueError, match="at most 2 blocks"):
+        sample_weight_tokens(prior, _cond(1), 10 * prior.config.max_weight_tokens)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        prior.sequence_loss(_cond(1), torch.zeros(1, 500, dtype=torch.long))
+
+
+def test_config_presets_and_validation():
+    assert IGPGPriorConfig.from_preset("paper").n_layer == 12
+    with pytest.raises(ValueError, match="unknown IGPGPriorConfig preset"):
+        IGPGPriorConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="quantizer"):
+        IGPGVQVAEConfig(quantizer="kmeans")
