@@ -110,8 +110,9 @@ def zoo_ingest(
 
 
 def _print_summary(summary: dict) -> None:
-    fmt = lambda x: "n/a" if x is None else f"{x:.1f}"  # noqa: E731  (no recorded accuracy -> None)
-    table = Table("task", "checkpoints", "mean test acc", "min", "max")
+    # the corpus stores accuracies as fractions (None when not recorded); show percent
+    fmt = lambda x: "n/a" if x is None else f"{100 * x:.1f}"  # noqa: E731
+    table = Table("task", "checkpoints", "mean test acc %", "min", "max")
     for task, s in sorted(summary.get("tasks", {}).items()):
         table.add_row(task, str(s.get("checkpoints")), fmt(s.get("mean")), fmt(s.get("min")), fmt(s.get("max")))
     console.print(table)

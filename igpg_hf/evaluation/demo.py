@@ -148,7 +148,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         train_vec = torch.stack([c.vector() for c in ck])
         gen_vec = torch.stack([ck[0].layout.vectorize(sd) for sd in gen.state_dicts])
         nov = novelty(gen_vec, train_vec, pairwise_scale(train_vec))
-        zoo_acc = [c.metadata.test_acc for c in ck]
+        zoo_acc = [100.0 * c.metadata.test_acc for c in ck]  # the corpus stores fractions; reports use %
         per_task[task] = {
             "instruction": get_task(task).instruction,
             "architecture": spec.text(),

@@ -1,0 +1,25 @@
+"""Quickstart: instruction -> a working CNN, in a few lines (run `igpg-hf demo` first to train a pipeline).
+
+    python examples/quickstart.py [PIPELINE_DIR]
+"""
+
+import sys
+
+from igpg_hf import IGPGPipeline, get_architecture
+from igpg_hf.evaluation.metrics import evaluate_state_dicts
+
+pipeline_dir = sys.argv[1] if len(sys.argv) > 1 else "demo_out/pipeline"
+
+pipe = IGPGPipeline.from_pretrained(pipeline_dir)
+out = pipe(
+    "Classify handwritten digits 0-9 from 28x28 grayscale images",
+    architecture="tiny_cnn",  # a preset, an ArchSpec, or a spec dict
+    dataset="mnist",  # optional: a few labelled samples (a task name or an (x, y) pair)
+    num_samples=5,
+    seed=0,
+    temperature=0.8,
+    return_modules=True,
+)
+net = out.modules[0]  # a torch.nn.Module with the generated weights
+print("test accuracy of 5 samples (%):", [round(a, 1) for a in evaluate_state_dicts(get_architecture("tiny_cnn"), out.state_dicts, "mnist")])
+print(f"generated in {out.seconds:.2f} s")

@@ -1,0 +1,87 @@
+"""The README's main job end to end (smoke sizes), the CLI, and the README's quickstart code."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from igpg_hf.cli import app
+from igpg_hf.evaluation.demo import DemoConfig, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    run_demo(out, DemoConfig.from_preset("smoke"), progress=False)
+    return out
+
+
+def test_demo_writes_results_for_scripts(demo_dir):
+    res = json.loads((demo_dir / "results.json").read_text())
+    assert res["generate_seconds_one"] > 0 and res["generate_seconds_100"] > 0
+    assert res["tasks"], "no task evaluated"
+    for task, r in res["tasks"].items():
+        for key in ("zoo_mean_acc", "generated_acc", "random_init_acc", "recon_acc", "copies"):
+            assert key in r, (task, key)
+        assert len(r["generated_acc"]) == DemoConfig.from_preset("smoke").num_samples
+        assert 0 <= r["copies"] <= len(r["generated_acc"])
+        assert 0 <= r["zoo_mean_acc"] <= 100 and 0 <= r["random_init_acc"] <= 100
+    assert (demo_dir / "results.png").stat().st_size > 1000
+    assert (demo_dir / "pipeline" / "model_index.json").exists()
+
+
+def test_demo_rerun_resumes_without_retraining(demo_dir):
+    before = (demo_dir / "prior" / "final" / "model.safetensors").stat().st_mtime_ns
+    res = run_demo(demo_dir, DemoConfig.from_preset("smoke"), progress=False)
+    assert (demo_dir / "prior" / "final" / "model.safetensors").stat().st_mtime_ns == before
+    assert res["timings"]["training_seconds"] < 30
+
+
+def test_cli_generate_writes_loadable_safetensors(demo_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from igpg_hf import get_architecture
+
+    out = tmp_path / "net.safetensors"
+    result = CliRunner().invoke(app, ["generate", "Classify iris flowers", "--pipeline", str(demo_dir / "pipeline"),
+                                      "--architecture", "mlp_small", "--out", str(out), "--num-samples", "2"])
+    assert result.exit_code == 0, result.output
+    get_architecture("mlp_small").build().load_state_dict(load_file(out), strict=True)
+    assert out.with_name("net-1.safetensors").exists()
+    bad = CliRunner().invoke(app, ["generate", "", "--pipeline", str(demo_dir / "pipeline")])
+    assert bad.exit_code == 2 and "instruction must be a non-empty string" in bad.output
+    bad = CliRunner().invoke(app, ["generate", "x", "--pipeline", str(demo_dir / "pipeline"), "--architecture", "nope"])
+    assert bad.exit_code == 2 and "unknown architecture" in bad.output
+
+
+def test_cli_help_explains_every_command():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("demo", "generate", "zoo", "train", "corpus", "tasks", "architectures"):
+        assert cmd in result.output
+
+
+def test_readme_quickstart_runs(demo_dir, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quickstart.*?```python\n(.*?)```", readme, re.S)
+    assert block, "README has no python quickstart block"
+    (tmp_path / "demo_out").mkdir()
+    shutil.copytree(demo_dir / "pipeline", tmp_path / "demo_out" / "pipeline")
+    proc = subprocess.run([sys.executable, "-c", block.group(1)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "accuracy" in proc.stdout
+
+
+def test_quickstart_example_runs(demo_dir):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), str(demo_dir / "pipeline")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test accuracy of 5 samples" in proc.stdout
