@@ -310,6 +310,38 @@ def demo_cmd(
                   f"pipeline {out / 'pipeline'}")
 
 
+# --------------------------------------------------------------------------------------- bench
+@app.command("bench")
+def bench_cmd(
+    out: Annotated[Path, typer.Option(help="Output folder: report.md, results.json, plots (rerunning resumes).")] = Path("bench_out"),
+    preset: Annotated[str, typer.Option(help="smoke (about a minute) | default (README figures, < 1 h on 2 cores) | gpu")] = "default",
+    pipeline: Annotated[str | None, typer.Option(help="Reuse a trained pipeline for the seen tasks (with --corpus).")] = None,
+    corpus: Annotated[str | None, typer.Option(help="The corpus that --pipeline was trained on, e.g. demo_out/zoo.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes for zoo training and fine-tuning (default: the preset's).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads in the main process (default: torch's).")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Benchmark: seen and unseen tasks, unseen architectures, tokenizer fidelity, novelty, speed (paper Tables 1, 3; Figs. 2, 3)."""
+    _setup(verbose)
+    from .evaluation.benchmark import BenchConfig, run_benchmark
+
+    try:
+        changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v is not None}
+        res = run_benchmark(out, BenchConfig.from_preset(preset, **changes), pipeline=pipeline, corpus=corpus)
+    except ValueError as e:
+        _fail(e)
+    seen, nov = res["seen"], res["novelty"]
+    console.print(f"seen tasks: generated / zoo at epoch 0 = {seen['mean_generated_over_zoo']:.3f} "
+                  f"({'meets' if seen['meets_95_percent_of_zoo'] else 'misses'} the 0.95 target)")
+    for kind, v in res["unseen"]["zoos"].items():
+        for task, r in v["tasks"].items():
+            h = r["head_start"]
+            console.print(f"unseen {task} ({kind}): step {h['step']}: generated {h['generated']:.1f}, random init "
+                          f"{h['random_init']:.1f}, best retrieval {h['best_retrieval']:.1f}")
+    console.print(f"copies of training checkpoints: {nov['seen']['copies']}/{nov['seen']['models']} (seen tasks)")
+    console.print(f"total {res['timings']['total_seconds']:.0f} s; report {out / 'report.md'}, results {out / 'results.json'}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
