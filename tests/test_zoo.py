@@ -1,0 +1,186 @@
+"""Zoo training and building: single and batched training, presets, resume, shared-init and fine-tuned zoos."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from igpg_hf.corpus import CorpusWriter
+from igpg_hf.zoo import architecture_for_task, list_tasks
+from igpg_hf.zoo import builder as zoo_builder
+from igpg_hf.zoo.builder import ZooConfig, build_zoo, plan_runs
+from igpg_hf.zoo.training import HyperParams, build_model, train_model, train_models_batched
+
+DIGITS = architecture_for_task("digits")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models train fastest on one thread (intra-op threads only add overhead, worse on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _small(name: str = "t", **kw) -> ZooConfig:
+    """Two digits tasks with the 8x8 MLP: one epoch-1 checkpoint per run and the initial weights (epoch 0)."""
+    base = dict(name=name, tasks=["digits", "digits_rot90"], seeds=[0, 1], epochs=1, keep_epochs=[0, 1],
+                optimizers={"adam": [1e-2]})
+    return ZooConfig(**{**base, **kw})
+
+
+def test_train_model_beats_chance():
+    hp = HyperParams(seed=0, lr=1e-2, epochs=3)
+    out = train_model(DIGITS, "digits", hp, keep_epochs=[0, 3])
+    assert [e for e, _, _ in out] == [0, 3]
+    (_, sd0, m0), (_, sd3, m3) = out
+    assert set(m3) == {"train_acc", "test_acc", "train_loss", "test_loss"}
+    assert m3["test_acc"] > 0.8 > 0.3 > m0["test_acc"]  # chance is 0.1
+    assert not torch.equal(sd0["head.fc1.weight"], sd3["head.fc1.weight"])
+    again = train_model(DIGITS, "digits", hp, keep_epochs=[3])  # same seed -> same weights
+    assert torch.equal(again[0][1]["head.fc1.weight"], sd3["head.fc1.weight"])
+
+
+def test_hyperparams_validate():
+    with pytest.raises(ValueError, match="optimizer"):
+        HyperParams(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="init"):
+        HyperParams(init="zeros")
+    with pytest.raises(ValueError, match="keep_epochs"):
+        train_model(DIGITS, "digits", HyperParams(epochs=1), keep_epochs=[2])
+
+
+def test_batched_matches_single_model():
+    hps = [HyperParams(seed=3, lr=1e-2, epochs=2, weight_decay=1e-3),
+           HyperParams(seed=4, lr=3e-3, epochs=2, init="xavier_uniform")]
+    batched = train_models_batched(DIGITS, "digits", hps, [1, 2], device="cpu")
+    for hp, got in zip(hps, batched, strict=True):
+        ref = train_model(DIGITS, "digits", hp, [1, 2])
+        assert [e for e, _, _ in got] == [1, 2]
+        for (_, sd_ref, m_ref), (_, sd, m) in zip(ref, got, strict=True):
+            assert max((sd_ref[k] - sd[k]).abs().max().item() for k in sd_ref) < 1e-4
+            assert m["test_acc"] == pytest.approx(m_ref["test_acc"], abs=0.01)
+        assert got[-1][2]["test_acc"] > 0.5
+    sgd = HyperParams(seed=5, lr=0.05, optimizer="sgd", epochs=1, weight_decay=1e-3)
+    mixed = train_models_batched(DIGITS, "digits", [sgd, HyperParams(seed=5, lr=1e-2, epochs=1)], [1], device="cpu")
+    (_, sd_ref, _), = train_model(DIGITS, "digits", sgd, [1])
+    assert max((sd_ref[k] - mixed[0][0][1][k]).abs().max().item() for k in sd_ref) < 1e-4
+    with pytest.raises(ValueError, match="epochs"):
+        train_models_batched(DIGITS, "digits", [hps[0], sgd], [1], device="cpu")
+
+
+def test_tiny_preset_builds_and_resumes(tmp_path):
+    cfg = ZooConfig.from_preset("tiny")
+    corpus = build_zoo(cfg, tmp_path / "zoo", num_workers=2, progress=False)
+    stats = corpus.build_stats
+    n_runs = len(plan_runs(cfg))
+    assert 2 <= n_runs <= 6 and stats["runs_trained"] == n_runs
+    assert len(corpus) == stats["checkpoints_written"] == n_runs * len(cfg.keep_epochs)
+    assert json.loads((tmp_path / "zoo" / "build_stats.json").read_text()) == stats
+    meta = corpus.metadata()
+    assert set(meta["task"]) == set(cfg.tasks) and set(meta["zoo_kind"]) == {"independent"}
+    assert all(mid == f"{run}-e{ep}" for mid, run, ep in zip(meta["model_id"], meta["run_id"], meta["epoch"], strict=True))
+    ckpt = next(iter(corpus))
+    ckpt.build_module()  # weights load into the stored architecture
+    again = build_zoo(cfg, tmp_path / "zoo", num_workers=2, progress=False)
+    assert again.build_stats["runs_trained"] == 0 and again.build_stats["runs_skipped"] == n_runs
+    assert len(again) == len(corpus)
+
+
+def test_interrupted_build_resumes(tmp_path, monkeypatch):
+    cfg = _small()
+    out = tmp_path / "zoo"
+    first = build_zoo(_small(num_runs=1), out, num_workers=1, progress=False)  # a capped build
+    assert first.build_stats["runs_trained"] == 1
+    calls = {"n": 0}
+    real = zoo_builder.train_model
+
+    def crash_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zoo_builder, "train_model", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(cfg, out, num_workers=1, progress=False)
+    assert len(CorpusWriter(out).done_ids) == 3 * 2  # the capped run and the two finished before the crash
+    monkeypatch.setattr(zoo_builder, "train_model", real)
+    done = build_zoo(cfg, out, num_workers=1, progress=False)
+    assert done.build_stats["runs_trained"] == 1 and done.build_stats["runs_skipped"] == 3
+    assert len(done) == 4 * 2
+
+
+def _initial_weights(corpus) -> dict[tuple[str, int], torch.Tensor]:
+    return {(c.metadata.task, c.metadata.seed): c.vector() for c in corpus if c.metadata.epoch == 0}
+
+
+def test_shared_init_same_seed_same_start(tmp_path):
+    shared = _initial_weights(build_zoo(_small(zoo_kind="shared_init"), tmp_path / "s", num_workers=1,
+                                        progress=False))
+    assert torch.equal(shared["digits", 0], shared["digits_rot90", 0])
+    assert torch.equal(shared["digits", 1], shared["digits_rot90", 1])
+    assert not torch.equal(shared["digits", 0], shared["digits", 1])
+    indep = _initial_weights(build_zoo(_small(), tmp_path / "i", num_workers=1, progress=False))
+    assert not torch.equal(indep["digits", 0], indep["digits_rot90", 0])
+
+
+def test_finetuned_starts_from_base(tmp_path, monkeypatch):
+    cfg = _small(zoo_kind="finetuned", tasks=["digits", "digits_rot90", "digits_evenodd"], epochs=2,
+                 keep_epochs=[1, 2], finetune_epochs=1)
+    runs = plan_runs(cfg)
+    assert [r.role for r in runs] == ["base"] + ["finetune"] * 6
+    seen = []
+    real = zoo_builder.train_model
+    monkeypatch.setattr(zoo_builder, "train_model", lambda *a, **k: seen.append(k["init_state"]) or real(*a, **k))
+    corpus = build_zoo(cfg, tmp_path / "zoo", num_workers=1, progress=False)
+    meta = corpus.metadata()
+    assert len(meta) == 2 + 6 and set(meta["zoo_kind"]) == {"finetuned"}
+    base = train_model(runs[0].spec, "digits", runs[0].hp, [2])[0][1]
+    assert seen[0] is None and all(s is not None for s in seen[1:])
+    assert all(torch.equal(s["head.fc1.weight"], base["head.fc1.weight"]) for s in seen[1:])
+    hyper = [json.loads(h) for h in meta["hyperparams"]]
+    assert {h.get("base_run_id") for h in hyper if h["role"] == "finetune"} == {runs[0].run_id}
+    # the first layer of a fine-tuned model starts at the base's, also for a head with other classes
+    ft = next(r for r in runs if r.task.name == "digits_evenodd")
+    start = train_model(ft.spec, ft.task, ft.hp, [0], init_state=base)[0][1]
+    assert torch.equal(start["head.fc1.weight"], base["head.fc1.weight"]) and start["head.fc2.weight"].shape[0] == 2
+
+
+def test_unknown_names_raise_before_training(tmp_path):
+    with pytest.raises(ValueError, match="no_such_task"):
+        ZooConfig(tasks=["mnist", "no_such_task"])
+    cfg = _small()
+    cfg.tasks.append("no_such_task")
+    with pytest.raises(ValueError, match="no_such_task"):
+        build_zoo(cfg, tmp_path / "zoo", num_workers=1, progress=False)
+    assert not (tmp_path / "zoo").exists()
+    with pytest.raises(ValueError, match="no_such_arch"):
+        ZooConfig(tasks=["digits"], architectures={"digits": "no_such_arch"})
+    with pytest.raises(ValueError, match="activations"):
+        ZooConfig(tasks=["digits"], activations=["swish"])
+    with pytest.raises(ValueError, match="preset"):
+        ZooConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="epoch"):
+        ZooConfig.from_preset("tiny", epoch=3)
+
+
+def test_presets_plan():
+    demo = plan_runs(ZooConfig.from_preset("demo"))
+    assert sum(len(r.model_ids) for r in demo) == 144
+    assert {r.hp.epochs for r in demo} == {15} and {r.spec.params["activation"] for r in demo} == {"tanh"}
+    default = plan_runs(ZooConfig.from_preset("default"))
+    assert sum(len(r.model_ids) for r in default) >= 1000
+    assert len({r.task.name for r in default}) >= 20 and len({r.spec.family for r in default}) >= 3
+    assert not {r.task.name for r in default} & set(list_tasks(held_out=True))
+    related = ZooConfig.from_preset("related")
+    assert related.zoo_kind == "shared_init" and "mnist_rot45" not in related.tasks
+    assert len({r.run_id for r in default}) == len(default)  # run ids are unique ...
+    assert [r.run_id for r in plan_runs(ZooConfig.from_preset("default"))] == [r.run_id for r in default]  # stable
+    gpu = plan_runs(ZooConfig.from_preset("gpu"))
+    assert len(gpu) > len(default)
+    for r in gpu[:50]:
+        build_model(r.spec, r.hp)
