@@ -57,22 +57,20 @@ class BenchConfig:
     name: str = "default"
     seen: DemoConfig = field(default_factory=DemoConfig)
     seen_zoo_changes: dict[str, Any] = field(default_factory=dict)
-    related: DemoConfig = field(default_factory=lambda: DemoConfig(
-        zoo_preset="related", tokenizer=TokenizerTrainingArgs(steps=2000), prior=PriorTrainingArgs(steps=800)))
+    related: DemoConfig = field(default_factory=lambda: DemoConfig(zoo_preset="related", prior=PriorTrainingArgs(steps=800)))
     related_zoo_changes: dict[str, Any] = field(default_factory=lambda: {"seeds": list(range(8))})
     unseen_tasks: list[str] = field(default_factory=lambda: ["mnist_rot45", "mnist_rot135", "mnist_permute4"])
     unseen_related_tasks: list[str] = field(default_factory=lambda: ["mnist_rot45", "mnist_rot135"])
     cross: DemoConfig = field(default_factory=lambda: DemoConfig(
-        zoo_preset="", num_samples=5, num_random_init=3, tokenizer=TokenizerTrainingArgs(steps=2000),
-        prior=PriorTrainingArgs(steps=1000, use_dataset_condition=False)))
+        zoo_preset="", num_samples=5, num_random_init=3, prior=PriorTrainingArgs(steps=1000, use_dataset_condition=False)))
     cross_task: str = "digits"
     cross_train_blocks: list[list[int]] = field(default_factory=lambda: [
         [1, 1, 1], [1, 2, 1], [2, 1, 2], [2, 2, 2], [2, 3, 2], [3, 3, 3]])
     cross_test_blocks: list[list[int]] = field(default_factory=lambda: [[1, 1, 2], [2, 2, 3], [4, 4, 4]])
     cross_seen_blocks: list[list[int]] = field(default_factory=lambda: [[1, 2, 1], [2, 2, 2]])
-    cross_seeds: list[int] = field(default_factory=lambda: list(range(6)))
+    cross_seeds: list[int] = field(default_factory=lambda: list(range(8)))
     cross_epochs: int = 20
-    cross_keep_epochs: list[int] = field(default_factory=lambda: [18, 19, 20])
+    cross_keep_epochs: list[int] = field(default_factory=lambda: [20])  # one per run: fewer chunks, better fidelity
     cross_lr: float = 3e-3
     cross_n_positions: int = 256
     finetune_epochs: list[int] | None = None  # None: [1, 5, N] with N the zoo's training epochs
@@ -245,11 +243,8 @@ def _load_zoo(name: str, settings: DemoConfig, changes: dict, out: Path, cfg: Be
         stats = out / f"zoo_{name}" / "build_stats.json"
         before = [json.loads(stats.read_text())] if stats.exists() else []
         checkpoints = list(build_zoo(zc, out / f"zoo_{name}", num_workers=cfg.workers, progress=progress))
-        builds = json.loads((out / "zoo_builds.json").read_text()) if (out / "zoo_builds.json").exists() else {}
         for st in [*before, json.loads(stats.read_text())]:
-            if st.get("runs_trained", 0) > builds.get(name, {}).get("runs_trained", 0):
-                builds[name] = st
-        atomic_write_json(out / "zoo_builds.json", builds)
+            _record_build(out, name, st)
     timings[f"zoo_{name}_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     pipe = (IGPGPipeline.from_pretrained(pipeline) if pipeline
@@ -257,6 +252,15 @@ def _load_zoo(name: str, settings: DemoConfig, changes: dict, out: Path, cfg: Be
     timings[f"pipeline_{name}_seconds"] = time.perf_counter() - t
     epochs = max(c.metadata.hyperparams.get("epochs", zc.epochs) for c in checkpoints)
     return _Zoo(name, pipe.to(cfg.device), checkpoints, int(epochs), settings)
+
+
+def _record_build(out: Path, name: str, stats: dict) -> None:
+    """Keep in ``zoo_builds.json`` the stats of the build that trained the most runs of a zoo (resumes train few)."""
+    path = out / "zoo_builds.json"
+    builds = json.loads(path.read_text()) if path.exists() else {}
+    if stats.get("runs_trained", 0) > builds.get(name, {}).get("runs_trained", 0):
+        builds[name] = stats
+        atomic_write_json(path, builds)
 
 
 def _resnet_zoo(cfg: BenchConfig, out: Path, pool: _Pool, timings: dict, progress: bool) -> _Zoo:
@@ -285,8 +289,11 @@ def _resnet_zoo(cfg: BenchConfig, out: Path, pool: _Pool, timings: dict, progres
             writer.add(sd, CheckpointMetadata(model_id=f"{run_id}-e{epoch}", run_id=run_id, task=task,
                                               instruction=get_task(task).instruction, arch_spec=spec(b),
                                               hyperparams=hp(seed).to_dict(), seed=seed, epoch=epoch, **metrics))
-    checkpoints = list(writer.close())
+    planned = {f"{r[2]}-e{e}" for r in runs for e in cfg.cross_keep_epochs}
+    checkpoints = [c for c in writer.close() if c.metadata.model_id in planned]
     timings["zoo_resnet_seconds"] = time.perf_counter() - t
+    _record_build(out, "resnet", {"runs_trained": len(todo), "seconds": timings["zoo_resnet_seconds"],
+                                  "num_workers": cfg.workers, "runs_total": len(runs)})
     t, base = time.perf_counter(), out / "pipeline_resnet"
     from ..conditioning import load_text_encoder
 
@@ -554,7 +561,9 @@ def _novelty_rows(z: _Zoo, task: str, sds: list[dict], token_ids: torch.Tensor, 
 def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: BenchConfig) -> dict:
     import numpy as np
 
-    models, curves = [], {}
+    from .novelty import pairwise_scale
+
+    models, curves, adjacent = [], {}, {}
     for task in sorted(seen.by_task):
         spec = seen.by_task[task][0].arch()
         gen = seen.generate(task, spec)
@@ -569,6 +578,12 @@ def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: Be
                            "accuracy": _mean([r["accuracy"] for r in rows]),
                            "disagreement": _mean([r["disagreement"] for r in rows])})
         curves[task] = points
+        by_run: dict[str, list] = {}  # calibration: adjacent kept epochs of one run, in the same novelty units
+        for c in seen.by_task[task]:
+            by_run.setdefault(c.metadata.run_id, []).append(c)
+        pairs = [(a, b) for cs in by_run.values() for a, b in zip(cs, cs[1:], strict=False)]
+        scale = pairwise_scale(torch.stack([c.vector() for c in seen.by_task[task]]))
+        adjacent[task] = _mean([(a.vector() - b.vector()).norm().item() / scale for a, b in pairs])
     for m in models:  # the noise baseline's accuracy at the generated model's novelty (linear interpolation)
         pts = sorted(curves[m["task"]], key=lambda p: p["novelty"])
         m["noise_curve_accuracy"] = float(np.interp(m["novelty"], [p["novelty"] for p in pts], [p["accuracy"] for p in pts]))
@@ -591,7 +606,8 @@ def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: Be
 
     seen_rows = [m for m in models if not m["held_out"]]
     new = [m for m in seen_rows if not m["copy"]]
-    return {"models": models, "noise_curves": curves, "seen": summary(seen_rows), "seen_non_copies": summary(new),
+    return {"models": models, "noise_curves": curves, "adjacent_epochs_novelty": adjacent,
+            "seen": summary(seen_rows), "seen_non_copies": summary(new),
             "seen_copies": summary([m for m in seen_rows if m["copy"]]),
             "held_out": summary([m for m in models if m["held_out"]]),
             "non_copies_beat_noise_curve": (summary(new)["mean_margin_over_noise"] > 0) if new else None}
@@ -731,6 +747,8 @@ def run_benchmark(out_dir: str | os.PathLike, config: BenchConfig | None = None,
         if name not in results and cached.exists() and json.loads(cached.read_text()).get("key") == key:
             results[name] = json.loads(cached.read_text())["result"]
     timings["total_seconds"] = time.perf_counter() - start
+    builds = out / "zoo_builds.json"
+    results["zoo_builds"] = json.loads(builds.read_text()) if builds.exists() else {}
     results.update(timings=timings, config=asdict(cfg), meta={
         "preset": cfg.name, "reproduce": f"igpg-hf bench --preset {cfg.name} --out {out}", "parts": parts,
         "pipeline": pipeline, "corpus": corpus, "torch_threads": cfg.threads or threads, "cpu_count": os.cpu_count(),

@@ -180,6 +180,9 @@ def _sec_novelty(nov: dict, cfg: dict) -> list[str]:
           "|---|" + "---|" * len(next(iter(nov["noise_curves"].values())))]
     for task, pts in nov["noise_curves"].items():
         L.append(f"| {task} | " + " | ".join(f"{_f(p['novelty'], 3)} / {_f(p['accuracy'])}" for p in pts) + " |")
+    if nov.get("adjacent_epochs_novelty"):
+        L += ["", "For scale: adjacent kept epochs of one training run sit at novelty "
+              + ", ".join(f"{_f(v, 3)} ({t})" for t, v in nov["adjacent_epochs_novelty"].items()) + "."]
     L += ["", f"Verdict: {verdict}.", "", "![novelty](novelty.png)", ""]
     return L
 
@@ -192,7 +195,8 @@ def _sec_speed(sp: dict) -> list[str]:
     n = round(gn["seconds"] / gn["seconds_per_model"])
     tr = sp["train_one_model"]
     L += ["## 6. Speed and memory", "",
-          f"CPU, {sp['threads']} torch thread(s); memory = {sp['memory_method']}. Architecture: {sp['architecture']}.", "",
+          f"CPU, {sp['threads']} torch thread(s); memory = {sp['memory_method']} (0: the call needed no memory beyond "
+          f"what the process already held). Architecture: {sp['architecture']}.", "",
           "| what | seconds | peak MB |", "|---|---|---|",
           f"| generate 1 model (pipeline call) | {_f(g1['seconds'], 2)} | {_f(g1['peak_mb'])} |",
           f"| generate {n} models | {_f(gn['seconds'], 2)} ({_f(gn['seconds_per_model'], 3)} per model) | {_f(gn['peak_mb'])} |",
@@ -278,6 +282,10 @@ def write_report(results: dict, path: str | os.PathLike) -> Path:
             L += fn()
     L += ["## Stage timings (seconds)", "", "| stage | seconds |", "|---|---|"]
     L += [f"| {k.removesuffix('_seconds')} | {_f(v)} |" for k, v in t.items()]
+    if results.get("zoo_builds"):
+        L += ["", "Zoo builds (the invocation that trained most of each zoo; a resumed build trains only what is "
+              "missing): " + "; ".join(f"{k}: {b['runs_trained']} runs in {_f(float(b['seconds']))} s on "
+                                       f"{b.get('num_workers', '?')} workers" for k, b in results["zoo_builds"].items()) + "."]
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(L) + "\n", encoding="utf-8")
