@@ -158,6 +158,8 @@ def test_unknown_names_raise_before_training(tmp_path):
     with pytest.raises(ValueError, match="no_such_task"):
         build_zoo(cfg, tmp_path / "zoo", num_workers=1, progress=False)
     assert not (tmp_path / "zoo").exists()
+    with pytest.raises(ValueError, match="device"):
+        build_zoo(_small(), tmp_path / "zoo", device="tpu")
     with pytest.raises(ValueError, match="no_such_arch"):
         ZooConfig(tasks=["digits"], architectures={"digits": "no_such_arch"})
     with pytest.raises(ValueError, match="activations"):

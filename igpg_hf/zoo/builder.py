@@ -349,6 +349,8 @@ def build_zoo(config: ZooConfig, out_dir: str | os.PathLike, num_workers: int | 
     skipped, checkpoints written, seconds, models (runs) per second, checkpoints per second.
     """
     runs = plan_runs(config)  # validates tasks, architectures and grid before any training
+    if device != "auto" and not str(device).startswith(("cpu", "cuda")):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     if dev.type == "cuda" and not torch.cuda.is_available():
