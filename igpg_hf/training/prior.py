@@ -27,9 +27,9 @@ from ..conditioning import encode_text, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
-from ..progress import progress_bar
 from ..sampling import block_windows
-from .checkpointing import atomic_write_json, load_training_state, save_training_state
+from .checkpointing import atomic_write_json
+from .loop import run_training
 
 logger = logging.getLogger(__name__)
 
@@ -185,36 +185,19 @@ def train_prior(
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=len(data) >= args.batch_size,
                         collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
                         generator=torch.Generator().manual_seed(args.seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
-    state = load_training_state(accelerator, out)
-    step = state["step"] if state else 0
-    history = state.get("history", []) if state else []
     t0 = time.perf_counter()
-    model.train()
-    with progress_bar(args.steps, "prior", enabled=progress and accelerator.is_main_process) as bar:
-        bar.update(step)
-        while step < args.steps:
-            for cond, tokens, mask in loader:
-                # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
-                embeds, labels = accelerator.unwrap_model(model).build_inputs(cond, tokens, mask)
-                loss = model(inputs_embeds=embeds, labels=labels, use_cache=False).loss
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                if step % args.log_every == 0 or step == args.steps:
-                    history.append({"step": step, "loss": loss.item()})
-                    logger.info("prior step %d loss %.4f", step, loss.item())
-                bar.update(1, postfix=f"loss {loss.item():.3f}")
-                if step % args.checkpoint_every == 0 and step < args.steps:
-                    save_training_state(accelerator, model, out, step, {"history": history})
-                if step >= args.steps:
-                    break
-    model = accelerator.unwrap_model(model).eval()
+
+    def step_fn(m, batch, step):
+        cond, tokens, mask = batch
+        # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
+        embeds, labels = accelerator.unwrap_model(m).build_inputs(cond, tokens, mask)
+        loss = m(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+        return loss, {"loss": loss.item()}, f"loss {loss.item():.3f}"
+
+    model, history = run_training(accelerator, model, loader, step_fn, out, steps=args.steps, lr=args.lr,
+                                  weight_decay=args.weight_decay, log_every=args.log_every,
+                                  checkpoint_every=args.checkpoint_every, name="prior", clip_grad_norm=1.0,
+                                  progress=progress)
     if accelerator.is_main_process:
         model.config.training_summary = {**(model.config.training_summary or {}),
                                          "prior_steps": args.steps, "prior_final_loss": history[-1]["loss"] if history else None,

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..configuration_igpg import IGPGVQVAEConfig
 from ..modeling_vqvae import IGPGVQVAEModel
-from ..progress import progress_bar
-from .checkpointing import atomic_write_json, load_training_state, save_training_state
+from .checkpointing import atomic_write_json
+from .loop import run_training
 
 logger = logging.getLogger(__name__)
 
@@ -84,38 +84,19 @@ def train_tokenizer(
     loader = DataLoader(TensorDataset(chunks, masks, positions), batch_size=args.batch_size, shuffle=True,
                         drop_last=chunks.shape[0] >= args.batch_size,
                         generator=torch.Generator().manual_seed(args.seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
-    state = load_training_state(accelerator, out)
-    step = state["step"] if state else 0
-    history = state.get("history", []) if state else []
-    cfg = accelerator.unwrap_model(model).config
+    cfg = model.config
     t0 = time.perf_counter()
-    model.train()
-    with progress_bar(args.steps, "tokenizer", enabled=progress and accelerator.is_main_process) as bar:
-        bar.update(step)
-        while step < args.steps:
-            for x, m, pos in loader:
-                tau = gumbel_temperature(step, args.steps, cfg.tau_start, cfg.tau_end, args.tau_anneal_fraction,
-                                         args.tau_cycles)
-                outp = model(x, pos, m, tau=tau)
-                accelerator.backward(outp.loss)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                if step % args.log_every == 0 or step == args.steps:
-                    rec = {"step": step, "loss": outp.loss.item(), "recon_mse": outp.recon_loss.item(),
-                           "perplexity": outp.perplexity.item(), "tau": tau}
-                    history.append(rec)
-                    logger.info("tokenizer %s", rec)
-                bar.update(1, postfix=f"mse {outp.recon_loss.item():.4f} ppl {outp.perplexity.item():.0f}")
-                if step % args.checkpoint_every == 0 and step < args.steps:
-                    save_training_state(accelerator, model, out, step, {"history": history})
-                if step >= args.steps:
-                    break
-    model = accelerator.unwrap_model(model).eval()
+
+    def step_fn(m, batch, step):
+        x, mask, pos = batch
+        tau = gumbel_temperature(step, args.steps, cfg.tau_start, cfg.tau_end, args.tau_anneal_fraction, args.tau_cycles)
+        o = m(x, pos, mask, tau=tau)
+        record = {"loss": o.loss.item(), "recon_mse": o.recon_loss.item(), "perplexity": o.perplexity.item(), "tau": tau}
+        return o.loss, record, f"mse {record['recon_mse']:.4f} ppl {record['perplexity']:.0f}"
+
+    model, history = run_training(accelerator, model, loader, step_fn, out, steps=args.steps, lr=args.lr,
+                                  weight_decay=args.weight_decay, log_every=args.log_every,
+                                  checkpoint_every=args.checkpoint_every, name="tokenizer", progress=progress)
     if accelerator.is_main_process:
         model.save_pretrained(out / "final")
         atomic_write_json(out / "final" / "training_log.json", {
