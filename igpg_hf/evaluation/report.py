@@ -28,6 +28,12 @@ def _short(arch: str) -> str:
     return re.sub(r", (input|classes|batch norm|activation).*", "", arch)
 
 
+def _tag(arch: str) -> str:
+    """A plot label: the family, and the blocks of a ResNet."""
+    m = re.search(r"layers (\[[^\]]*\])", arch)
+    return arch.split(":")[0] + (f" {m.group(1)}" if m else "")
+
+
 def _cols(r: dict) -> list[tuple[str, str]]:
     """(step key, column title): the epochs first, then the small step counts."""
     by_step = {str(s): f"ep {e}" for e, s in r["epoch_steps"].items()}
@@ -357,7 +363,7 @@ def _plot_fidelity(results: dict, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(0.7 * len(rows) + 2, 3.8))
     for j, (key, c) in enumerate((("original", "#4c72b0"), ("reconstructed", "#55a868"), ("generated", "#c44e52"))):
         ax.bar([i + (j - 1) * 0.27 for i in range(len(rows))], [r[key] for r in rows], 0.25, color=c, label=key)
-    ax.set_xticks(range(len(rows)), [f"{r['zoo']}\n{r['task']}\n{_short(r['architecture'])[:26]}" for r in rows],
+    ax.set_xticks(range(len(rows)), [f"{r['zoo']}\n{r['task']}\n{_tag(r['architecture'])}" for r in rows],
                   fontsize=5, rotation=90)
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
