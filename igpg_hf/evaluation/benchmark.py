@@ -361,39 +361,38 @@ def _task_starts(z: _Zoo, task: str, cfg: BenchConfig) -> tuple[dict, dict, Any]
     return {m: v for m, v in starts.items() if v[0]}, picked, spec
 
 
-def _tables(z: _Zoo, tasks: list[str], cfg: BenchConfig, pool: _Pool, progress: bool) -> dict:
-    """The Table-1 layout for each task: accuracy after 0..N fine-tuning steps for every method."""
+def _tables(z: _Zoo, tasks: list[str], cfg: BenchConfig, pool: _Pool, progress: bool, cache: Callable) -> dict:
+    """The Table-1 layout for each task (each cached on its own): accuracy after 0..N fine-tuning steps per method."""
+    return {t: cache(f"{z.name}-{t}", lambda t=t: _table(z, t, cfg, pool, progress)) for t in tasks}
+
+
+def _table(z: _Zoo, task: str, cfg: BenchConfig, pool: _Pool, progress: bool) -> dict:
+    """One task's table: every method's accuracy after each fine-tuning step count."""
     from ..progress import progress_bar
     from .metrics import evaluate_state_dicts
 
-    jobs, slots, out = [], [], {}
-    for task in tasks:
-        steps, epoch_steps, per_epoch = _schedule(z, task, cfg)
-        starts, picked, spec = _task_starts(z, task, cfg)
-        out[task] = {"instruction": get_task(task).instruction, "held_out": task not in z.by_task,
-                     "architecture": spec.text(), "steps": steps, "epoch_steps": epoch_steps,
-                     "steps_per_epoch": per_epoch, "methods": {}}
-        for m, (sds, k) in starts.items():
-            out[task]["methods"][m] = {"acc0": evaluate_state_dicts(spec, sds, task), "curves": [],
-                                       **picked.get(m, {})}
-            for i, sd in enumerate(sds[:k]):
-                jobs.append((spec.to_json(), sd, task, steps, cfg.finetune_lr, i))
-                slots.append((task, m))
+    steps, epoch_steps, per_epoch = _schedule(z, task, cfg)
+    starts, picked, spec = _task_starts(z, task, cfg)
+    r = {"instruction": get_task(task).instruction, "held_out": task not in z.by_task, "architecture": spec.text(),
+         "steps": steps, "epoch_steps": epoch_steps, "steps_per_epoch": per_epoch, "methods": {}}
+    jobs, slots = [], []
+    for m, (sds, k) in starts.items():
+        r["methods"][m] = {"acc0": evaluate_state_dicts(spec, sds, task), "curves": [], **picked.get(m, {})}
+        jobs += [(spec.to_json(), sd, task, steps, cfg.finetune_lr, i) for i, sd in enumerate(sds[:k])]
+        slots += [m] * len(sds[:k])
     results, chunk = [], max(1, cfg.workers * 4)
-    with progress_bar(len(jobs), f"fine-tuning ({z.name})", enabled=progress) as bar:
+    with progress_bar(len(jobs), f"fine-tuning ({z.name}, {task})", enabled=progress) as bar:
         for i in range(0, len(jobs), chunk):
             results += pool.map(finetune_job, jobs[i:i + chunk])
             bar.update(len(jobs[i:i + chunk]))
-    for (task, m), curve in zip(slots, results, strict=True):
-        out[task]["methods"][m]["curves"].append({str(s): a for s, a in curve.items()})
-    for r in out.values():
-        for m in r["methods"].values():
-            m["mean"] = {str(s): _mean(m["acc0"]) if s == 0 else _mean([c[str(s)] for c in m["curves"]]) for s in r["steps"]}
-            vals0 = m["acc0"]
-            m["std"] = {str(s): _std(vals0) if s == 0 else _std([c[str(s)] for c in m["curves"]]) for s in r["steps"]}
-            finite = [v for v in vals0 if not math.isnan(v)] or [float("nan")]
-            m["min0"], m["max0"] = min(finite), max(finite)
-    return out
+    for m, curve in zip(slots, results, strict=True):
+        r["methods"][m]["curves"].append({str(s): a for s, a in curve.items()})
+    for m in r["methods"].values():
+        at = lambda s, m=m: m["acc0"] if s == 0 else [c[str(s)] for c in m["curves"]]  # noqa: E731
+        m["mean"], m["std"] = {str(s): _mean(at(s)) for s in steps}, {str(s): _std(at(s)) for s in steps}
+        finite = [v for v in m["acc0"] if not math.isnan(v)] or [float("nan")]
+        m["min0"], m["max0"] = min(finite), max(finite)
+    return r
 
 
 def _losses(table: dict, part: str) -> list[dict]:
@@ -411,8 +410,8 @@ def _losses(table: dict, part: str) -> list[dict]:
     return out
 
 
-def _part_seen(z: _Zoo, cfg: BenchConfig, pool: _Pool, progress: bool) -> dict:
-    tables = _tables(z, sorted(z.by_task), cfg, pool, progress)
+def _part_seen(z: _Zoo, cfg: BenchConfig, pool: _Pool, progress: bool, cache: Callable) -> dict:
+    tables = _tables(z, sorted(z.by_task), cfg, pool, progress, cache)
     ratios = {t: r["methods"]["generated"]["mean"]["0"] / r["methods"]["zoo"]["mean"]["0"] for t, r in tables.items()}
     mean_ratio = _mean(list(ratios.values()))
     return {"zoo": z.name, "zoo_epochs": z.epochs, "tasks": tables, "generated_over_zoo": ratios,
@@ -434,10 +433,11 @@ def _head_start(r: dict) -> dict:
     return {**best_row, "steps": rows, "meets_20_points": best_row["gap_to_random_init"] >= 20 and best_row["random_init_below_50"]}
 
 
-def _part_unseen(zoos: dict[str, tuple[_Zoo, list[str]]], cfg: BenchConfig, pool: _Pool, progress: bool) -> dict:
+def _part_unseen(zoos: dict[str, tuple[_Zoo, list[str]]], cfg: BenchConfig, pool: _Pool, progress: bool,
+                 cache: Callable) -> dict:
     out: dict[str, Any] = {"zoos": {}, "losses": []}
     for kind, (z, tasks) in zoos.items():
-        tables = _tables(z, tasks, cfg, pool, progress)
+        tables = _tables(z, tasks, cfg, pool, progress, cache)
         for r in tables.values():
             r["head_start"] = _head_start(r)
         out["zoos"][kind] = {"zoo": z.name, "zoo_epochs": z.epochs, "tasks": tables}
@@ -718,6 +718,9 @@ def run_benchmark(out_dir: str | os.PathLike, config: BenchConfig | None = None,
                                      progress),
         "resnet": lambda: _resnet_zoo(cfg, out, pool, timings, progress)}
 
+    def cache(name: str, fn: Callable[[], dict]) -> dict:  # a finished piece of a part survives a killed run
+        return _cached(out / "parts" / f"{name}.json", key, fn)
+
     def zoo(name: str) -> _Zoo:  # built or loaded on first use: a part cached on disk needs none
         if name not in zoos:
             zoos[name] = loaders[name]()
@@ -727,8 +730,8 @@ def run_benchmark(out_dir: str | os.PathLike, config: BenchConfig | None = None,
         return {"independent": (zoo("seen"), cfg.unseen_tasks), "related": (zoo("related"), cfg.unseen_related_tasks)}
 
     run: dict[str, Callable[[], dict]] = {
-        "seen": lambda: _part_seen(zoo("seen"), cfg, pool, progress),
-        "unseen": lambda: _part_unseen(unseen(), cfg, pool, progress),
+        "seen": lambda: _part_seen(zoo("seen"), cfg, pool, progress, cache),
+        "unseen": lambda: _part_unseen(unseen(), cfg, pool, progress, cache),
         "cross_arch": lambda: _part_cross(zoo("resnet"), cfg, pool),
         "fidelity": lambda: _part_fidelity([zoo("seen"), zoo("related"), zoo("resnet")]),
         "novelty": lambda: _part_novelty(zoo("seen"), unseen(), cfg),
