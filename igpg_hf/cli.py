@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 from pathlib import Path
 from typing import Annotated
 
@@ -294,17 +295,25 @@ def demo_cmd(
     except ValueError as e:
         _fail(e)
     table = Table("task", "zoo mean", "recon", "generated mean", "best", "gen/zoo", "random init", "copies",
+                  "new-only mean", "new/zoo", "new novelty",
                   title="generated weights vs the zoo (test accuracy %, no fine-tuning)")
     for task, r in res["tasks"].items():
         n = len(r["generated_acc"])
+        new = ([f"{r['new_only_mean_acc']:.1f}", f"{r['new_only_over_zoo']:.3f}",
+                f"{statistics.median(r['new_only_novelty']):.3f}"] if "new_only_acc" in r else ["-"] * 3)
         table.add_row(task, f"{r['zoo_mean_acc']:.1f}", f"{r['recon_acc']:.1f}", f"{r['generated_mean_acc']:.1f}",
                       f"{r['generated_best_acc']:.1f}", f"{r['generated_over_zoo']:.3f}", f"{r['random_init_acc']:.1f}",
-                      f"{r['copies']}/{n}" + (f" ({r['copies_of_other_tasks']} of other tasks)" if r["copies_of_other_tasks"] else ""))
+                      f"{r['copies']}/{n}" + (f" ({r['copies_of_other_tasks']} of other tasks)" if r["copies_of_other_tasks"] else ""),
+                      *new)
     console.print(table)
     s = res["summary"]
     if s["total_copies"]:
         console.print(f"[yellow]{s['total_copies']} of {s['total_samples']} samples are token-for-token copies of "
                       "training checkpoints: on those, the generator is retrieving, not generating.[/]")
+    if "new_only_working" in s:
+        console.print(f"new-only sampling (copies excluded): {s['new_only_working']} of {s['total_samples']} samples reach "
+                      f"90 % of their zoo's mean; their mean novelty is {s['new_only_mean_novelty']:.3f} (for scale: adjacent "
+                      f"epochs of one training run {s['adjacent_epochs_novelty']:.3f}, a copy 0)")
     console.print(f"generate 1 model: {res['generate_seconds_one']:.2f} s; 100 models: {res['generate_seconds_100']:.2f} s")
     console.print(f"total {res['timings']['total_seconds']:.0f} s; results in {out / 'results.json'}, plot {out / 'results.png'}, "
                   f"pipeline {out / 'pipeline'}")

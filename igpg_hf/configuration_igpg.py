@@ -114,6 +114,9 @@ class IGPGPriorConfig(GPT2Config):
     # what the prior was trained on and what it measured (filled by the training loop / demo; goes
     # into the model card)
     training_summary: dict | None = None
+    # fingerprints (`igpg_hf.sampling.sequence_hash`) of every training token sequence, so that the
+    # pipeline can tell a sample that copies a training checkpoint token for token (set by train_prior)
+    training_sequence_hashes: list[str] | None = None
 
     def __post_init__(self, **kwargs: Any):
         # weight tokens have no BOS/EOS: sequences have a known length

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .conditioning import encode_text, prepare_support_set
 from .modeling_prior import IGPGConditions, IGPGPriorModel
 from .modeling_vqvae import IGPGVQVAEModel
-from .sampling import SamplingConfig, sample_weight_tokens
+from .sampling import SamplingConfig, sample_weight_tokens, sequence_hash
 from .weights import WeightLayout
 from .zoo.architectures import ArchSpec, get_architecture
 
@@ -45,12 +45,20 @@ CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "hub_cards" / "model_ca
 @dataclass
 class IGPGPipelineOutput(BaseOutput):
     """state_dicts: one per sample, keyed like the target module; modules: instantiated nets (if asked);
-    token_ids: (num_samples, N) sampled tokens; seconds: generation wall time."""
+    token_ids: (num_samples, N) sampled tokens; seconds: generation wall time; log_likelihood: each
+    sample's mean log-probability per token under the prior; is_copy: whether each sample repeats a
+    training checkpoint token for token (None if the prior stores no training fingerprints);
+    num_candidates / candidate_copies: how many sequences were drawn to choose from, and how many of
+    them were copies (None if unknown)."""
 
     state_dicts: list[dict[str, torch.Tensor]]
     modules: list[nn.Module] | None
     token_ids: torch.Tensor
     seconds: float
+    log_likelihood: list[float] | None = None
+    is_copy: list[bool] | None = None
+    num_candidates: int | None = None
+    candidate_copies: int | None = None
 
 
 class IGPGPipeline(DiffusionPipeline):
@@ -114,14 +122,29 @@ class IGPGPipeline(DiffusionPipeline):
         architecture_text: str | None = None,
         return_modules: bool = False,
         use_cache: bool = True,
+        candidates_per_sample: int = 1,
+        exclude_copies: bool = False,
     ) -> IGPGPipelineOutput:
-        """Generate ``num_samples`` state dicts for ``architecture`` following ``instruction``."""
+        """Generate ``num_samples`` state dicts for ``architecture`` following ``instruction``.
+
+        ``candidates_per_sample=k`` draws ``k * num_samples`` sequences and keeps the ``num_samples`` the
+        prior finds most likely (mean log-probability per token; no labels or data are used). With
+        ``exclude_copies=True`` sequences that repeat a training checkpoint token for token are ranked
+        last, so the result holds new weights whenever enough candidates are new (a warning says when
+        not). Kept samples stay in the order they were drawn.
+        """
         t0 = time.perf_counter()
         # 1. check inputs
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction must be a non-empty string, e.g. 'Classify handwritten digits 0-9'")
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        if candidates_per_sample < 1:
+            raise ValueError(f"candidates_per_sample must be at least 1, got {candidates_per_sample}")
+        known = getattr(self.prior.config, "training_sequence_hashes", None) if self.prior is not None else None
+        if exclude_copies and not known:
+            raise ValueError("exclude_copies=True needs a prior that stores its training-sequence fingerprints "
+                             "(priors trained by igpg_hf >= 0.2 do); retrain the prior or pass exclude_copies=False")
         for name in ("vqvae", "prior", "text_encoder", "tokenizer"):
             if getattr(self, name, None) is None:
                 raise ValueError(f"pipeline component {name!r} is missing; load a complete pipeline folder")
@@ -134,7 +157,23 @@ class IGPGPipeline(DiffusionPipeline):
         cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **self._dataset_condition(dataset, 1))
         # 4. sample weight tokens autoregressively (block by block past the context)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        tokens = sample_weight_tokens(self.prior, cond, n_tokens, num_samples, sampling, seed=seed, use_cache=use_cache)
+        n_draw = num_samples * candidates_per_sample
+        tokens, loglik = sample_weight_tokens(self.prior, cond, n_tokens, n_draw, sampling, seed=seed,
+                                              use_cache=use_cache, return_log_likelihood=True)
+        known_set = set(known or ())
+        copy_flags = [sequence_hash(t) in known_set for t in tokens] if known else None
+        if n_draw > num_samples:  # keep the most likely (new ones first if asked), in drawing order
+            rank = sorted(range(n_draw), key=lambda i: (exclude_copies and copy_flags[i], -float(loglik[i])))
+            keep = sorted(rank[:num_samples])
+        else:
+            keep = list(range(n_draw))
+        if exclude_copies and any(copy_flags[i] for i in keep):
+            logger.warning("only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
+                           "samples are copies: raise candidates_per_sample", n_draw - sum(copy_flags), n_draw,
+                           sum(copy_flags[i] for i in keep))
+        candidate_copies = sum(copy_flags) if copy_flags is not None else None
+        tokens, loglik = tokens[keep], loglik[keep]
+        copy_flags = [copy_flags[i] for i in keep] if copy_flags is not None else None
         # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
         fill = template.state_dict() if template is not None else None
         state_dicts = self.vqvae.decode(tokens.to(self.vqvae.device), layout, fill=fill)
@@ -146,7 +185,9 @@ class IGPGPipeline(DiffusionPipeline):
                 m = spec.build() if spec is not None else copy.deepcopy(template)
                 m.load_state_dict(sd, strict=True)
                 modules.append(m.eval())
-        return IGPGPipelineOutput(state_dicts, modules, tokens.cpu(), time.perf_counter() - t0)
+        return IGPGPipelineOutput(state_dicts, modules, tokens.cpu(), time.perf_counter() - t0,
+                                  log_likelihood=loglik.cpu().tolist(), is_copy=copy_flags, num_candidates=n_draw,
+                                  candidate_copies=candidate_copies)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:

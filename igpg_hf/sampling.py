@@ -9,6 +9,7 @@ prefix. `block_windows` defines that split once, for sampling and for training a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from .modeling_prior import IGPGConditions, IGPGPriorModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BlockWindow", "block_windows", "sample_weight_tokens", "SamplingConfig"]
+__all__ = ["BlockWindow", "block_windows", "sample_weight_tokens", "SamplingConfig", "sequence_hash"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class SamplingConfig:
         return kw
 
 
+def sequence_hash(tokens: torch.Tensor) -> str:
+    """A short, stable fingerprint of one token sequence (to recognise training sequences without storing them)."""
+    return hashlib.sha1(tokens.detach().to("cpu", torch.int32).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 @torch.no_grad()
 def sample_weight_tokens(
     prior: IGPGPriorModel,
@@ -77,8 +83,13 @@ def sample_weight_tokens(
     sampling: SamplingConfig | None = None,
     seed: int | None = None,
     use_cache: bool = True,
-) -> torch.Tensor:
-    """Sample (B * num_samples, num_tokens) weight-token ids for the B condition rows in ``cond``."""
+    return_log_likelihood: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Sample (B * num_samples, num_tokens) weight-token ids for the B condition rows in ``cond``.
+
+    With ``return_log_likelihood`` also returns each sequence's mean log-probability per token under the
+    prior's own (untempered, unfiltered) distribution, a label-free score of how typical a sample is.
+    """
     sampling = sampling or SamplingConfig()
     cfg = prior.config
     if num_tokens < 1:
@@ -90,6 +101,7 @@ def sample_weight_tokens(
     cond = cond.repeat_interleave(num_samples).to(prior.device)
     B = cond.batch_size() or num_samples
     out = torch.empty(B, num_tokens, dtype=torch.long, device=prior.device)
+    logp = torch.zeros(B, dtype=torch.float32, device=prior.device)
     devices = [prior.device] if prior.device.type == "cuda" else []
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext():
@@ -104,7 +116,14 @@ def sample_weight_tokens(
                 attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prior.device),
                 max_new_tokens=n_new, min_new_tokens=n_new, use_cache=use_cache,
                 pad_token_id=cfg.pad_token_id, eos_token_id=None, **sampling.generate_kwargs(),
+                return_dict_in_generate=True, output_logits=return_log_likelihood,
             )
-            out[:, w.start:w.stop] = gen[:, -n_new:]
+            new = gen.sequences[:, -n_new:]
+            out[:, w.start:w.stop] = new
+            if return_log_likelihood:  # raw logits of each step, before temperature/top-k/top-p
+                logits = torch.stack(gen.logits, dim=1).float()
+                logp += torch.log_softmax(logits, -1).gather(-1, new[..., None]).squeeze(-1).sum(1)
     logger.debug("sampled %d x %d tokens in %.2fs", B, num_tokens, time.perf_counter() - t0)
+    if return_log_likelihood:
+        return out, logp / num_tokens
     return out

@@ -33,6 +33,11 @@ def test_demo_writes_results_for_scripts(demo_dir):
         assert len(r["generated_acc"]) == DemoConfig.from_preset("smoke").num_samples
         assert 0 <= r["copies"] <= len(r["generated_acc"])
         assert 0 <= r["zoo_mean_acc"] <= 100 and 0 <= r["random_init_acc"] <= 100
+        # new-only sampling: copies survive only when too few of the drawn candidates were new
+        n, cfg = len(r["generated_acc"]), DemoConfig.from_preset("smoke")
+        assert r["new_only_candidates"] == cfg.novel_candidates * n and len(r["new_only_acc"]) == n
+        new_candidates = r["new_only_candidates"] - r["new_only_candidate_copies"]
+        assert r["new_only_copies"] == max(0, n - new_candidates)
     assert (demo_dir / "results.png").stat().st_size > 1000
     assert (demo_dir / "pipeline" / "model_index.json").exists()
 

@@ -86,3 +86,46 @@ def test_tokenizer_that_cannot_encode_the_layout(pipe):
     delta = IGPGPipeline(vqvae=vq, prior=pipe.prior, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
     with pytest.raises(ValueError, match="only accepts that base's layout"):
         delta("Classify digits", architecture="tiny_cnn")
+
+
+def test_candidates_likelihood_and_copy_exclusion(pipe):
+    from igpg_hf.conditioning import encode_text
+    from igpg_hf.modeling_prior import IGPGConditions
+    from igpg_hf.sampling import block_windows, sequence_hash
+
+    kw = dict(architecture="tiny_cnn", seed=5)
+    plain = pipe("Classify handwritten digits", num_samples=6, **kw)
+    assert plain.is_copy is None and plain.num_candidates == 6 and len(plain.log_likelihood) == 6
+    # the reported log-likelihood is the prior's own mean log-probability per token of the sequence
+    _, text, _, _ = pipe.resolve_architecture("tiny_cnn")
+    emb = encode_text(["Classify handwritten digits", text], pipe.text_encoder, pipe.tokenizer)
+    cond = IGPGConditions(text_embeds=emb[:1].expand(6, -1), arch_embeds=emb[1:].expand(6, -1))
+    cfg, toks, total = pipe.prior.config, plain.token_ids, torch.zeros(6)
+    wins = block_windows(toks.shape[1], cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
+    assert len(wins) > 1  # the tiny prior's context is shorter than the model: scored window by window
+    with torch.no_grad():
+        for w in wins:
+            cond.block_index = torch.full((6,), w.index, dtype=torch.long)
+            pre = pipe.prior.build_prefix(cond, 6)
+            logits = pipe.prior(inputs_embeds=pipe.prior.embed_sequence(pre, toks[:, w.context_start:w.stop])).logits
+            new = toks[:, w.start:w.stop]
+            lp = torch.log_softmax(logits[:, -new.shape[1] - 1:-1].float(), -1)
+            total += lp.gather(-1, new[..., None]).squeeze(-1).sum(1)
+    assert torch.allclose(total / toks.shape[1], torch.tensor(plain.log_likelihood), atol=1e-4)
+    # best of 3 candidates per sample: the kept ones are the most likely of a larger seeded draw
+    best = pipe("Classify handwritten digits", num_samples=2, candidates_per_sample=3, **kw)
+    assert best.num_candidates == 6 and len(best.state_dicts) == 2
+    assert sorted(best.log_likelihood) == sorted(plain.log_likelihood)[-2:]
+    # exclude_copies needs the training fingerprints; pretend two of the six draws were training sequences
+    with pytest.raises(ValueError, match="fingerprints"):
+        pipe("Classify handwritten digits", num_samples=2, exclude_copies=True, **kw)
+    order = sorted(range(6), key=lambda i: -plain.log_likelihood[i])
+    pipe.prior.config.training_sequence_hashes = [sequence_hash(plain.token_ids[i]) for i in order[:2]]
+    try:
+        new = pipe("Classify handwritten digits", num_samples=2, candidates_per_sample=3, exclude_copies=True, **kw)
+        assert new.is_copy == [False, False] and new.candidate_copies == 2
+        assert sorted(new.log_likelihood) == sorted(plain.log_likelihood[i] for i in order[2:4])
+        plain2 = pipe("Classify handwritten digits", num_samples=6, **kw)
+        assert sum(plain2.is_copy) == 2
+    finally:
+        pipe.prior.config.training_sequence_hashes = None

@@ -59,6 +59,12 @@ def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):
                 PriorTrainingArgs(steps=60, batch_size=6, lr=5e-3, log_every=10), progress=False)
     hist = json.loads((tmp_path / "prior" / "final" / "training_log.json").read_text())["history"]
     assert hist[-1]["loss"] < 0.8 * hist[0]["loss"]
+    # the saved prior knows its training sequences by fingerprint (for the pipeline's copy flags)
+    from igpg_hf import IGPGPriorModel
+    from igpg_hf.sampling import sequence_hash
+
+    saved = IGPGPriorModel.from_pretrained(tmp_path / "prior" / "final").config.training_sequence_hashes
+    assert saved == sorted({sequence_hash(vq.encode(c.state_dict(), c.layout)) for c in checkpoints})
 
 
 def test_prior_rejects_mismatched_tokenizer(tmp_path, checkpoints):

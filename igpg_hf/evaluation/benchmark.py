@@ -223,7 +223,17 @@ class _Zoo:
         if key not in self._gen:
             self._gen[key] = self.pipe(get_task(task).instruction, architecture=spec,
                                        dataset=task if dataset == "task" else dataset, num_samples=n, seed=s.seed,
-                                       temperature=s.temperature, top_k=s.top_k)
+                                       temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        return self._gen[key]
+
+    def generate_new(self, task: str, spec):
+        """Seeded samples with token-for-token copies of training checkpoints excluded (DemoConfig's new-only setting)."""
+        s = self.settings
+        key = ("new", task, spec.to_json())
+        if key not in self._gen:
+            self._gen[key] = self.pipe(get_task(task).instruction, architecture=spec, dataset=task,
+                                       num_samples=s.num_samples, seed=s.seed, temperature=s.novel_temperature,
+                                       top_k=s.novel_top_k, candidates_per_sample=s.novel_candidates, exclude_copies=True)
         return self._gen[key]
 
 
@@ -567,8 +577,12 @@ def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: Be
     for task in sorted(seen.by_task):
         spec = seen.by_task[task][0].arch()
         gen = seen.generate(task, spec)
-        models += [{**r, "zoo": "seen", "held_out": False}
+        models += [{**r, "zoo": "seen", "held_out": False, "new_only": False}
                    for r in _novelty_rows(seen, task, gen.state_dicts, gen.token_ids, spec)]
+        if seen.settings.novel_candidates:
+            new = seen.generate_new(task, spec)
+            models += [{**r, "zoo": "seen", "held_out": False, "new_only": True}
+                       for r in _novelty_rows(seen, task, new.state_dicts, new.token_ids, spec)]
         sources = seen.by_task[task][:cfg.noise_curve_checkpoints]
         points = []
         for scale in cfg.noise_curve_scales:
@@ -592,7 +606,7 @@ def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: Be
         for task in tasks:
             spec = z.by_task[z.nearest_task(task)][0].arch()
             gen = z.generate(task, spec)
-            models += [{**r, "zoo": kind, "held_out": True}
+            models += [{**r, "zoo": kind, "held_out": True, "new_only": False}
                        for r in _novelty_rows(z, task, gen.state_dicts, gen.token_ids, spec)]
 
     def summary(rows: list[dict]) -> dict:
@@ -604,11 +618,14 @@ def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: Be
                 "fraction_above_noise_curve": _mean([float(r["margin_over_noise"] > 0) for r in rows
                                                      if "margin_over_noise" in r])}
 
-    seen_rows = [m for m in models if not m["held_out"]]
+    seen_rows = [m for m in models if not m["held_out"] and not m["new_only"]]
     new = [m for m in seen_rows if not m["copy"]]
+    new_only = [m for m in models if m["new_only"]]
     return {"models": models, "noise_curves": curves, "adjacent_epochs_novelty": adjacent,
             "seen": summary(seen_rows), "seen_non_copies": summary(new),
             "seen_copies": summary([m for m in seen_rows if m["copy"]]),
+            "seen_new_only": summary(new_only) if new_only else None,
+            "new_only_beat_noise_curve": (summary(new_only)["mean_margin_over_noise"] > 0) if new_only else None,
             "held_out": summary([m for m in models if m["held_out"]]),
             "non_copies_beat_noise_curve": (summary(new)["mean_margin_over_noise"] > 0) if new else None}
 

@@ -52,10 +52,18 @@ class DemoConfig:
     tokenizer: TokenizerTrainingArgs = field(default_factory=TokenizerTrainingArgs)
     prior: PriorTrainingArgs = field(default_factory=PriorTrainingArgs)
     num_samples: int = 10
-    temperature: float = 0.8
+    # plain sampling: nucleus (top-p 0.9) at temperature 1; measured on the demo zoo it gave working nets
+    # for every task while T = 0.8 without top-p drew broken sequences (see README, Results)
+    temperature: float = 1.0
     top_k: int | None = None
+    top_p: float | None = 0.9
     seed: int = 0
     num_random_init: int = 10
+    # "new only": draw novel_candidates x num_samples sequences at a hotter setting, drop token-for-token
+    # copies of training checkpoints, keep the most likely under the prior (0 disables this row)
+    novel_candidates: int = 8
+    novel_temperature: float = 1.5
+    novel_top_k: int | None = 3
 
     @classmethod
     def from_preset(cls, name: str) -> DemoConfig:
@@ -134,8 +142,17 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         same_layout = [c for c in checkpoints if c.layout == ck[0].layout]
         recon = evaluate_state_dicts(spec, [vqvae.reconstruct(c.state_dict(), c.layout) for c in ck], task)
         gen = pipe(get_task(task).instruction, architecture=spec, dataset=task, num_samples=config.num_samples,
-                   seed=config.seed, temperature=config.temperature, top_k=config.top_k)
+                   seed=config.seed, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
         gen_acc = evaluate_state_dicts(spec, gen.state_dicts, task)
+        new_only = {}
+        if config.novel_candidates:
+            new = pipe(get_task(task).instruction, architecture=spec, dataset=task, num_samples=config.num_samples,
+                       seed=config.seed, temperature=config.novel_temperature, top_k=config.novel_top_k,
+                       candidates_per_sample=config.novel_candidates, exclude_copies=True)
+            new_acc = evaluate_state_dicts(spec, new.state_dicts, task)
+            new_vec = torch.stack([ck[0].layout.vectorize(sd) for sd in new.state_dicts])
+        train_vec = torch.stack([c.vector() for c in ck])
+        scale = pairwise_scale(train_vec)
         rand = []
         for s in range(config.num_random_init):
             torch.manual_seed(1000 + s)
@@ -145,9 +162,15 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         own_tok = torch.stack([train_tokens[c.metadata.model_id] for c in ck])
         copies = count_copies(gen.token_ids, train_tok)
         own_copies = count_copies(gen.token_ids, own_tok)
-        train_vec = torch.stack([c.vector() for c in ck])
         gen_vec = torch.stack([ck[0].layout.vectorize(sd) for sd in gen.state_dicts])
-        nov = novelty(gen_vec, train_vec, pairwise_scale(train_vec))
+        nov = novelty(gen_vec, train_vec, scale)
+        if config.novel_candidates:
+            new_only = {"new_only_acc": new_acc, "new_only_mean_acc": _mean(new_acc),
+                        "new_only_over_zoo": _mean(new_acc) / _mean([100.0 * c.metadata.test_acc for c in ck]),
+                        "new_only_copies": sum(count_copies(new.token_ids, train_tok)),
+                        "new_only_candidates": new.num_candidates,
+                        "new_only_candidate_copies": new.candidate_copies,
+                        "new_only_novelty": novelty(new_vec, train_vec, scale).novelty}
         zoo_acc = [100.0 * c.metadata.test_acc for c in ck]  # the corpus stores fractions; reports use %
         per_task[task] = {
             "instruction": get_task(task).instruction,
@@ -167,10 +190,23 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
             "copies_of_this_task": sum(own_copies),
             "copies_of_other_tasks": sum(c and not o for c, o in zip(copies, own_copies, strict=True)),
             "novelty": nov.novelty,
+            **new_only,
         }
         logger.info("%s: zoo %.1f recon %.1f generated %.1f random %.1f copies %d/%d", task,
                     per_task[task]["zoo_mean_acc"], per_task[task]["recon_acc"], per_task[task]["generated_mean_acc"],
                     per_task[task]["random_init_acc"], sum(copies), len(copies))
+
+    # novelty scale for reading the figures: adjacent kept epochs of one training run
+    pairs = {}
+    for c in sorted(checkpoints, key=lambda c: c.metadata.epoch):
+        pairs.setdefault(c.metadata.run_id, []).append(c)
+    adjacent = []
+    for task in tasks:
+        vecs = torch.stack([c.vector() for c in checkpoints if c.metadata.task == task])
+        sc = pairwise_scale(vecs)
+        adjacent += [(a.vector() - b.vector()).norm().item() / sc for cs in pairs.values()
+                     if cs[0].metadata.task == task for a, b in zip(cs, cs[1:], strict=False)]
+    adjacent_epochs = _mean(adjacent)
 
     # 4. speed: one model and 100 models after the pipeline is loaded (one warm-up call first)
     task0 = tasks[0]
@@ -189,6 +225,13 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
             "mean_recon_loss_points": _mean([r["recon_loss_points"] for r in per_task.values()]),
             "total_copies": sum(r["copies"] for r in per_task.values()),
             "total_samples": sum(len(r["generated_acc"]) for r in per_task.values()),
+            "adjacent_epochs_novelty": adjacent_epochs,
+            **({"new_only_mean_over_zoo": _mean([r["new_only_over_zoo"] for r in per_task.values()]),
+                "new_only_min_over_zoo": min(r["new_only_over_zoo"] for r in per_task.values()),
+                "new_only_copies": sum(r["new_only_copies"] for r in per_task.values()),
+                "new_only_mean_novelty": _mean([x for r in per_task.values() for x in r["new_only_novelty"]]),
+                "new_only_working": sum(a >= 0.9 * r["zoo_mean_acc"] for r in per_task.values() for a in r["new_only_acc"]),
+                } if config.novel_candidates else {}),
             "num_checkpoints": len(checkpoints),
             "prior_parameters": sum(p.numel() for p in pipe.prior.parameters()),
             "vqvae_parameters": sum(p.numel() for p in pipe.vqvae.parameters()),
@@ -215,7 +258,7 @@ def plot_demo(results: dict, path: str | os.PathLike) -> Path:
 
     tasks = list(results["tasks"])
     fig, ax = plt.subplots(figsize=(1.8 * len(tasks) + 2, 4))
-    w = 0.22
+    w = 0.2
     for i, t in enumerate(tasks):
         r = results["tasks"][t]
         ax.bar(i - w, r["random_init_acc"], w, color="#bbbbbb", label="random init" if i == 0 else None)
@@ -224,6 +267,9 @@ def plot_demo(results: dict, path: str | os.PathLike) -> Path:
         xs = [i + 2 * w] * len(r["generated_acc"])
         ax.scatter(xs, r["generated_acc"], color="#c44e52", s=14, zorder=3, label="generated samples" if i == 0 else None)
         ax.annotate(f"{r['copies']}/{len(r['generated_acc'])} copies", (i + 0.1, 3), fontsize=7, ha="center")
+        if "new_only_acc" in r:
+            ax.scatter([i + 2.8 * w] * len(r["new_only_acc"]), r["new_only_acc"], color="#8172b2", marker="x", s=16,
+                       zorder=3, label="generated, copies excluded" if i == 0 else None)
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)

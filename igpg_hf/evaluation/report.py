@@ -177,8 +177,10 @@ def _sec_novelty(nov: dict, cfg: dict) -> list[str]:
           "| models | n | copies | mean novelty | disagreement (%) | accuracy | margin over noise curve | above the curve |",
           "|---|---|---|---|---|---|---|---|"]
     for key, label in (("seen", "seen tasks, all"), ("seen_copies", "seen, copies"), ("seen_non_copies", "seen, not copies"),
-                       ("held_out", "held-out tasks")):
-        s = nov[key]
+                       ("seen_new_only", "seen, new-only sampling (copies excluded)"), ("held_out", "held-out tasks")):
+        s = nov.get(key)
+        if not s:
+            continue
         L.append(f"| {label} | {s['models']} | {s['copies']} | {_f(s['mean_novelty'], 3)} | {_f(s['mean_disagreement'])} "
                  f"| {_f(s['mean_accuracy'])} | {_f(s['mean_margin_over_noise'])} | {_f(s['fraction_above_noise_curve'], 2)} |")
     L += ["", "Noise baseline (mean over its source checkpoints): scale → novelty / accuracy", "",
@@ -190,6 +192,10 @@ def _sec_novelty(nov: dict, cfg: dict) -> list[str]:
         L += ["", "For scale: adjacent kept epochs of one training run sit at novelty "
               + ", ".join(f"{_f(v, 3)} ({t})" for t, v in nov["adjacent_epochs_novelty"].items()) + "."]
     L += ["", f"Verdict: {verdict}.", "", "![novelty](novelty.png)", ""]
+    if nov.get("seen_new_only"):
+        L[-2:-2] = ["New-only sampling draws several candidates per sample at a hotter setting, drops token-for-token "
+                    "copies of training checkpoints and keeps the ones the prior finds most likely (no labels used): "
+                    + _verdict_new(nov) + ".", ""]
     return L
 
 
@@ -232,6 +238,13 @@ def _verdict(nov: dict) -> str:
             else "the non-copies are **not** more accurate than the noise baseline at their novelty")
 
 
+def _verdict_new(nov: dict) -> str:
+    s = nov["seen_new_only"]
+    return (f"{s['models']} models at mean novelty {_f(s['mean_novelty'], 3)} and accuracy {_f(s['mean_accuracy'])}, "
+            f"{_f(s['mean_margin_over_noise'])} points over the noise curve on average, "
+            + ("**above** it" if nov["new_only_beat_noise_curve"] else "**not above** it"))
+
+
 def _headline(R: dict) -> list[str]:
     """The targets, met or not, and where the generator loses to a baseline."""
     L = ["## Headline", ""]
@@ -262,7 +275,7 @@ def _headline(R: dict) -> list[str]:
         L.append(f"- **Novelty:** {nov['seen']['copies']} of {nov['seen']['models']} generated models on seen tasks are "
                  f"token-for-token copies of training checkpoints; {_verdict(nov)} (non-copies: {ns['models']}, mean "
                  f"novelty {_f(ns['mean_novelty'], 3)}, mean margin over the noise curve {_f(ns['mean_margin_over_noise'])} "
-                 "points).")
+                 "points)." + (f" New-only sampling (copies excluded): {_verdict_new(nov)}." if nov.get("seen_new_only") else ""))
     if "seen" in R or "unseen" in R:
         L += ["", "### Where the generator loses to a baseline", ""]
         L += _losses(R.get("seen", {}).get("losses", []) + R.get("unseen", {}).get("losses", []))
@@ -382,9 +395,14 @@ def _plot_novelty(results: dict, out: Path) -> Path:
         ax.plot([p["novelty"] for p in pts], [p["accuracy"] for p in pts], "-o", color="#937860", ms=3,
                 label="checkpoint + noise")
         for copy, mk in ((True, "x"), (False, "o")):
-            ms = [m for m in nov["models"] if m["task"] == task and m["copy"] == copy and not m["held_out"]]
+            ms = [m for m in nov["models"] if m["task"] == task and m["copy"] == copy and not m["held_out"]
+                  and not m.get("new_only")]
             ax.scatter([m["novelty"] for m in ms], [m["accuracy"] for m in ms], marker=mk, color="#c44e52", s=18,
                        label="generated, copy" if copy else "generated, not a copy", zorder=3)
+        ms = [m for m in nov["models"] if m["task"] == task and m.get("new_only")]
+        if ms:
+            ax.scatter([m["novelty"] for m in ms], [m["accuracy"] for m in ms], marker="^", color="#8172b2", s=16,
+                       label="generated, copies excluded", zorder=3)
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("novelty (distance to nearest / typical)")

@@ -27,7 +27,7 @@ from ..conditioning import encode_text, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
-from ..sampling import block_windows
+from ..sampling import block_windows, sequence_hash
 from .checkpointing import atomic_write_json
 from .loop import run_training
 
@@ -177,6 +177,7 @@ def train_prior(
         raise ValueError(f"prior vocab_size {cfg.vocab_size} != tokenizer vocabulary {vqvae.config.vocab_size}")
     if cfg.tokens_per_chunk != vqvae.config.tokens_per_chunk:
         raise ValueError(f"prior tokens_per_chunk {cfg.tokens_per_chunk} != tokenizer's {vqvae.config.tokens_per_chunk}")
+    cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
     strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
