@@ -70,10 +70,31 @@ class IGPGVQVAEModel(PreTrainedModel):
         self.enc_pos = nn.Embedding(config.max_positions, K) if config.use_position else None
         self.dec_pos = nn.Embedding(config.max_positions, L * d) if config.use_position else None
         self.encoder = _mlp(K, H, L * d, config.num_hidden_layers)
-        self.quantizer = build_quantizer(config)
+        # on CPU even under from_pretrained's meta-device context: FSQ computes its codebook size with .item() and
+        # keeps non-persistent level buffers that loading would leave on the meta device
+        with torch.device("cpu"):
+            self.quantizer = build_quantizer(config)
         self.decoder = _mlp(L * d, H, K, config.num_hidden_layers)
         self.register_buffer("base_vector", torch.zeros(config.base_size))
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> IGPGVQVAEModel:
+        model = super().from_pretrained(*args, **kwargs)
+        model._restore_quantizer_buffers()
+        return model
+
+    @torch.no_grad()
+    def _restore_quantizer_buffers(self) -> None:
+        """Recompute the quantizer's non-persistent buffers (FSQ levels, basis, implicit codebook): they are not in
+        the checkpoint, and loading leaves them uninitialized (FSQ tokens came back negative after a round trip)."""
+        with torch.device("cpu"):
+            fresh = dict(build_quantizer(self.config).named_modules())
+        for prefix, mod in self.quantizer.named_modules():
+            for name in mod._non_persistent_buffers_set:  # persistent buffers (EMA VQ codebook) were loaded
+                buf = getattr(mod, name)
+                if buf is not None and prefix in fresh:
+                    buf.copy_(getattr(fresh[prefix], name).to(buf.device))
 
     def _init_weights(self, module: nn.Module) -> None:
         # torch's default initialization suits these MLPs; position embeddings start small

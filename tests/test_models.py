@@ -60,6 +60,21 @@ def test_vqvae_save_load_identical(tmp_path, sd_layout):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fsq_preset_keeps_demo_vocab_and_round_trips(tmp_path, sd_layout):
+    sd, layout = sd_layout
+    cfg = IGPGVQVAEConfig.from_preset("fsq")
+    assert cfg.quantizer == "fsq" and cfg.vocab_size == IGPGVQVAEConfig.from_preset("demo").vocab_size == 512
+    vq = IGPGVQVAEModel(cfg).eval()
+    vq.fit_normalization([(layout, layout.vectorize(sd))])
+    ids = vq.encode(sd)
+    assert ids.shape == (vq.num_tokens(layout),) and 0 <= ids.min() and ids.max() < 512
+    vq.save_pretrained(tmp_path)
+    again = IGPGVQVAEModel.from_pretrained(tmp_path)
+    assert again.config.fsq_levels == [8, 8, 8] and torch.equal(again.encode(sd), ids)
+    a, b = vq.decode(ids, layout, fill=sd), again.decode(ids, layout, fill=sd)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_delta_normalization_restores_the_base(tmp_path):
     torch.manual_seed(0)
     base = get_architecture("mlp_small").build().state_dict()
