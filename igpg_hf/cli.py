@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +25,8 @@ train_app = typer.Typer(help="Train the tokenizer (VQ-VAE) and the prior (GPT-2)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(train_app, name="train")
-console = Console()
+# a log file or pipe gets the full table (rich would fold it to 80 columns)
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress of the library at INFO level.")]
 
