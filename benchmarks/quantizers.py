@@ -73,6 +73,9 @@ def main() -> None:
     checkpoints = list(WeightCorpus.load(args.corpus))
     results = {"corpus": args.corpus, "checkpoints": len(checkpoints), "steps": args.steps,
                "batch_size": args.batch_size, "threads": args.threads, "variants": {}}
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    if all(old.get(k) == results[k] for k in ("checkpoints", "steps", "batch_size")):
+        results["variants"] = old.get("variants", {})  # same setting: add to (or redo) the variants measured before
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
             preset, changes, lr = PRESET_VARIANTS.get(name, ("demo", VARIANTS.get(name), 1e-3))
