@@ -257,7 +257,7 @@ def plot_demo(results: dict, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     tasks = list(results["tasks"])
-    fig, ax = plt.subplots(figsize=(1.8 * len(tasks) + 2, 4))
+    fig, ax = plt.subplots(figsize=(1.8 * len(tasks) + 4, 4))
     w = 0.2
     for i, t in enumerate(tasks):
         r = results["tasks"][t]
@@ -274,7 +274,7 @@ def plot_demo(results: dict, path: str | os.PathLike) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("IGPG demo: generated weights vs zoo, reconstruction and random init")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
