@@ -579,7 +579,7 @@ def _novelty_rows(z: _Zoo, task: str, sds: list[dict], token_ids: torch.Tensor, 
 def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: BenchConfig) -> dict:
     import numpy as np
 
-    from .novelty import pairwise_scale
+    from .novelty import adjacent_epoch_novelty, pairwise_scale
 
     models, curves, adjacent = [], {}, {}
     for task in sorted(seen.by_task):
@@ -600,12 +600,9 @@ def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: Be
                            "accuracy": _mean([r["accuracy"] for r in rows]),
                            "disagreement": _mean([r["disagreement"] for r in rows])})
         curves[task] = points
-        by_run: dict[str, list] = {}  # calibration: adjacent kept epochs of one run, in the same novelty units
-        for c in seen.by_task[task]:
-            by_run.setdefault(c.metadata.run_id, []).append(c)
-        pairs = [(a, b) for cs in by_run.values() for a, b in zip(cs, cs[1:], strict=False)]
+        # calibration: adjacent kept epochs of one run, in the same novelty units
         scale = pairwise_scale(torch.stack([c.vector() for c in seen.by_task[task]]))
-        adjacent[task] = _mean([(a.vector() - b.vector()).norm().item() / scale for a, b in pairs])
+        adjacent[task] = _mean(adjacent_epoch_novelty(seen.by_task[task], scale))
     for m in models:  # the noise baseline's accuracy at the generated model's novelty (linear interpolation)
         pts = sorted(curves[m["task"]], key=lambda p: p["novelty"])
         m["noise_curve_accuracy"] = float(np.interp(m["novelty"], [p["novelty"] for p in pts], [p["accuracy"] for p in pts]))

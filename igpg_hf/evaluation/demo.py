@@ -35,7 +35,7 @@ from ..training import (
 from ..zoo.builder import ZooConfig, build_zoo
 from ..zoo.tasks import get_task
 from .metrics import evaluate_state_dicts
-from .novelty import count_copies, novelty, pairwise_scale
+from .novelty import adjacent_epoch_novelty, count_copies, novelty, pairwise_scale
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
     # 3. per task: zoo, tokenizer reconstruction, generated samples, random init, copies, novelty
     train_tokens = {c.metadata.model_id: vqvae.encode(c.state_dict(), c.layout) for c in checkpoints}
     tasks = sorted({c.metadata.task for c in checkpoints})
-    per_task = {}
+    per_task, adjacent = {}, []  # adjacent: distances between kept epochs of one run, the novelty scale
     for task in tasks:
         ck = [c for c in checkpoints if c.metadata.task == task]
         spec = ck[0].arch()
@@ -144,15 +144,10 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         gen = pipe(get_task(task).instruction, architecture=spec, dataset=task, num_samples=config.num_samples,
                    seed=config.seed, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
         gen_acc = evaluate_state_dicts(spec, gen.state_dicts, task)
-        new_only = {}
-        if config.novel_candidates:
-            new = pipe(get_task(task).instruction, architecture=spec, dataset=task, num_samples=config.num_samples,
-                       seed=config.seed, temperature=config.novel_temperature, top_k=config.novel_top_k,
-                       candidates_per_sample=config.novel_candidates, exclude_copies=True)
-            new_acc = evaluate_state_dicts(spec, new.state_dicts, task)
-            new_vec = torch.stack([ck[0].layout.vectorize(sd) for sd in new.state_dicts])
         train_vec = torch.stack([c.vector() for c in ck])
         scale = pairwise_scale(train_vec)
+        adjacent += adjacent_epoch_novelty(ck, scale)
+        zoo_acc = [100.0 * c.metadata.test_acc for c in ck]  # the corpus stores fractions; reports use %
         rand = []
         for s in range(config.num_random_init):
             torch.manual_seed(1000 + s)
@@ -164,14 +159,19 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         own_copies = count_copies(gen.token_ids, own_tok)
         gen_vec = torch.stack([ck[0].layout.vectorize(sd) for sd in gen.state_dicts])
         nov = novelty(gen_vec, train_vec, scale)
+        new_only = {}
         if config.novel_candidates:
+            new = pipe(get_task(task).instruction, architecture=spec, dataset=task, num_samples=config.num_samples,
+                       seed=config.seed, temperature=config.novel_temperature, top_k=config.novel_top_k,
+                       candidates_per_sample=config.novel_candidates, exclude_copies=True)
+            new_acc = evaluate_state_dicts(spec, new.state_dicts, task)
+            new_vec = torch.stack([ck[0].layout.vectorize(sd) for sd in new.state_dicts])
             new_only = {"new_only_acc": new_acc, "new_only_mean_acc": _mean(new_acc),
-                        "new_only_over_zoo": _mean(new_acc) / _mean([100.0 * c.metadata.test_acc for c in ck]),
+                        "new_only_over_zoo": _mean(new_acc) / _mean(zoo_acc),
                         "new_only_copies": sum(count_copies(new.token_ids, train_tok)),
                         "new_only_candidates": new.num_candidates,
                         "new_only_candidate_copies": new.candidate_copies,
                         "new_only_novelty": novelty(new_vec, train_vec, scale).novelty}
-        zoo_acc = [100.0 * c.metadata.test_acc for c in ck]  # the corpus stores fractions; reports use %
         per_task[task] = {
             "instruction": get_task(task).instruction,
             "architecture": spec.text(),
@@ -196,18 +196,6 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
                     per_task[task]["zoo_mean_acc"], per_task[task]["recon_acc"], per_task[task]["generated_mean_acc"],
                     per_task[task]["random_init_acc"], sum(copies), len(copies))
 
-    # novelty scale for reading the figures: adjacent kept epochs of one training run
-    pairs = {}
-    for c in sorted(checkpoints, key=lambda c: c.metadata.epoch):
-        pairs.setdefault(c.metadata.run_id, []).append(c)
-    adjacent = []
-    for task in tasks:
-        vecs = torch.stack([c.vector() for c in checkpoints if c.metadata.task == task])
-        sc = pairwise_scale(vecs)
-        adjacent += [(a.vector() - b.vector()).norm().item() / sc for cs in pairs.values()
-                     if cs[0].metadata.task == task for a, b in zip(cs, cs[1:], strict=False)]
-    adjacent_epochs = _mean(adjacent)
-
     # 4. speed: one model and 100 models after the pipeline is loaded (one warm-up call first)
     task0 = tasks[0]
     spec0 = next(c for c in checkpoints if c.metadata.task == task0).arch()
@@ -225,7 +213,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
             "mean_recon_loss_points": _mean([r["recon_loss_points"] for r in per_task.values()]),
             "total_copies": sum(r["copies"] for r in per_task.values()),
             "total_samples": sum(len(r["generated_acc"]) for r in per_task.values()),
-            "adjacent_epochs_novelty": adjacent_epochs,
+            "adjacent_epochs_novelty": _mean(adjacent),
             **({"new_only_mean_over_zoo": _mean([r["new_only_over_zoo"] for r in per_task.values()]),
                 "new_only_min_over_zoo": min(r["new_only_over_zoo"] for r in per_task.values()),
                 "new_only_copies": sum(r["new_only_copies"] for r in per_task.values()),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["NoveltyReport", "count_copies", "novelty", "pairwise_scale"]
+__all__ = ["NoveltyReport", "adjacent_epoch_novelty", "count_copies", "novelty", "pairwise_scale"]
 
 
 def count_copies(generated: torch.Tensor, training: torch.Tensor) -> list[bool]:
@@ -31,6 +31,15 @@ def pairwise_scale(vectors: torch.Tensor) -> float:
     d = torch.cdist(vectors.double(), vectors.double())
     iu = torch.triu_indices(len(vectors), len(vectors), offset=1)
     return d[iu[0], iu[1]].median().item()
+
+
+def adjacent_epoch_novelty(checkpoints, scale: float) -> list[float]:
+    """For scale: distance between consecutive kept epochs of each training run, divided by ``scale``."""
+    runs: dict[str, list] = {}
+    for c in sorted(checkpoints, key=lambda c: c.metadata.epoch):
+        runs.setdefault(c.metadata.run_id, []).append(c)
+    return [(a.vector() - b.vector()).norm().item() / scale
+            for cs in runs.values() for a, b in zip(cs, cs[1:], strict=False)]
 
 
 @dataclass
