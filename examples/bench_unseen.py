@@ -18,3 +18,7 @@ for kind, zoo in res["zoos"].items():
         h = r["head_start"]
         print(f"{task} ({kind} zoo), {h['step']} steps: generated {h['generated']:.1f}, random init "
               f"{h['random_init']:.1f}, best retrieval {h['best_retrieval']:.1f} ({h['best_retrieval_method']})")
+        if "head_start_aligned" in r:  # output units reordered on 500 labelled examples, retrievals too
+            a = r["head_start_aligned"]
+            print(f"  label-aligned, {a['step']} steps: generated {a['generated']:.1f}, random init {a['random_init']:.1f}, "
+                  f"best retrieval {a['best_retrieval']:.1f} ({a['best_retrieval_method']})")

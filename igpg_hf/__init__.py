@@ -23,6 +23,8 @@ _EXPORTS = {
     "IGPGVQVAEOutput": "modeling_vqvae",
     "IGPGPipeline": "pipeline_igpg",
     "IGPGPipelineOutput": "pipeline_igpg",
+    "LabelAlignment": "label_alignment",
+    "align_labels": "label_alignment",
     "SamplingConfig": "sampling",
     "sample_weight_tokens": "sampling",
     "WeightLayout": "weights",
@@ -44,6 +46,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .configuration_igpg import IGPGPriorConfig, IGPGVQVAEConfig  # noqa: F401
     from .corpus import CheckpointMetadata, CorpusWriter, WeightCorpus, ingest_folder, ingest_state_dicts  # noqa: F401
+    from .label_alignment import LabelAlignment, align_labels  # noqa: F401
     from .modeling_prior import IGPGConditions, IGPGPriorModel  # noqa: F401
     from .modeling_vqvae import IGPGVQVAEModel, IGPGVQVAEOutput  # noqa: F401
     from .pipeline_igpg import IGPGPipeline, IGPGPipelineOutput  # noqa: F401

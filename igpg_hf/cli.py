@@ -237,6 +237,10 @@ def generate_cmd(
     temperature: float = 0.8,
     top_k: int | None = None,
     evaluate: Annotated[str | None, typer.Option(help="Report test accuracy on this registered task.")] = None,
+    align_labels: Annotated[bool, typer.Option(help="Reorder output units to fit labelled samples of --dataset "
+                                                    "(or --alignment-task); kept only where significant.")] = False,
+    alignment_task: Annotated[str | None, typer.Option(help="Registered task whose samples decide --align-labels "
+                                                            "(default: --dataset).")] = None,
 ) -> None:
     """Generate weights for an architecture from an instruction and save them as safetensors."""
     _setup(False)
@@ -247,7 +251,7 @@ def generate_cmd(
     try:
         pipe = IGPGPipeline.from_pretrained(pipeline)
         res = pipe(instruction, architecture=architecture, dataset=dataset, num_samples=num_samples, seed=seed,
-                   temperature=temperature, top_k=top_k)
+                   temperature=temperature, top_k=top_k, align_labels=align_labels, alignment_samples=alignment_task)
     except (ValueError, TypeError, OSError) as e:
         _fail(e)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +267,10 @@ def generate_cmd(
             from .zoo.architectures import get_architecture
 
             msg += f"  test accuracy on {evaluate}: {evaluate_state_dicts(get_architecture(architecture), [sd], evaluate)[0]:.1f} %"
+        if res.label_alignments:
+            a = res.label_alignments[i]
+            msg += (f"  labels reordered (support accuracy {a.accuracy_before:.0f} -> {a.accuracy_after:.0f} %)" if a.applied
+                    else "  labels kept in order")
         console.print(msg)
     console.print(f"generated {len(res.state_dicts)} model(s) in {res.seconds:.2f} s")
 
@@ -349,6 +357,10 @@ def bench_cmd(
             h = r["head_start"]
             console.print(f"unseen {task} ({kind}): step {h['step']}: generated {h['generated']:.1f}, random init "
                           f"{h['random_init']:.1f}, best retrieval {h['best_retrieval']:.1f}")
+            if "head_start_aligned" in r:
+                a = r["head_start_aligned"]
+                console.print(f"  label-aligned: step {a['step']}: generated {a['generated']:.1f}, random init "
+                              f"{a['random_init']:.1f}, best retrieval (aligned or not) {a['best_retrieval']:.1f}")
     console.print(f"copies of training checkpoints: {nov['seen']['copies']}/{nov['seen']['models']} (seen tasks)")
     console.print(f"total {res['timings']['total_seconds']:.0f} s; report {out / 'report.md'}, results {out / 'results.json'}")
 

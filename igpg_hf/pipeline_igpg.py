@@ -29,6 +29,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .conditioning import encode_text, prepare_support_set
+from .label_alignment import LabelAlignment
+from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
 from .modeling_vqvae import IGPGVQVAEModel
 from .sampling import SamplingConfig, sample_weight_tokens, sequence_hash
@@ -49,7 +51,8 @@ class IGPGPipelineOutput(BaseOutput):
     sample's mean log-probability per token under the prior; is_copy: whether each sample repeats a
     training checkpoint token for token (None if the prior stores no training fingerprints);
     num_candidates / candidate_copies: how many sequences were drawn to choose from, and how many of
-    them were copies (None if unknown)."""
+    them were copies (None if unknown); label_alignments: per sample, how its output units were
+    reordered to the labelled samples (`LabelAlignment`; None unless ``align_labels=True``)."""
 
     state_dicts: list[dict[str, torch.Tensor]]
     modules: list[nn.Module] | None
@@ -59,6 +62,7 @@ class IGPGPipelineOutput(BaseOutput):
     is_copy: list[bool] | None = None
     num_candidates: int | None = None
     candidate_copies: int | None = None
+    label_alignments: list[LabelAlignment] | None = None
 
 
 class IGPGPipeline(DiffusionPipeline):
@@ -93,17 +97,26 @@ class IGPGPipeline(DiffusionPipeline):
         module = spec.build()
         return WeightLayout.from_module(module), architecture_text or spec.text(), spec, module
 
-    def _dataset_condition(self, dataset: Any, batch: int) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _labelled_samples(dataset: Any, what: str = "dataset") -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(samples, labels) from a pair of tensors or a registered task name (5 samples per class)."""
         if dataset is None:
-            return {}
+            return None
         if isinstance(dataset, str):
             from .zoo.tasks import sample_support_set
 
             dataset = sample_support_set(dataset, per_class=5, seed=0)
         if not (isinstance(dataset, (tuple, list)) and len(dataset) == 2):
-            raise TypeError("dataset must be a (samples, labels) pair of tensors, or a registered task name")
+            raise TypeError(f"{what} must be a (samples, labels) pair of tensors, or a registered task name")
         x, y = (torch.as_tensor(t) for t in dataset)
-        feats = prepare_support_set(x, y.long(), self.prior.config.dataset_feature_dim)
+        return x, y.long()
+
+    def _dataset_condition(self, dataset: Any, batch: int) -> dict[str, torch.Tensor]:
+        pair = self._labelled_samples(dataset)
+        if pair is None:
+            return {}
+        x, y = pair
+        feats = prepare_support_set(x, y, self.prior.config.dataset_feature_dim)
         return {"dataset_feats": feats.unsqueeze(0).expand(batch, -1, -1),
                 "dataset_labels": y.long().unsqueeze(0).expand(batch, -1)}
 
@@ -124,6 +137,9 @@ class IGPGPipeline(DiffusionPipeline):
         use_cache: bool = True,
         candidates_per_sample: int = 1,
         exclude_copies: bool = False,
+        align_labels: bool = False,
+        alignment_samples: tuple[torch.Tensor, torch.Tensor] | str | None = None,
+        alignment_min_z: float = 2.0,
     ) -> IGPGPipelineOutput:
         """Generate ``num_samples`` state dicts for ``architecture`` following ``instruction``.
 
@@ -132,6 +148,13 @@ class IGPGPipeline(DiffusionPipeline):
         ``exclude_copies=True`` sequences that repeat a training checkpoint token for token are ranked
         last, so the result holds new weights whenever enough candidates are new (a warning says when
         not). Kept samples stay in the order they were drawn.
+
+        ``align_labels=True`` reorders each sample's output units (rows of the last ``nn.Linear``) to fit
+        labelled samples: ``alignment_samples`` (a (samples, labels) pair or a task name), else the
+        ``dataset`` samples. A reorder is kept only when, cross-fitted on halves of the samples, McNemar's z
+        reaches ``alignment_min_z``; see
+        `igpg_hf.label_alignment`. It fixes heads whose classes are in another order than the task's
+        (label-permuted tasks the prior never saw); it cannot fix features.
         """
         t0 = time.perf_counter()
         # 1. check inputs
@@ -145,6 +168,11 @@ class IGPGPipeline(DiffusionPipeline):
         if exclude_copies and not known:
             raise ValueError("exclude_copies=True needs a prior that stores its training-sequence fingerprints "
                              "(priors trained by igpg_hf >= 0.2 do); retrain the prior or pass exclude_copies=False")
+        align_xy = self._labelled_samples(alignment_samples if alignment_samples is not None else dataset,
+                                          "alignment_samples") if align_labels else None
+        if align_labels and align_xy is None:
+            raise ValueError("align_labels=True needs labelled samples: pass dataset= or alignment_samples= "
+                             "(a (samples, labels) pair or a registered task name)")
         for name in ("vqvae", "prior", "text_encoder", "tokenizer"):
             if getattr(self, name, None) is None:
                 raise ValueError(f"pipeline component {name!r} is missing; load a complete pipeline folder")
@@ -177,7 +205,13 @@ class IGPGPipeline(DiffusionPipeline):
         # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
         fill = template.state_dict() if template is not None else None
         state_dicts = self.vqvae.decode(tokens.to(self.vqvae.device), layout, fill=fill)
-        # 6. optionally instantiate the modules
+        # 6. optionally reorder each sample's output units to the labelled samples
+        alignments = None
+        if align_labels:
+            scratch = spec.build() if spec is not None else copy.deepcopy(template)
+            aligned = [align_labels_fn(scratch, sd, *align_xy, min_z=alignment_min_z) for sd in state_dicts]
+            state_dicts, alignments = [a[0] for a in aligned], [a[1] for a in aligned]
+        # 7. optionally instantiate the modules
         modules = None
         if return_modules:
             modules = []
@@ -187,7 +221,7 @@ class IGPGPipeline(DiffusionPipeline):
                 modules.append(m.eval())
         return IGPGPipelineOutput(state_dicts, modules, tokens.cpu(), time.perf_counter() - t0,
                                   log_likelihood=loglik.cpu().tolist(), is_copy=copy_flags, num_candidates=n_draw,
-                                  candidate_copies=candidate_copies)
+                                  candidate_copies=candidate_copies, label_alignments=alignments)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:

@@ -65,6 +65,14 @@ def test_smoke_figures_are_numbers(smoke):
             h = r["head_start"]
             assert all(isinstance(h[k], float) for k in ("generated", "random_init", "best_retrieval", "gap_to_random_init"))
             assert "zoo" not in r["methods"]  # held out: no checkpoints of the task
+            # label-aligned rows: the generator against the best retrieval, aligned or not
+            a = r["head_start_aligned"]
+            assert a["best_retrieval_method"] in ("nearest_by_embedding", "best_on_500", "nearest_by_embedding_aligned",
+                                                  "best_on_500_aligned")
+            for m in ("generated_aligned", "nearest_by_embedding_aligned", "best_on_500_aligned"):
+                assert all(isinstance(v, numbers.Real) for v in r["methods"][m]["mean"].values()), m
+            assert len(r["methods"]["generated_aligned"]["alignments"]) == len(r["methods"]["generated"]["acc0"])
+    assert isinstance(res["unseen"]["all_meet_20_points_aligned"], bool)
     for r in res["cross_arch"]["configs"].values():
         assert isinstance(r["generated"]["recalibrated_mean"], float) and r["parameters"] > 0
     assert all(isinstance(r["reconstructed"], float) for r in res["fidelity"]["rows"])

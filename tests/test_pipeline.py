@@ -129,3 +129,23 @@ def test_candidates_likelihood_and_copy_exclusion(pipe):
         assert sum(plain2.is_copy) == 2
     finally:
         pipe.prior.config.training_sequence_hashes = None
+
+
+def test_label_alignment_option(pipe):
+    x, y = torch.rand(40, 1, 28, 28), torch.arange(10).repeat(4)
+    kw = dict(architecture="tiny_cnn", dataset=(x, y), num_samples=2, seed=4)
+    plain = pipe("Classify digits", **kw)
+    assert plain.label_alignments is None
+    out = pipe("Classify digits", align_labels=True, **kw)
+    assert torch.equal(out.token_ids, plain.token_ids) and len(out.label_alignments) == 2
+    for a, sd, sd0 in zip(out.label_alignments, out.state_dicts, plain.state_dicts, strict=True):
+        assert a.num_samples == 40 and sorted(a.permutation) == list(range(10))
+        # an untrained net's outputs are noise: no reordering is significant, so nothing changes
+        assert not a.applied and all(torch.equal(sd[k], sd0[k]) for k in sd)
+    # separate alignment samples (a task name) take precedence over the dataset condition
+    other = pipe("Classify digits", align_labels=True, alignment_samples="mnist", **kw)
+    assert other.label_alignments[0].num_samples == 50
+    with pytest.raises(ValueError, match="align_labels=True needs labelled samples"):
+        pipe("Classify digits", architecture="tiny_cnn", align_labels=True)
+    with pytest.raises(TypeError, match="alignment_samples must be"):
+        pipe("Classify digits", architecture="tiny_cnn", align_labels=True, alignment_samples=3)

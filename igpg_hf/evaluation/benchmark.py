@@ -95,6 +95,9 @@ class BenchConfig:
     workers: int = 2
     threads: int | None = None
     device: str = "cpu"  # where the pipelines generate ("cuda" for the gpu preset); evaluation stays on CPU
+    # held-out tasks also get label-aligned rows: generated and retrieved nets with their output units reordered
+    # on the same labelled examples as best_on_500 (`igpg_hf.label_alignment`)
+    align_labels: bool = True
 
     @classmethod
     def from_preset(cls, name: str, **changes: Any) -> BenchConfig:
@@ -331,8 +334,10 @@ def _resnet_zoo(cfg: BenchConfig, out: Path, pool: _Pool, timings: dict, progres
 
 # ----------------------------------------------------------------------------------------- parts 1 and 2
 METHODS = ("random_init", "zoo", "generated", "generated_best_of_5", "nearest_by_embedding", "best_on_500", "noise",
-           "average")
+           "average", "generated_aligned", "nearest_by_embedding_aligned", "best_on_500_aligned")
 RETRIEVALS = ("nearest_by_embedding", "best_on_500")
+ALIGNED_RETRIEVALS = ("nearest_by_embedding_aligned", "best_on_500_aligned")
+GENERATORS = ("generated", "generated_best_of_5", "generated_aligned")
 
 
 def _schedule(z: _Zoo, task: str, cfg: BenchConfig) -> tuple[list[int], dict[str, int], int]:
@@ -372,6 +377,23 @@ def _task_starts(z: _Zoo, task: str, cfg: BenchConfig) -> tuple[dict, dict, Any]
               "noise": {"model_id": ref.metadata.model_id, "scale": cfg.noise_scale},
               "average": {"task": last[0].metadata.task, "num_averaged": len(last),
                           "bn_recalibrated": any("running_mean" in e.name for e in ref.layout.entries)}}
+    if cfg.align_labels and not own:  # a held-out task: reorder output units on the 500 labelled examples
+        from ..label_alignment import align_labels
+
+        scratch = spec.build()
+        align = lambda sd: align_labels(scratch, sd, x, y)  # noqa: E731
+        gen_al = [align(sd) for sd in gen]
+        near_al = align(ref.state_dict())
+        pool_al = [align(c.state_dict()) for c in pool]
+        best_al, _ = select_best(spec, [sd for sd, _ in pool_al], x, y)
+        starts |= {"generated_aligned": ([sd for sd, _ in gen_al], k), "nearest_by_embedding_aligned": ([near_al[0]], 1),
+                   "best_on_500_aligned": ([pool_al[best_al][0]], 1)}
+        record = lambda a: {"alignment_applied": a.applied, "permutation": a.permutation, "z": a.z}  # noqa: E731
+        picked |= {"generated_aligned": {"alignments_applied": sum(a.applied for _, a in gen_al),
+                                         "alignments": [record(a) for _, a in gen_al]},
+                   "nearest_by_embedding_aligned": {**picked["nearest_by_embedding"], **record(near_al[1])},
+                   "best_on_500_aligned": {"task": pool[best_al].metadata.task, "model_id": pool[best_al].metadata.model_id,
+                                           **record(pool_al[best_al][1])}}
     return {m: v for m, v in starts.items() if v[0]}, picked, spec
 
 
@@ -409,18 +431,20 @@ def _table(z: _Zoo, task: str, cfg: BenchConfig, pool: _Pool, progress: bool) ->
     return r
 
 
-def _losses(table: dict, part: str) -> list[dict]:
-    """Every (task, step, baseline) where a baseline's mean beats the generated mean."""
+def _losses(table: dict, part: str, generator: str = "generated") -> list[dict]:
+    """Every (task, step, baseline) where a baseline's mean beats the generator's mean."""
     out = []
     for task, r in table.items():
-        gen = r["methods"]["generated"]["mean"]
+        if generator not in r["methods"]:
+            continue
+        gen = r["methods"][generator]["mean"]
         for m, v in r["methods"].items():
-            if m in ("generated", "generated_best_of_5"):
+            if m in GENERATORS:
                 continue
             for s, acc in v["mean"].items():
                 if not math.isnan(acc) and not acc <= gen[s]:
                     out.append({"part": part, "task": task, "step": int(s), "baseline": m, "baseline_acc": acc,
-                                "generated_acc": gen[s], "deficit": acc - gen[s]})
+                                "generated_acc": gen[s], "deficit": acc - gen[s], "generator": generator})
     return out
 
 
@@ -433,13 +457,13 @@ def _part_seen(z: _Zoo, cfg: BenchConfig, pool: _Pool, progress: bool, cache: Ca
             "losses": _losses(tables, "seen")}
 
 
-def _head_start(r: dict) -> dict:
-    """Generated vs random init and the best retrieval at every fine-tuning step where random init is below 50 %."""
+def _head_start(r: dict, generator: str = "generated", retrievals: tuple[str, ...] = RETRIEVALS) -> dict:
+    """A generator vs random init and the best retrieval at every fine-tuning step where random init is below 50 %."""
     meth, rows = r["methods"], []
     steps = [s for s in r["steps"] if s > 0 and meth["random_init"]["mean"][str(s)] < 50] or [min(s for s in r["steps"] if s)]
     for s in steps:
-        gen, rand = meth["generated"]["mean"][str(s)], meth["random_init"]["mean"][str(s)]
-        best = max(RETRIEVALS, key=lambda m: meth[m]["mean"][str(s)])
+        gen, rand = meth[generator]["mean"][str(s)], meth["random_init"]["mean"][str(s)]
+        best = max(retrievals, key=lambda m: meth[m]["mean"][str(s)])
         rows.append({"step": s, "generated": gen, "random_init": rand, "best_retrieval": meth[best]["mean"][str(s)],
                      "best_retrieval_method": best, "gap_to_random_init": gen - rand,
                      "gap_to_best_retrieval": gen - meth[best]["mean"][str(s)], "random_init_below_50": rand < 50})
@@ -449,16 +473,22 @@ def _head_start(r: dict) -> dict:
 
 def _part_unseen(zoos: dict[str, tuple[_Zoo, list[str]]], cfg: BenchConfig, pool: _Pool, progress: bool,
                  cache: Callable) -> dict:
-    out: dict[str, Any] = {"zoos": {}, "losses": []}
+    out: dict[str, Any] = {"zoos": {}, "losses": [], "losses_aligned": []}
     for kind, (z, tasks) in zoos.items():
         tables = _tables(z, tasks, cfg, pool, progress, cache)
         for r in tables.values():
             r["head_start"] = _head_start(r)
+            if "generated_aligned" in r["methods"]:  # against the best retrieval, aligned or not
+                r["head_start_aligned"] = _head_start(r, "generated_aligned", RETRIEVALS + ALIGNED_RETRIEVALS)
         out["zoos"][kind] = {"zoo": z.name, "zoo_epochs": z.epochs, "tasks": tables}
         out["losses"] += [{**x, "zoo": kind} for x in _losses(tables, "unseen")]
-    hs = [r["head_start"] for v in out["zoos"].values() for r in v["tasks"].values()]
-    out["all_meet_20_points"] = all(h["meets_20_points"] for h in hs)
-    out["all_ahead_of_retrieval"] = all(h["gap_to_best_retrieval"] > 0 for h in hs)
+        out["losses_aligned"] += [{**x, "zoo": kind} for x in _losses(tables, "unseen", "generated_aligned")]
+    for suffix in ("", "_aligned"):
+        hs = [r[f"head_start{suffix}"] for v in out["zoos"].values() for r in v["tasks"].values()
+              if f"head_start{suffix}" in r]
+        if hs:
+            out[f"all_meet_20_points{suffix}"] = all(h["meets_20_points"] for h in hs)
+            out[f"all_ahead_of_retrieval{suffix}"] = all(h["gap_to_best_retrieval"] > 0 for h in hs)
     return out
 
 

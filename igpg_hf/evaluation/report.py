@@ -12,9 +12,12 @@ __all__ = ["write_report", "plot_all"]
 LABELS = {"random_init": "random init", "zoo": "zoo checkpoints (mean)", "generated": "generated (mean ± std)",
           "generated_best_of_5": "generated, best of 5 on 500 labelled", "nearest_by_embedding": "retrieval: nearest by instruction embedding",
           "best_on_500": "retrieval: best zoo checkpoint on 500 labelled", "noise": "checkpoint + Gaussian noise",
-          "average": "average of checkpoints"}
+          "average": "average of checkpoints", "generated_aligned": "generated, label-aligned on 500 labelled (mean ± std)",
+          "nearest_by_embedding_aligned": "retrieval by embedding, label-aligned",
+          "best_on_500_aligned": "retrieval: best zoo checkpoint on 500 labelled after label alignment"}
 COLORS = {"random_init": "#999999", "zoo": "#4c72b0", "generated": "#c44e52", "generated_best_of_5": "#dd8452",
-          "nearest_by_embedding": "#55a868", "best_on_500": "#8172b3", "noise": "#937860", "average": "#da8bc3"}
+          "nearest_by_embedding": "#55a868", "best_on_500": "#8172b3", "noise": "#937860", "average": "#da8bc3",
+          "generated_aligned": "#8c0000", "nearest_by_embedding_aligned": "#2d6b3c", "best_on_500_aligned": "#4b3f80"}
 
 
 def _f(x, nd: int = 1) -> str:
@@ -47,27 +50,33 @@ def _method_table(r: dict) -> list[str]:
         cells = []
         for s, _ in cols:
             cell = _f(v["mean"][s])
-            if m == "generated":
+            if m in ("generated", "generated_aligned"):
                 cell += f" ± {_f(v['std'][s])}" + (f" ({_f(v['min0'])}-{_f(v['max0'])})" if s == "0" else "")
             cells.append(cell)
         note = {"nearest_by_embedding": f" → {v.get('model_id', '')}", "best_on_500": f" → {v.get('model_id', '')}",
                 "noise": f" (σ = {v.get('scale')} × entry std)", "average": f" ({v.get('num_averaged')} of {v.get('task')}"
-                + (", BN recalibrated" if v.get("bn_recalibrated") else "") + ")"}.get(m, "")
-        n = f" [n={len(v['acc0'])}, fine-tuned {len(v['curves'])}]" if m in ("random_init", "zoo", "generated") else ""
+                + (", BN recalibrated" if v.get("bn_recalibrated") else "") + ")",
+                "generated_aligned": f" ({v.get('alignments_applied')} of {len(v['acc0'])} reordered)",
+                "nearest_by_embedding_aligned": " (" + ("reordered" if v.get("alignment_applied") else "unchanged") + ")",
+                "best_on_500_aligned": f" → {v.get('model_id', '')}" + (", reordered" if v.get("alignment_applied") else "")
+                }.get(m, "")
+        n = (f" [n={len(v['acc0'])}, fine-tuned {len(v['curves'])}]" if m in ("random_init", "zoo", "generated", "generated_aligned")
+             else "")
         lines.append(f"| {LABELS[m]}{note}{n} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _losses(losses: list[dict], limit: int = 12) -> list[str]:
+def _losses(losses: list[dict], limit: int = 12, generator: str = "generated") -> list[str]:
+    name = "generated" if generator == "generated" else "label-aligned generated"
     if not losses:
-        return ["- none: the generated mean is at least as accurate as every baseline at every step."]
+        return [f"- none: the {name} mean is at least as accurate as every baseline at every step."]
     worst = sorted(losses, key=lambda x: -x["deficit"])
     tasks = sorted({x["task"] for x in losses})
-    lines = [f"- {len(losses)} (task, step, baseline) cells where a baseline beats the generated mean, on "
+    lines = [f"- {len(losses)} (task, step, baseline) cells where a baseline beats the {name} mean, on "
              f"{', '.join(tasks)}; the largest:"]
     for x in worst[:limit]:
         lines.append(f"  - {x.get('zoo', x['part'])} / {x['task']} at step {x['step']}: {LABELS[x['baseline']]} "
-                     f"{_f(x['baseline_acc'])} vs generated {_f(x['generated_acc'])} (−{_f(x['deficit'])} points)")
+                     f"{_f(x['baseline_acc'])} vs {name} {_f(x['generated_acc'])} (−{_f(x['deficit'])} points)")
     return lines
 
 
@@ -110,6 +119,19 @@ def _sec_unseen(un: dict) -> list[str]:
                  f"{_f(h['gap_to_random_init'])} | {_f(h['best_retrieval'])} ({h['best_retrieval_method']}) | "
                  f"{_f(h['gap_to_best_retrieval'])} | {'yes' if h['gap_to_random_init'] >= 20 else 'no'} |")
     L.append("")
+    aligned = [(k, task, x) for k, v in un["zoos"].items() for task, r in v["tasks"].items()
+               for x in (r["head_start_aligned"]["steps"] if "head_start_aligned" in r else [])]
+    if aligned:
+        L += ["With label alignment (`align_labels=True`): every generated and retrieved net has its output units "
+              "reordered to fit the 500 labelled training examples that best-on-500 also uses, kept only where the "
+              "reordering, cross-fitted on halves of those examples, reaches McNemar's z ≥ 2 (`igpg_hf.label_alignment`). The best retrieval is now the best of the plain and the aligned ones.", "",
+              "| zoo | task | step | random init | generated, aligned | gap | best retrieval | gap to it | ≥ 20 points |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for k, task, h in aligned:
+            L.append(f"| {k} | {task} | {h['step']} | {_f(h['random_init'])} | {_f(h['generated'])} | "
+                     f"{_f(h['gap_to_random_init'])} | {_f(h['best_retrieval'])} ({h['best_retrieval_method']}) | "
+                     f"{_f(h['gap_to_best_retrieval'])} | {'yes' if h['gap_to_random_init'] >= 20 else 'no'} |")
+        L.append("")
     for k, v in un["zoos"].items():
         for task, r in v["tasks"].items():
             L += [f"**{task}, {k} zoo `{v['zoo']}`** — {r['instruction']}", ""] + _method_table(r) + [""]
@@ -263,6 +285,13 @@ def _headline(R: dict) -> list[str]:
                      + (")" if h["random_init_below_50"] else "; random init was already ≥ 50 % at the first step)")
                      + f"; best retrieval ({LABELS[h['best_retrieval_method']]}) {_f(h['best_retrieval'])}, gap "
                      f"{_f(h['gap_to_best_retrieval'])} points.")
+            if "head_start_aligned" in r:
+                a = r["head_start_aligned"]
+                L.append(f"  - with label alignment, after {a['step']} steps: generated {_f(a['generated'])} vs random "
+                         f"init {_f(a['random_init'])} ({_f(a['gap_to_random_init'])} points; ≥ 20 target "
+                         + ("met" if a["meets_20_points"] else "**NOT met**") + f"); best retrieval, aligned or not "
+                         f"({LABELS[a['best_retrieval_method']]}) {_f(a['best_retrieval'])}, gap "
+                         f"{_f(a['gap_to_best_retrieval'])} points.")
     if "cross_arch" in R:
         held = [r for r in R["cross_arch"]["configs"].values() if r["kind"] == "held_out"]
         L.append("- **Unseen architectures, no fine-tuning (BN recalibrated):** " + "; ".join(
@@ -279,6 +308,9 @@ def _headline(R: dict) -> list[str]:
     if "seen" in R or "unseen" in R:
         L += ["", "### Where the generator loses to a baseline", ""]
         L += _losses(R.get("seen", {}).get("losses", []) + R.get("unseen", {}).get("losses", []))
+        if R.get("unseen", {}).get("losses_aligned") is not None and "all_meet_20_points_aligned" in R.get("unseen", {}):
+            L += ["", "Label-aligned generated nets on held-out tasks, against every baseline (aligned ones included):", ""]
+            L += _losses(R["unseen"]["losses_aligned"], generator="generated_aligned")
     return L + [""]
 
 
@@ -334,7 +366,8 @@ def _curves(tables: list[tuple[str, dict]], path: Path, title: str) -> Path:
         xs = r["steps"]
         for m, v in r["methods"].items():
             ys = [v["mean"][str(s)] for s in xs]
-            ax.plot(xs, ys, marker="o", ms=3, color=COLORS[m], label=LABELS[m], lw=2 if m == "generated" else 1)
+            ax.plot(xs, ys, marker="o", ms=3, color=COLORS[m], label=LABELS[m], ls="--" if m.endswith("_aligned") else "-",
+                    lw=2 if m.startswith("generated") and m != "generated_best_of_5" else 1)
             if m == "generated":
                 sd = [v["std"][str(s)] for s in xs]
                 ax.fill_between(xs, [y - d for y, d in zip(ys, sd, strict=True)],
