@@ -6,13 +6,15 @@
 
 The pipeline owns no weights of its own: components are the tokenizer (`IGPGVQVAEModel`), the
 prior (`IGPGPriorModel`) and a Hugging Face text encoder with its tokenizer. Device placement is
-diffusers' (accelerate underneath): ``pipe.to("cuda")``, ``pipe.enable_model_cpu_offload()``.
+``pipe.to("cuda")``, or ``pipe.enable_model_cpu_offload()``: components stay on the CPU and each goes to
+the GPU only for its stage (text encoder, prior, tokenizer decode).
 Load it with ``IGPGPipeline.from_pretrained``; the generic ``DiffusionPipeline.from_pretrained``
 does not resolve pipeline classes outside diffusers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -79,6 +81,49 @@ class IGPGPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(vqvae=vqvae, prior=prior, text_encoder=text_encoder, tokenizer=tokenizer)
+
+    # ------------------------------------------------------------------ devices
+    _offload_device: torch.device | None = None
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """Keep every component on the CPU and move each to ``device`` only for its stage of a call.
+
+        Same contract as diffusers' model offload (one component on the GPU at a time), written here because
+        diffusers' accelerate hooks move a component only when its ``forward`` runs, while the prior is also
+        used through ``build_prefix``, ``embed_sequence`` and ``generate`` (on an H200 the hooks left the text
+        encoder's mask and the prior's inputs on different devices). ``pipe.to(...)`` turns it off.
+        """
+        dev = torch.device(device)
+        if gpu_id is not None:
+            dev = torch.device(dev.type, gpu_id)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("enable_model_cpu_offload needs CUDA, which is not available; use the pipeline on the CPU")
+        super().to("cpu")
+        self._offload_device = dev
+
+    def to(self, *args, **kwargs):
+        self._offload_device = None
+        return super().to(*args, **kwargs)
+
+    @property
+    def _execution_device(self) -> torch.device:
+        if self._offload_device is not None:
+            return self._offload_device
+        return self.prior.device if getattr(self, "prior", None) is not None else torch.device("cpu")
+
+    @contextlib.contextmanager
+    def _stage(self, component: nn.Module):
+        """Under model CPU offload: ``component`` on the execution device for the block, back on the CPU after."""
+        if self._offload_device is None:
+            yield component
+            return
+        component.to(self._offload_device)
+        try:
+            yield component
+        finally:
+            component.to("cpu")
+            if self._offload_device.type == "cuda":
+                torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
@@ -181,13 +226,15 @@ class IGPGPipeline(DiffusionPipeline):
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
         # 3. encode the conditions (one row, expanded over samples by the sampler)
-        emb = encode_text([instruction, arch_text], self.text_encoder, self.tokenizer)  # (2, E)
+        with self._stage(self.text_encoder):
+            emb = encode_text([instruction, arch_text], self.text_encoder, self.tokenizer)  # (2, E)
         cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **self._dataset_condition(dataset, 1))
         # 4. sample weight tokens autoregressively (block by block past the context)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         n_draw = num_samples * candidates_per_sample
-        tokens, loglik = sample_weight_tokens(self.prior, cond, n_tokens, n_draw, sampling, seed=seed,
-                                              use_cache=use_cache, return_log_likelihood=True)
+        with self._stage(self.prior):
+            tokens, loglik = sample_weight_tokens(self.prior, cond, n_tokens, n_draw, sampling, seed=seed,
+                                                  use_cache=use_cache, return_log_likelihood=True)
         known_set = set(known or ())
         copy_flags = [sequence_hash(t) in known_set for t in tokens] if known else None
         if n_draw > num_samples:  # keep the most likely (new ones first if asked), in drawing order
@@ -204,7 +251,8 @@ class IGPGPipeline(DiffusionPipeline):
         copy_flags = [copy_flags[i] for i in keep] if copy_flags is not None else None
         # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
         fill = template.state_dict() if template is not None else None
-        state_dicts = self.vqvae.decode(tokens.to(self.vqvae.device), layout, fill=fill)
+        with self._stage(self.vqvae):
+            state_dicts = self.vqvae.decode(tokens.to(self.vqvae.device), layout, fill=fill)
         # 6. optionally reorder each sample's output units to the labelled samples
         alignments = None
         if align_labels:

@@ -149,3 +149,27 @@ def test_label_alignment_option(pipe):
         pipe("Classify digits", architecture="tiny_cnn", align_labels=True)
     with pytest.raises(TypeError, match="alignment_samples must be"):
         pipe("Classify digits", architecture="tiny_cnn", align_labels=True, alignment_samples=3)
+
+
+def test_model_cpu_offload_moves_one_component_per_stage(pipe):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs CUDA"):
+            pipe.enable_model_cpu_offload()
+    ref = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=6)
+    moves = []
+    originals = {n: getattr(pipe, n).to for n in ("text_encoder", "prior", "vqvae")}
+    for n, orig in originals.items():
+        getattr(pipe, n).to = lambda *a, _o=orig, _n=n, **k: (moves.append((_n, str(a[0]))), _o(*a, **k))[1]
+    try:
+        pipe.enable_model_cpu_offload(device="cpu")  # the same staging as on a GPU, checkable on a CPU runner
+        moves.clear()
+        out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=6)
+        assert [n for n, _ in moves] == ["text_encoder", "text_encoder", "prior", "prior", "vqvae", "vqvae"]
+        assert torch.equal(out.token_ids, ref.token_ids)
+        pipe.to("cpu")  # turns offload off
+        moves.clear()
+        pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=1, seed=6)
+        assert moves == []
+    finally:
+        for n, orig in originals.items():
+            getattr(pipe, n).to = orig
