@@ -90,3 +90,19 @@ def test_quickstart_example_runs(demo_dir):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy of 5 samples" in proc.stdout
+
+
+def test_pipeline_training_ignores_corpus_order(demo_dir, tmp_path):
+    """A zoo built by several workers stores runs in finishing order; the trained pipeline must not depend on it."""
+    import torch
+
+    from igpg_hf import WeightCorpus
+    from igpg_hf.evaluation.demo import train_pipeline
+
+    ckpts = list(WeightCorpus.load(demo_dir / "zoo"))
+    cfg = DemoConfig.from_preset("smoke")
+    a = train_pipeline(ckpts, tmp_path / "a", cfg, progress=False)
+    b = train_pipeline(ckpts[::-1], tmp_path / "b", cfg, progress=False)
+    for m in ("vqvae", "prior"):
+        sa, sb = getattr(a, m).state_dict(), getattr(b, m).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), m

@@ -82,7 +82,10 @@ def train_pipeline(corpus: WeightCorpus | list, out_dir: str | os.PathLike, conf
                    progress: bool = True) -> IGPGPipeline:
     """Train (or reuse, or resume) tokenizer and prior on a corpus; save and return the pipeline."""
     out = Path(out_dir)
-    checkpoints = list(corpus)
+    # a zoo built by several workers stores runs in the order they finished; training follows corpus order, so
+    # sort by id: the same zoo then gives the same pipeline (two builds of one zoo gave related-zoo figures
+    # 25 points apart before this)
+    checkpoints = sorted(corpus, key=lambda c: c.metadata.model_id)
     text_encoder, tokenizer = load_text_encoder()
     tok_final = out / "tokenizer" / "final"
     if (tok_final / "config.json").exists():
