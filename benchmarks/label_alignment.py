@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--architecture", default="tiny_cnn")
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--min-z", type=float, default=2.0, help="the guard's threshold; -100 applies every best order")
     ap.add_argument("--out", default="benchmarks/results/label_alignment.json")
     args = ap.parse_args()
 
@@ -50,7 +51,7 @@ def main() -> None:
                 before = evaluate_state_dicts(spec, out.state_dicts, task)
                 for name, (x, y) in {"support_5_per_class": sample_support_set(task, per_class=5, seed=0),
                                      "labelled_500": labelled_subset(task, 500)}.items():
-                    aligned = [align_labels(scratch, sd, x, y) for sd in out.state_dicts]
+                    aligned = [align_labels(scratch, sd, x, y, min_z=args.min_z) for sd in out.state_dicts]
                     after = evaluate_state_dicts(spec, [sd for sd, _ in aligned], task)
                     delta = [a - b for a, b in zip(after, before, strict=True)]
                     rows.append({"task": task, "sampling": setting, "alignment_samples": name, "num_samples": len(x),
@@ -64,8 +65,8 @@ def main() -> None:
               f"{r['accuracy_before']:5.1f}  {r['accuracy_after']:5.1f}  {r['mean_change']:+6.1f}  {r['worst_change']:+6.1f}")
     worst = min(r["worst_change"] for r in rows)
     print(f"worst change over {sum(r['of'] for r in rows)} aligned nets: {worst:+.1f} points")
-    res = {"pipeline": args.pipeline, "seed": args.seed, "rows": rows, "worst_change": worst,
-           "reproduce": f"python benchmarks/label_alignment.py --pipeline {args.pipeline}"}
+    res = {"pipeline": args.pipeline, "seed": args.seed, "min_z": args.min_z, "rows": rows, "worst_change": worst,
+           "reproduce": f"python benchmarks/label_alignment.py --pipeline {args.pipeline} --min-z {args.min_z}"}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
