@@ -17,7 +17,7 @@ up to 12 test points. 50 samples suffice for a permuted head; more are safer for
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,9 +37,6 @@ class LabelAlignment:
     accuracy_after: float
     z: float
     num_samples: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _best_order(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -86,9 +83,9 @@ def find_label_permutation(logits: torch.Tensor, labels: torch.Tensor, min_z: fl
             b, c_ = b + bb, c_ + cc
     z = (b - c_) / max(b + c_, 1) ** 0.5
     applied = bool(z >= min_z) and not torch.equal(perm, torch.arange(c))
-    right_before = logp.argmax(-1) == labels
-    acc_before = 100.0 * right_before.float().mean().item()
-    acc_after = 100.0 * (perm.argsort()[logp.argmax(-1)] == labels).float().mean().item()
+    right = int((logp.argmax(-1) == labels).sum())
+    gained, lost = _mcnemar(logp, labels, perm)  # the full order on all samples: right after = right before + b - c
+    acc_before, acc_after = 100.0 * right / n, 100.0 * (right + gained - lost) / n
     return LabelAlignment(perm.tolist() if applied else list(range(c)), applied, acc_before,
                           acc_after if applied else acc_before, float(z), n)
 

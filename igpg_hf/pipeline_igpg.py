@@ -105,21 +105,15 @@ class IGPGPipeline(DiffusionPipeline):
         self._offload_device = None
         return super().to(*args, **kwargs)
 
-    @property
-    def _execution_device(self) -> torch.device:
-        if self._offload_device is not None:
-            return self._offload_device
-        return self.prior.device if getattr(self, "prior", None) is not None else torch.device("cpu")
-
     @contextlib.contextmanager
     def _stage(self, component: nn.Module):
         """Under model CPU offload: ``component`` on the execution device for the block, back on the CPU after."""
         if self._offload_device is None:
-            yield component
+            yield
             return
         component.to(self._offload_device)
         try:
-            yield component
+            yield
         finally:
             component.to("cpu")
             if self._offload_device.type == "cuda":

@@ -385,7 +385,8 @@ def _task_starts(z: _Zoo, task: str, cfg: BenchConfig) -> tuple[dict, dict, Any]
         gen_al = [align(sd) for sd in gen]
         near_al = align(ref.state_dict())
         pool_al = [align(c.state_dict()) for c in pool]
-        best_al, _ = select_best(spec, [sd for sd, _ in pool_al], x, y)
+        # alignment already scored every checkpoint on (x, y) after reordering: pick the best from those records
+        best_al = max(range(len(pool_al)), key=lambda i: pool_al[i][1].accuracy_after)
         starts |= {"generated_aligned": ([sd for sd, _ in gen_al], k), "nearest_by_embedding_aligned": ([near_al[0]], 1),
                    "best_on_500_aligned": ([pool_al[best_al][0]], 1)}
         record = lambda a: {"alignment_applied": a.applied, "permutation": a.permutation, "z": a.z}  # noqa: E731
@@ -654,15 +655,15 @@ def _part_novelty(seen: _Zoo, unseen: dict[str, tuple[_Zoo, list[str]]], cfg: Be
                                                      if "margin_over_noise" in r])}
 
     seen_rows = [m for m in models if not m["held_out"] and not m["new_only"]]
-    new = [m for m in seen_rows if not m["copy"]]
-    new_only = [m for m in models if m["new_only"]]
+    new, new_only = [m for m in seen_rows if not m["copy"]], [m for m in models if m["new_only"]]
+    s_new, s_new_only = summary(new), (summary(new_only) if new_only else None)
     return {"models": models, "noise_curves": curves, "adjacent_epochs_novelty": adjacent,
-            "seen": summary(seen_rows), "seen_non_copies": summary(new),
+            "seen": summary(seen_rows), "seen_non_copies": s_new,
             "seen_copies": summary([m for m in seen_rows if m["copy"]]),
-            "seen_new_only": summary(new_only) if new_only else None,
-            "new_only_beat_noise_curve": (summary(new_only)["mean_margin_over_noise"] > 0) if new_only else None,
+            "seen_new_only": s_new_only,
+            "new_only_beat_noise_curve": (s_new_only["mean_margin_over_noise"] > 0) if new_only else None,
             "held_out": summary([m for m in models if m["held_out"]]),
-            "non_copies_beat_noise_curve": (summary(new)["mean_margin_over_noise"] > 0) if new else None}
+            "non_copies_beat_noise_curve": (s_new["mean_margin_over_noise"] > 0) if new else None}
 
 
 def _part_speed(z: _Zoo, cfg: BenchConfig, out: Path) -> dict:

@@ -183,13 +183,13 @@ def train_models_batched(
     if init_state is not None:
         for m in modules:
             _load_init(m, init_state)
+    if any(True for _ in modules[0].buffers()):
+        raise ValueError(f"train_models_batched does not support architectures with buffers ({spec.family}); "
+                         "use train_model")
     # stack on the CPU first: moving modules[0] alone to the GPU would mix devices in the stack (seen on an H200)
     names = [n for n, _ in modules[0].named_parameters()]
     params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in modules]).to(device) for n in names}
     base = modules[0].to(device)
-    if any(True for _ in base.buffers()):
-        raise ValueError(f"train_models_batched does not support architectures with buffers ({spec.family}); "
-                         "use train_model")
     n_models = len(hps)
 
     def col(values: list[float], like: torch.Tensor) -> torch.Tensor:  # per-model scalar broadcast to `like`
