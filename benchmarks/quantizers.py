@@ -55,9 +55,14 @@ def measure(vq, checkpoints) -> dict:
     ids = torch.cat(codes)
     p = torch.bincount(ids, minlength=vq.config.vocab_size).float()
     p = p[p > 0] / p.sum()
-    return {"recon_loss_points_mean": statistics.fmean(lost), "recon_loss_points_max": max(lost),
-            "relative_l2_mean": statistics.fmean(rel), "codes_used": int((p > 0).sum()),
-            "vocab_size": vq.config.vocab_size, "perplexity": math.exp(-(p * p.log()).sum().item())}
+    return {
+        "recon_loss_points_mean": statistics.fmean(lost),
+        "recon_loss_points_max": max(lost),
+        "relative_l2_mean": statistics.fmean(rel),
+        "codes_used": int((p > 0).sum()),
+        "vocab_size": vq.config.vocab_size,
+        "perplexity": math.exp(-(p * p.log()).sum().item()),
+    }
 
 
 def main() -> None:
@@ -66,34 +71,58 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000, help="tokenizer training steps for every quantizer")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *PRESET_VARIANTS])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings comparable on a busy box)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 keeps timings comparable on a busy box)"
+    )
     ap.add_argument("--out", default="benchmarks/results/quantizers.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     checkpoints = list(WeightCorpus.load(args.corpus))
-    results = {"corpus": args.corpus, "checkpoints": len(checkpoints), "steps": args.steps,
-               "batch_size": args.batch_size, "threads": args.threads, "variants": {}}
+    results = {
+        "corpus": args.corpus,
+        "checkpoints": len(checkpoints),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "variants": {},
+    }
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     if all(old.get(k) == results[k] for k in ("checkpoints", "steps", "batch_size")):
-        results["variants"] = old.get("variants", {})  # same setting: add to (or redo) the variants measured before
+        results["variants"] = old.get(
+            "variants", {}
+        )  # same setting: add to (or redo) the variants measured before
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
             preset, changes, lr = PRESET_VARIANTS.get(name, ("demo", VARIANTS.get(name), 1e-3))
             cfg = IGPGVQVAEConfig.from_preset(preset, **changes)
             t = time.perf_counter()
-            vq = train_tokenizer(checkpoints, cfg, Path(tmp) / name,
-                                 TokenizerTrainingArgs(steps=args.steps, batch_size=args.batch_size, lr=lr,
-                                                       checkpoint_every=10**9), progress=True).eval()
+            vq = train_tokenizer(
+                checkpoints,
+                cfg,
+                Path(tmp) / name,
+                TokenizerTrainingArgs(
+                    steps=args.steps, batch_size=args.batch_size, lr=lr, checkpoint_every=10**9
+                ),
+                progress=True,
+            ).eval()
             seconds = time.perf_counter() - t
             settings = {"preset": preset, **changes, "lr": lr}
             with torch.no_grad():
-                results["variants"][name] = {"settings": settings, "train_seconds": seconds, **measure(vq, checkpoints)}
+                results["variants"][name] = {
+                    "settings": settings,
+                    "train_seconds": seconds,
+                    **measure(vq, checkpoints),
+                }
             print(name, json.dumps(results["variants"][name]), flush=True)
             atomic_write_json(args.out, results)
-    print(f"{'quantizer':<8} {'lost pts':>9} {'max':>6} {'rel L2':>7} {'codes':>11} {'perplexity':>10} {'train s':>8}")
+    print(
+        f"{'quantizer':<8} {'lost pts':>9} {'max':>6} {'rel L2':>7} {'codes':>11} {'perplexity':>10} {'train s':>8}"
+    )
     for name, r in results["variants"].items():
-        print(f"{name:<8} {r['recon_loss_points_mean']:>9.2f} {r['recon_loss_points_max']:>6.1f} {r['relative_l2_mean']:>7.3f} "
-              f"{r['codes_used']:>5}/{r['vocab_size']:<5} {r['perplexity']:>10.1f} {r['train_seconds']:>8.0f}")
+        print(
+            f"{name:<8} {r['recon_loss_points_mean']:>9.2f} {r['recon_loss_points_max']:>6.1f} {r['relative_l2_mean']:>7.3f} "
+            f"{r['codes_used']:>5}/{r['vocab_size']:<5} {r['perplexity']:>10.1f} {r['train_seconds']:>8.0f}"
+        )
     print(f"written {args.out}")
 
 

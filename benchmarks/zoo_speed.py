@@ -80,15 +80,30 @@ def main() -> None:
     def record(mode: str, device: str, layout: str, n: int, run) -> None:
         load = os.getloadavg()[0]
         seconds, res = run()  # res: (test accuracy, CPU seconds) per model
-        rows.append({"mode": mode, "device": device, "layout": layout, "models": n, "seconds": round(seconds, 2),
-                     "models_per_second": round(n / seconds, 3), "cpu_seconds": round(sum(c for _, c in res), 1),
-                     "load_avg_before": round(load, 2), "mean_test_acc": round(sum(a for a, _ in res) / len(res), 4)})
+        rows.append(
+            {
+                "mode": mode,
+                "device": device,
+                "layout": layout,
+                "models": n,
+                "seconds": round(seconds, 2),
+                "models_per_second": round(n / seconds, 3),
+                "cpu_seconds": round(sum(c for _, c in res), 1),
+                "load_avg_before": round(load, 2),
+                "mean_test_acc": round(sum(a for a, _ in res) / len(res), 4),
+            }
+        )
 
     n, ep = args.models, args.epochs
     if torch.cuda.is_available():
         batched(8, 1, "cuda")  # warm-up (kernels, allocator)
-        record("batched-vmap", "cuda", torch.cuda.get_device_name(), args.gpu_models,
-               lambda: batched(args.gpu_models, ep, "cuda"))
+        record(
+            "batched-vmap",
+            "cuda",
+            torch.cuda.get_device_name(),
+            args.gpu_models,
+            lambda: batched(args.gpu_models, ep, "cuda"),
+        )
     torch.set_num_threads(1)  # the CPU modes run on one thread per process
     record("one-by-one", "cpu", "1 process x 1 thread", n, lambda: one_by_one(n, ep))
     record("all-cores", "cpu", f"{args.procs} processes x 1 thread", n, lambda: all_cores(n, ep, args.procs))
@@ -97,20 +112,31 @@ def main() -> None:
     for r in rows:
         r["speedup_vs_one_by_one"] = round(r["models_per_second"] / base, 2)
 
-    print(f"tiny CNN (2,464 params), MNIST-5k (4,000 train), {args.epochs} epochs, batch 64, Adam; "
-          f"{os.cpu_count()} CPU cores, torch {torch.__version__}")
-    head = (f"{'mode':<14}{'device':<8}{'layout':<28}{'models':>7}{'seconds':>9}{'models/s':>10}{'speedup':>9}"
-            f"{'cpu s':>8}{'load':>6}{'acc':>7}")
+    print(
+        f"tiny CNN (2,464 params), MNIST-5k (4,000 train), {args.epochs} epochs, batch 64, Adam; "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
+    )
+    head = (
+        f"{'mode':<14}{'device':<8}{'layout':<28}{'models':>7}{'seconds':>9}{'models/s':>10}{'speedup':>9}"
+        f"{'cpu s':>8}{'load':>6}{'acc':>7}"
+    )
     print(head + "\n" + "-" * len(head))
     for r in rows:
-        print(f"{r['mode']:<14}{r['device']:<8}{r['layout'][:27]:<28}{r['models']:>7}{r['seconds']:>9.2f}"
-              f"{r['models_per_second']:>10.3f}{r['speedup_vs_one_by_one']:>8.2f}x{r['cpu_seconds']:>8.1f}"
-              f"{r['load_avg_before']:>6.1f}{r['mean_test_acc']:>7.3f}")
+        print(
+            f"{r['mode']:<14}{r['device']:<8}{r['layout'][:27]:<28}{r['models']:>7}{r['seconds']:>9.2f}"
+            f"{r['models_per_second']:>10.3f}{r['speedup_vs_one_by_one']:>8.2f}x{r['cpu_seconds']:>8.1f}"
+            f"{r['load_avg_before']:>6.1f}{r['mean_test_acc']:>7.3f}"
+        )
     if max(r["load_avg_before"] for r in rows) > 0.5:
         print("note: other processes were running (load average above); CPU speedups are pessimistic")
     if args.out:
-        meta = {"epochs": args.epochs, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                "machine": platform.machine(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+        meta = {
+            "epochs": args.epochs,
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        }
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"config": meta, "results": rows}, f, indent=2)
 

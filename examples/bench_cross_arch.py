@@ -1,6 +1,6 @@
 """Unseen architectures (paper Fig. 3): ResNets of held-out depths from architecture text, no fine-tuning.
 
-    python examples/bench_cross_arch.py --preset default --out bench_out
+python examples/bench_cross_arch.py --preset default --out bench_out
 """
 
 import argparse
@@ -14,6 +14,8 @@ args = parser.parse_args()
 
 res = run_benchmark(args.out, BenchConfig.from_preset(args.preset), parts=["cross_arch"])["cross_arch"]
 for r in res["configs"].values():
-    print(f"blocks {r['blocks']} ({r['kind']}, {r['parameters']:,} params): generated "
-          f"{r['generated']['recalibrated_mean']:.1f} after BN recalibration ({r['generated']['raw_mean']:.1f} raw), "
-          f"random init {r['random_init']['recalibrated_mean']:.1f}, trained {r['trained']['recalibrated_mean']:.1f}")
+    print(
+        f"blocks {r['blocks']} ({r['kind']}, {r['parameters']:,} params): generated "
+        f"{r['generated']['recalibrated_mean']:.1f} after BN recalibration ({r['generated']['raw_mean']:.1f} raw), "
+        f"random init {r['random_init']['recalibrated_mean']:.1f}, trained {r['trained']['recalibrated_mean']:.1f}"
+    )

@@ -1,6 +1,6 @@
 """Tokenizer fidelity (paper Table 3): original vs VQ-VAE reconstruction vs generated accuracy, per task.
 
-    python examples/bench_fidelity.py --preset default --out bench_out
+python examples/bench_fidelity.py --preset default --out bench_out
 """
 
 import argparse
@@ -14,5 +14,7 @@ args = parser.parse_args()
 
 res = run_benchmark(args.out, BenchConfig.from_preset(args.preset), parts=["fidelity"])["fidelity"]
 for r in res["rows"]:
-    print(f"{r['zoo']:8s} {r['task']:14s} original {r['original']:.1f}  reconstructed {r['reconstructed']:.1f}  "
-          f"generated {r['generated']:.1f}")
+    print(
+        f"{r['zoo']:8s} {r['task']:14s} original {r['original']:.1f}  reconstructed {r['reconstructed']:.1f}  "
+        f"generated {r['generated']:.1f}"
+    )

@@ -1,6 +1,6 @@
 """Quickstart: instruction -> a working CNN, in a few lines (run `igpg-hf demo` first to train a pipeline).
 
-    python examples/quickstart.py [PIPELINE_DIR]
+python examples/quickstart.py [PIPELINE_DIR]
 """
 
 import sys
@@ -21,11 +21,26 @@ out = pipe(
     return_modules=True,
 )
 net = out.modules[0]  # a torch.nn.Module with the generated weights
-print("test accuracy of 5 samples (%):", [round(a, 1) for a in evaluate_state_dicts(get_architecture("tiny_cnn"), out.state_dicts, "mnist")])
+print(
+    "test accuracy of 5 samples (%):",
+    [round(a, 1) for a in evaluate_state_dicts(get_architecture("tiny_cnn"), out.state_dicts, "mnist")],
+)
 print("token-for-token copies of a training checkpoint:", out.is_copy)
 print(f"generated in {out.seconds:.2f} s")
 
 # only weights that are not copies: draw 8 candidates per sample, drop copies, keep the most likely
-new = pipe("Classify handwritten digits 0-9 from 28x28 grayscale images", architecture="tiny_cnn", dataset="mnist",
-           num_samples=5, seed=0, temperature=1.5, top_k=3, candidates_per_sample=8, exclude_copies=True)
-print("new-only samples (%):", [round(a, 1) for a in evaluate_state_dicts(get_architecture("tiny_cnn"), new.state_dicts, "mnist")])
+new = pipe(
+    "Classify handwritten digits 0-9 from 28x28 grayscale images",
+    architecture="tiny_cnn",
+    dataset="mnist",
+    num_samples=5,
+    seed=0,
+    temperature=1.5,
+    top_k=3,
+    candidates_per_sample=8,
+    exclude_copies=True,
+)
+print(
+    "new-only samples (%):",
+    [round(a, 1) for a in evaluate_state_dicts(get_architecture("tiny_cnn"), new.state_dicts, "mnist")],
+)

@@ -55,7 +55,9 @@ class IGPGVQVAEConfig(PreTrainedConfig):
         if self.normalization not in ("layer", "delta", "none"):
             raise ValueError(f"normalization must be 'layer', 'delta' or 'none', got {self.normalization!r}")
         if self.chunk_size < 1 or self.tokens_per_chunk < 1:
-            raise ValueError(f"chunk_size and tokens_per_chunk must be positive, got {self.chunk_size}, {self.tokens_per_chunk}")
+            raise ValueError(
+                f"chunk_size and tokens_per_chunk must be positive, got {self.chunk_size}, {self.tokens_per_chunk}"
+            )
         if self.quantizer == "fsq" and self.fsq_levels is None:
             self.fsq_levels = [8, 5, 5, 5]
         if self.weight_stats is None:
@@ -76,20 +78,44 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     # zoo (perplexity ~2, reconstruction MSE 1.0 after 3,000 steps); at 0/0 reconstructions kept the zoo's accuracy.
     _GUMBEL = dict(commitment_weight=0.0, codebook_weight=0.0)
     PRESETS = {
-        "tiny": dict(chunk_size=32, tokens_per_chunk=2, codebook_size=64, code_dim=16, hidden_size=64, max_positions=256,
-                     **_GUMBEL),
+        "tiny": dict(
+            chunk_size=32,
+            tokens_per_chunk=2,
+            codebook_size=64,
+            code_dim=16,
+            hidden_size=64,
+            max_positions=256,
+            **_GUMBEL,
+        ),
         # calibrated on 2 CPU cores: K=64, 4 tokens per chunk lost 0.2 accuracy points on the tiny CNN
-        "demo": dict(chunk_size=64, tokens_per_chunk=4, codebook_size=512, code_dim=64, hidden_size=512, **_GUMBEL),
-        "base": dict(chunk_size=64, tokens_per_chunk=4, codebook_size=1024, code_dim=64, hidden_size=1024,
-                     num_hidden_layers=3, max_positions=4096, **_GUMBEL),
+        "demo": dict(
+            chunk_size=64, tokens_per_chunk=4, codebook_size=512, code_dim=64, hidden_size=512, **_GUMBEL
+        ),
+        "base": dict(
+            chunk_size=64,
+            tokens_per_chunk=4,
+            codebook_size=1024,
+            code_dim=64,
+            hidden_size=1024,
+            num_hidden_layers=3,
+            max_positions=4096,
+            **_GUMBEL,
+        ),
         # 36 bits per 64 values cannot encode weights generically (Gaussian rate-distortion: MSE 0.46); low error comes
         # from the decoder memorizing the zoo's distinct chunks. "demo" does ~2,000 (the seen zoo); for zoos with more
         # (48 ResNets: 8,560; tasks sharing an init: 2,600 near-duplicates) FSQ (no code collapse, no Gumbel noise;
         # vocab 8*8*8 = 512 as "demo") and a wider MLP. 2 CPU cores, 3,000 steps of 256 at lr 3e-3 (~4 min): ResNet
         # zoo relative L2 0.36 -> 0.10, 2.9 points lost after BatchNorm recalibration (was 60); related zoo 0.26 ->
         # 0.09, 0.3 points lost (was 4.8). On the seen zoo "demo" stays better (0.035, -0.1 points vs 0.072, 0.3).
-        "fsq": dict(chunk_size=64, tokens_per_chunk=4, quantizer="fsq", fsq_levels=[8, 8, 8], codebook_size=512,
-                    code_dim=64, hidden_size=1024),
+        "fsq": dict(
+            chunk_size=64,
+            tokens_per_chunk=4,
+            quantizer="fsq",
+            fsq_levels=[8, 8, 8],
+            codebook_size=512,
+            code_dim=64,
+            hidden_size=1024,
+        ),
     }
 
     @classmethod
@@ -144,7 +170,9 @@ class IGPGPriorConfig(GPT2Config):
         return self.n_positions - self.num_prefix_tokens
 
     PRESETS = {
-        "tiny": dict(n_layer=2, n_embd=32, n_head=2, n_positions=128, dataset_hidden_size=16, dataset_feature_dim=32),
+        "tiny": dict(
+            n_layer=2, n_embd=32, n_head=2, n_positions=128, dataset_hidden_size=16, dataset_feature_dim=32
+        ),
         # calibrated on 2 CPU cores: 4 layers x 128 dims (0.9 M params) learned a 156-token tiny-CNN zoo
         "demo": dict(n_layer=4, n_embd=128, n_head=4, n_positions=256),
         "small": dict(n_layer=6, n_embd=256, n_head=8, n_positions=1024),

@@ -39,17 +39,42 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FEATURES", "CheckpointMetadata", "Checkpoint", "CorpusWriter", "WeightCorpus",
-           "ingest_state_dicts", "ingest_folder"]
+__all__ = [
+    "FEATURES",
+    "CheckpointMetadata",
+    "Checkpoint",
+    "CorpusWriter",
+    "WeightCorpus",
+    "ingest_state_dicts",
+    "ingest_folder",
+]
 
 _S, _I64, _F64, _I32 = (datasets.Value(t) for t in ("string", "int64", "float64", "int32"))
-FEATURES = datasets.Features({
-    "model_id": _S, "run_id": _S, "zoo_kind": _S, "task": _S, "instruction": _S,
-    "arch_family": _S, "arch_spec": _S, "arch_text": _S, "hyperparams": _S, "seed": _I64, "epoch": _I64,
-    "train_acc": _F64, "test_acc": _F64, "train_loss": _F64, "test_loss": _F64,
-    "layout": _S, "num_params": _I64, "chunk_index": _I32, "num_chunks": _I32,
-    "weights": datasets.Value("binary"), "weights_sha256": _S,
-})
+FEATURES = datasets.Features(
+    {
+        "model_id": _S,
+        "run_id": _S,
+        "zoo_kind": _S,
+        "task": _S,
+        "instruction": _S,
+        "arch_family": _S,
+        "arch_spec": _S,
+        "arch_text": _S,
+        "hyperparams": _S,
+        "seed": _I64,
+        "epoch": _I64,
+        "train_acc": _F64,
+        "test_acc": _F64,
+        "train_loss": _F64,
+        "test_loss": _F64,
+        "layout": _S,
+        "num_params": _I64,
+        "chunk_index": _I32,
+        "num_chunks": _I32,
+        "weights": datasets.Value("binary"),
+        "weights_sha256": _S,
+    }
+)
 SCHEMA: pa.Schema = FEATURES.arrow_schema
 META_COLUMNS = [c for c in FEATURES if c != "weights"]
 ZOO_KINDS = ("independent", "shared_init", "finetuned", "ingested")
@@ -164,11 +189,15 @@ def _check_against_spec(sd: dict[str, torch.Tensor], spec: ArchSpec, model_id: s
     expected = _spec_shapes(spec.to_json())
     missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or extra:
-        raise ValueError(f"{model_id!r}: state dict does not match arch_spec {spec.family}: "
-                         f"missing keys {missing[:5]}, unexpected keys {extra[:5]}")
+        raise ValueError(
+            f"{model_id!r}: state dict does not match arch_spec {spec.family}: "
+            f"missing keys {missing[:5]}, unexpected keys {extra[:5]}"
+        )
     for k, shape in expected.items():
         if tuple(sd[k].shape) != shape:
-            raise ValueError(f"{model_id!r}: entry {k!r} has shape {tuple(sd[k].shape)}, arch_spec expects {shape}")
+            raise ValueError(
+                f"{model_id!r}: entry {k!r} has shape {tuple(sd[k].shape)}, arch_spec expects {shape}"
+            )
 
 
 def _check_shard(path: Path) -> pq.FileMetaData:
@@ -195,11 +224,17 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _summarize(df: pandas.DataFrame) -> dict[str, Any]:
     """Corpus figures; ``tasks`` maps each task to its checkpoint count and test-accuracy mean/min/max/count."""
+
     def task_stats(g: pandas.DataFrame) -> dict[str, Any]:
         acc = g["test_acc"].dropna()
         known = not acc.empty
-        return {"checkpoints": int(len(g)), "count": int(len(acc)), "mean": float(acc.mean()) if known else None,
-                "min": float(acc.min()) if known else None, "max": float(acc.max()) if known else None}
+        return {
+            "checkpoints": int(len(g)),
+            "count": int(len(acc)),
+            "mean": float(acc.mean()) if known else None,
+            "min": float(acc.min()) if known else None,
+            "max": float(acc.max()) if known else None,
+        }
 
     return {
         "num_checkpoints": int(len(df)),
@@ -212,34 +247,65 @@ def _summarize(df: pandas.DataFrame) -> dict[str, Any]:
 
 
 def _render_card(path: Path, summary: dict[str, Any]) -> str:
-    template = _CARD_TEMPLATE.read_text(encoding="utf-8") if _CARD_TEMPLATE.exists() else (
-        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n---\n\n"
-        "# {pretty_name}\n\n{num_checkpoints} checkpoints.\n\n{task_table}\n\n```json\n{summary_json}\n```\n")
+    template = (
+        _CARD_TEMPLATE.read_text(encoding="utf-8")
+        if _CARD_TEMPLATE.exists()
+        else (
+            "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n---\n\n"
+            "# {pretty_name}\n\n{num_checkpoints} checkpoints.\n\n{task_table}\n\n```json\n{summary_json}\n```\n"
+        )
+    )
+
     def fmt(x: float | None) -> str:
         return "" if x is None else f"{x:.4f}"
 
-    rows = [f"| {t} | {a['checkpoints']} | {fmt(a['mean'])} | {fmt(a['min'])} | {fmt(a['max'])} | {a['count']} |"
-            for t, a in summary["tasks"].items()]
+    rows = [
+        f"| {t} | {a['checkpoints']} | {fmt(a['mean'])} | {fmt(a['min'])} | {fmt(a['max'])} | {a['count']} |"
+        for t, a in summary["tasks"].items()
+    ]
     n = summary["num_checkpoints"]
-    size = next(c for lim, c in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
-                                 (math.inf, "n>1M")) if n < lim)
+    size = next(
+        c
+        for lim, c in (
+            (1e3, "n<1K"),
+            (1e4, "1K<n<10K"),
+            (1e5, "10K<n<100K"),
+            (1e6, "100K<n<1M"),
+            (math.inf, "n>1M"),
+        )
+        if n < lim
+    )
     return template.format(
-        pretty_name=f"Weight corpus {path.resolve().name}", size_category=size, num_checkpoints=n,
-        num_rows=summary["num_rows"], num_families=len(summary["families"]),
-        families=", ".join(summary["families"]) or "none", num_tasks=len(summary["tasks"]),
-        task_table="\n".join(rows), summary_json=json.dumps(summary, indent=2))
+        pretty_name=f"Weight corpus {path.resolve().name}",
+        size_category=size,
+        num_checkpoints=n,
+        num_rows=summary["num_rows"],
+        num_families=len(summary["families"]),
+        families=", ".join(summary["families"]) or "none",
+        num_tasks=len(summary["tasks"]),
+        task_table="\n".join(rows),
+        summary_json=json.dumps(summary, indent=2),
+    )
 
 
 class CorpusWriter:
     """Appends checkpoints to a corpus folder as atomic parquet shards; reopening a folder resumes it."""
 
-    def __init__(self, path: str | os.PathLike, shard_rows: int = 256, max_row_bytes: int = 16 * 2**20,
-                 overwrite: bool = False, max_shard_bytes: int = 512 * 2**20):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        shard_rows: int = 256,
+        max_row_bytes: int = 16 * 2**20,
+        overwrite: bool = False,
+        max_shard_bytes: int = 512 * 2**20,
+    ):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"corpus path {self.path} exists and is not a folder")
         if shard_rows < 1 or max_row_bytes < 1:
-            raise ValueError(f"shard_rows and max_row_bytes must be positive, got {shard_rows}, {max_row_bytes}")
+            raise ValueError(
+                f"shard_rows and max_row_bytes must be positive, got {shard_rows}, {max_row_bytes}"
+            )
         self.shard_rows, self.max_row_bytes, self.max_shard_bytes = shard_rows, max_row_bytes, max_shard_bytes
         data = self.path / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -274,8 +340,12 @@ class CorpusWriter:
         """model_ids already in the corpus: written shards and buffered rows."""
         return self._written | self._buffer_ids
 
-    def add(self, state_dict: dict[str, torch.Tensor] | nn.Module, metadata: CheckpointMetadata | dict,
-            layout: WeightLayout | None = None) -> None:
+    def add(
+        self,
+        state_dict: dict[str, torch.Tensor] | nn.Module,
+        metadata: CheckpointMetadata | dict,
+        layout: WeightLayout | None = None,
+    ) -> None:
         """Validate a checkpoint and buffer its row(s); a shard is written when the buffer is full."""
         meta = CheckpointMetadata.coerce(metadata)
         if meta.model_id in self.done_ids:
@@ -288,7 +358,9 @@ class CorpusWriter:
         sd = {k: v.detach().cpu() for k, v in state_dict.items()}
         if meta.arch_spec is not None:
             _check_against_spec(sd, meta.arch_spec, meta.model_id)
-            sd = {k: sd[k] for k in _spec_shapes(meta.arch_spec.to_json())}  # module order, e.g. for safetensors
+            sd = {
+                k: sd[k] for k in _spec_shapes(meta.arch_spec.to_json())
+            }  # module order, e.g. for safetensors
         try:
             layout = layout or WeightLayout.from_state_dict(sd)
             layout.validate(sd)
@@ -296,10 +368,17 @@ class CorpusWriter:
             raise ValueError(f"{meta.model_id!r}: {e}") from e
         data = layout.to_bytes(sd)
         n = max(1, math.ceil(len(data) / self.max_row_bytes))
-        base = {**meta.to_row(), "layout": layout.to_json(), "num_params": layout.num_float, "num_chunks": n,
-                "weights_sha256": hashlib.sha256(data).hexdigest()}
+        base = {
+            **meta.to_row(),
+            "layout": layout.to_json(),
+            "num_params": layout.num_float,
+            "num_chunks": n,
+            "weights_sha256": hashlib.sha256(data).hexdigest(),
+        }
         m = self.max_row_bytes
-        self._buffer.append([{**base, "chunk_index": i, "weights": data[i * m:(i + 1) * m]} for i in range(n)])
+        self._buffer.append(
+            [{**base, "chunk_index": i, "weights": data[i * m : (i + 1) * m]} for i in range(n)]
+        )
         self._buffer_ids.add(meta.model_id)
         rows = sum(len(c) for c in self._buffer)
         nbytes = sum(len(r["weights"]) for c in self._buffer for r in c)
@@ -347,7 +426,9 @@ class CorpusWriter:
 class WeightCorpus:
     """A corpus of checkpoints over a `datasets.Dataset` or `IterableDataset` of stored rows."""
 
-    def __init__(self, dataset: datasets.Dataset | datasets.IterableDataset, path: str | os.PathLike | None = None):
+    def __init__(
+        self, dataset: datasets.Dataset | datasets.IterableDataset, path: str | os.PathLike | None = None
+    ):
         missing = set(FEATURES) - set(dataset.column_names or FEATURES)
         if missing:
             raise ValueError(f"dataset lacks corpus column(s) {sorted(missing)}")
@@ -356,16 +437,29 @@ class WeightCorpus:
         self.path = Path(path) if path is not None else None  # set only when the rows are exactly a folder's
 
     @classmethod
-    def load(cls, path_or_repo_id: str | os.PathLike, streaming: bool = False, revision: str | None = None,
-             split: str = "train") -> WeightCorpus:
+    def load(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        streaming: bool = False,
+        revision: str | None = None,
+        split: str = "train",
+    ) -> WeightCorpus:
         """A local corpus folder if it exists, else a Hub dataset repo id."""
         p = str(path_or_repo_id)
-        if os.path.isdir(p) or os.path.isabs(p) or p.startswith((".", "~")) or p.count("/") > 1 or os.path.exists(p):
+        if (
+            os.path.isdir(p)
+            or os.path.isabs(p)
+            or p.startswith((".", "~"))
+            or p.count("/") > 1
+            or os.path.exists(p)
+        ):
             return cls.from_folder(p, streaming=streaming, split=split)
         return cls.from_hub(p, streaming=streaming, revision=revision, split=split)
 
     @classmethod
-    def from_folder(cls, path: str | os.PathLike, streaming: bool = False, split: str = "train") -> WeightCorpus:
+    def from_folder(
+        cls, path: str | os.PathLike, streaming: bool = False, split: str = "train"
+    ) -> WeightCorpus:
         """Open a local corpus folder; every shard's parquet footer is checked first."""
         path = Path(path).expanduser()
         if not path.is_dir():
@@ -375,13 +469,19 @@ class WeightCorpus:
             raise ValueError(f"corpus folder {path} holds no parquet shards under data/")
         for f in files:
             _check_shard(f)
-        ds = datasets.load_dataset("parquet", data_files={"train": [str(f) for f in files]}, split=split,
-                                   features=FEATURES, streaming=streaming)
+        ds = datasets.load_dataset(
+            "parquet",
+            data_files={"train": [str(f) for f in files]},
+            split=split,
+            features=FEATURES,
+            streaming=streaming,
+        )
         return cls(ds, path=path)
 
     @classmethod
-    def from_hub(cls, repo_id: str, streaming: bool = False, revision: str | None = None,
-                 split: str = "train") -> WeightCorpus:
+    def from_hub(
+        cls, repo_id: str, streaming: bool = False, revision: str | None = None, split: str = "train"
+    ) -> WeightCorpus:
         """Open a corpus dataset repo on the Hugging Face Hub."""
         return cls(datasets.load_dataset(repo_id, split=split, streaming=streaming, revision=revision))
 
@@ -396,7 +496,9 @@ class WeightCorpus:
             data = b"".join(r["weights"] for r in rows)
             if hashlib.sha256(data).hexdigest() != first["weights_sha256"]:
                 raise ValueError(f"checkpoint {model_id!r}: weight bytes do not match their SHA-256")
-            yield Checkpoint(CheckpointMetadata.from_row(first), WeightLayout.from_json(first["layout"]), data)
+            yield Checkpoint(
+                CheckpointMetadata.from_row(first), WeightLayout.from_json(first["layout"]), data
+            )
 
     def _chunk_index(self):
         return self.dataset.select_columns(["chunk_index"]).with_format("numpy")[:]["chunk_index"]
@@ -426,18 +528,27 @@ class WeightCorpus:
         """All checkpoints as a list."""
         return list(self)
 
-    def filter(self, task: str | None = None, arch_family: str | None = None, tasks: list[str] | None = None,
-               min_test_acc: float | None = None) -> WeightCorpus:
+    def filter(
+        self,
+        task: str | None = None,
+        arch_family: str | None = None,
+        tasks: list[str] | None = None,
+        min_test_acc: float | None = None,
+    ) -> WeightCorpus:
         """Checkpoints of the given task(s) (``task`` and ``tasks`` are united), family and min test accuracy."""
         allowed = ({task} if task is not None else set()) | set(tasks or ())
 
         def keep(task_col, family_col, acc_col):
-            return [(not allowed or t in allowed) and (arch_family is None or f == arch_family)
-                    and (min_test_acc is None or a >= min_test_acc)  # NaN accuracy fails a minimum
-                    for t, f, a in zip(task_col, family_col, acc_col, strict=True)]
+            return [
+                (not allowed or t in allowed)
+                and (arch_family is None or f == arch_family)
+                and (min_test_acc is None or a >= min_test_acc)  # NaN accuracy fails a minimum
+                for t, f, a in zip(task_col, family_col, acc_col, strict=True)
+            ]
 
-        return WeightCorpus(self.dataset.filter(keep, input_columns=["task", "arch_family", "test_acc"],
-                                                batched=True))
+        return WeightCorpus(
+            self.dataset.filter(keep, input_columns=["task", "arch_family", "test_acc"], batched=True)
+        )
 
     def shard(self, num_shards: int, index: int) -> WeightCorpus:
         """Part ``index`` of ``num_shards`` disjoint parts that never split a checkpoint."""
@@ -448,33 +559,51 @@ class WeightCorpus:
             if ds.num_shards < num_shards:
                 ds = ds.reshard()  # files into row groups, which hold whole checkpoints
             if ds.num_shards >= num_shards:
-                return WeightCorpus(split_dataset_by_node(
-                    ds, rank=index, world_size=num_shards, strategy="shards"))
-            logger.info("fewer row groups than shards: splitting by model_id hash (every part reads all rows)")
-            return WeightCorpus(ds.filter(
-                lambda ids: [zlib.crc32(i.encode()) % num_shards == index for i in ids],
-                input_columns=["model_id"], batched=True))
+                return WeightCorpus(
+                    split_dataset_by_node(ds, rank=index, world_size=num_shards, strategy="shards")
+                )
+            logger.info(
+                "fewer row groups than shards: splitting by model_id hash (every part reads all rows)"
+            )
+            return WeightCorpus(
+                ds.filter(
+                    lambda ids: [zlib.crc32(i.encode()) % num_shards == index for i in ids],
+                    input_columns=["model_id"],
+                    batched=True,
+                )
+            )
         starts = [int(i) for i in (self._chunk_index() == 0).nonzero()[0]] + [ds.num_rows]
         n = len(starts) - 1  # contiguous checkpoint ranges, sized as Dataset.shard(contiguous=True) does
         lo = (n // num_shards) * index + min(index, n % num_shards)
         hi = lo + n // num_shards + (1 if index < n % num_shards else 0)
         return WeightCorpus(ds.select(range(starts[lo], starts[hi]) if hi > lo else []))
 
-    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
-                    commit_message: str = "Upload weight corpus with igpg_hf") -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload weight corpus with igpg_hf",
+    ) -> str:
         """Upload the corpus folder (data/, README.md, corpus.json) to a Hub dataset repo; returns its URL."""
         from huggingface_hub import HfApi
 
         if self.path is None:
-            raise ValueError("only a corpus opened from a local folder (not filtered or sharded) can be pushed")
+            raise ValueError(
+                "only a corpus opened from a local folder (not filtered or sharded) can be pushed"
+            )
         for name in ("README.md", "corpus.json"):
             if not (self.path / name).exists():
                 raise ValueError(f"{self.path / name} is missing: close the CorpusWriter before pushing")
         api = HfApi(token=token)
         url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(self.path),
-                          allow_patterns=["data/*.parquet", "README.md", "corpus.json"],
-                          commit_message=commit_message)
+        api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=str(self.path),
+            allow_patterns=["data/*.parquet", "README.md", "corpus.json"],
+            commit_message=commit_message,
+        )
         return str(url)
 
     def __repr__(self) -> str:
@@ -482,8 +611,11 @@ class WeightCorpus:
         return f"WeightCorpus({where}, streaming={self.streaming}, rows={getattr(self.dataset, 'num_rows', '?')})"
 
 
-def ingest_state_dicts(items: Iterable[tuple[dict[str, torch.Tensor] | nn.Module, CheckpointMetadata | dict]],
-                       out_dir: str | os.PathLike, **writer_kwargs: Any) -> WeightCorpus:
+def ingest_state_dicts(
+    items: Iterable[tuple[dict[str, torch.Tensor] | nn.Module, CheckpointMetadata | dict]],
+    out_dir: str | os.PathLike,
+    **writer_kwargs: Any,
+) -> WeightCorpus:
     """Write (state dict or module, metadata) pairs to a corpus; ids already there are skipped (resume)."""
     writer = CorpusWriter(out_dir, **writer_kwargs)
     try:
@@ -512,13 +644,20 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def ingest_folder(folder: str | os.PathLike, out_dir: str | os.PathLike, metadata_file: str = "metadata.json",
-                  allow_missing_metadata: bool = False, **writer_kwargs: Any) -> WeightCorpus:
+def ingest_folder(
+    folder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    metadata_file: str = "metadata.json",
+    allow_missing_metadata: bool = False,
+    **writer_kwargs: Any,
+) -> WeightCorpus:
     """Ingest .safetensors/.pt/.pth state dicts, described by metadata.json (name -> dict) or metadata.jsonl."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt", ".pth") and p.is_file())
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt", ".pth") and p.is_file()
+    )
     if not files:
         raise ValueError(f"no .safetensors, .pt or .pth files in {folder}")
     meta_path = folder / metadata_file
@@ -526,7 +665,11 @@ def ingest_folder(folder: str | os.PathLike, out_dir: str | os.PathLike, metadat
     table: Any = {}
     if meta_path.exists():
         text = meta_path.read_text(encoding="utf-8")
-        table = [json.loads(x) for x in text.splitlines() if x.strip()] if meta_path.suffix == ".jsonl" else json.loads(text)
+        table = (
+            [json.loads(x) for x in text.splitlines() if x.strip()]
+            if meta_path.suffix == ".jsonl"
+            else json.loads(text)
+        )
     if isinstance(table, list):  # records with a "file" field
         if not all(isinstance(d, dict) and "file" in d for d in table):
             raise ValueError(f"every record of {meta_path} needs a 'file' field")
@@ -534,8 +677,10 @@ def ingest_folder(folder: str | os.PathLike, out_dir: str | os.PathLike, metadat
     names = {f: f.relative_to(folder).as_posix() for f in files}
     missing = [n for n in names.values() if n not in table and Path(n).name not in table]
     if missing and not allow_missing_metadata:
-        raise ValueError(f"no metadata for {missing[:10]} in {meta_path} (pass allow_missing_metadata=True "
-                         "to use file stems as model ids)")
+        raise ValueError(
+            f"no metadata for {missing[:10]} in {meta_path} (pass allow_missing_metadata=True "
+            "to use file stems as model ids)"
+        )
     unused = set(table) - set(names.values()) - {Path(n).name for n in names.values()}
     if unused:
         raise ValueError(f"{meta_path} describes files not found in {folder}: {sorted(unused)[:10]}")

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LabelAlignment", "find_label_permutation", "output_layer_name", "permute_output_units", "align_labels"]
+__all__ = [
+    "LabelAlignment",
+    "find_label_permutation",
+    "output_layer_name",
+    "permute_output_units",
+    "align_labels",
+]
 
 
 @dataclass
@@ -45,8 +51,12 @@ def _best_order(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     c = logp.shape[1]
     counts = torch.zeros(c, c).index_put_((labels, logp.argmax(-1)), torch.ones(len(labels)), accumulate=True)
-    loglik = torch.zeros(c, c).index_add_(0, labels, logp)  # summed log p(unit | x) over the samples of each label
-    score = counts + loglik / (loglik.abs().sum().clamp_min(1.0) * 2)  # the tie-break stays below one count in all
+    loglik = torch.zeros(c, c).index_add_(
+        0, labels, logp
+    )  # summed log p(unit | x) over the samples of each label
+    score = counts + loglik / (
+        loglik.abs().sum().clamp_min(1.0) * 2
+    )  # the tie-break stays below one count in all
     return torch.as_tensor(linear_sum_assignment(score.numpy(), maximize=True)[1], dtype=torch.long)
 
 
@@ -66,13 +76,17 @@ def find_label_permutation(logits: torch.Tensor, labels: torch.Tensor, min_z: fl
     raised their accuracy from 4 to 28 %.
     """
     if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0] or logits.shape[0] == 0:
-        raise ValueError(f"label alignment needs logits (N, C) and labels (N,) with N > 0; got {tuple(logits.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"label alignment needs logits (N, C) and labels (N,) with N > 0; got {tuple(logits.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
     n, c = logits.shape
     labels = labels.long().cpu()
     if labels.min() < 0 or labels.max() >= c:
-        raise ValueError(f"labels must lie in [0, {c}) to align a {c}-way classifier; got {int(labels.min())}.."
-                         f"{int(labels.max())}")
+        raise ValueError(
+            f"labels must lie in [0, {c}) to align a {c}-way classifier; got {int(labels.min())}.."
+            f"{int(labels.max())}"
+        )
     logp = torch.log_softmax(logits.detach().float().cpu(), -1)
     perm = _best_order(logp, labels)
     halves = (torch.arange(n) % 2 == 0, torch.arange(n) % 2 == 1)
@@ -84,21 +98,33 @@ def find_label_permutation(logits: torch.Tensor, labels: torch.Tensor, min_z: fl
     z = (b - c_) / max(b + c_, 1) ** 0.5
     applied = bool(z >= min_z) and not torch.equal(perm, torch.arange(c))
     right = int((logp.argmax(-1) == labels).sum())
-    gained, lost = _mcnemar(logp, labels, perm)  # the full order on all samples: right after = right before + b - c
+    gained, lost = _mcnemar(
+        logp, labels, perm
+    )  # the full order on all samples: right after = right before + b - c
     acc_before, acc_after = 100.0 * right / n, 100.0 * (right + gained - lost) / n
-    return LabelAlignment(perm.tolist() if applied else list(range(c)), applied, acc_before,
-                          acc_after if applied else acc_before, float(z), n)
+    return LabelAlignment(
+        perm.tolist() if applied else list(range(c)),
+        applied,
+        acc_before,
+        acc_after if applied else acc_before,
+        float(z),
+        n,
+    )
 
 
 def output_layer_name(module: nn.Module) -> str:
     """Name of the module's last ``nn.Linear`` (registration order), the layer whose rows are the classes."""
     names = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     if not names:
-        raise ValueError(f"label alignment needs a classifier ending in nn.Linear; {type(module).__name__} has none")
+        raise ValueError(
+            f"label alignment needs a classifier ending in nn.Linear; {type(module).__name__} has none"
+        )
     return names[-1]
 
 
-def permute_output_units(state_dict: dict[str, torch.Tensor], layer: str, permutation: list[int]) -> dict[str, torch.Tensor]:
+def permute_output_units(
+    state_dict: dict[str, torch.Tensor], layer: str, permutation: list[int]
+) -> dict[str, torch.Tensor]:
     """A copy of ``state_dict`` whose output unit j of ``layer`` is the old unit ``permutation[j]``."""
     prefix = f"{layer}." if layer else ""  # "" when the module is the Linear itself
     keys = [f"{prefix}weight"] + ([f"{prefix}bias"] if f"{prefix}bias" in state_dict else [])
@@ -112,21 +138,33 @@ def permute_output_units(state_dict: dict[str, torch.Tensor], layer: str, permut
 
 
 @torch.no_grad()
-def align_labels(module: nn.Module, state_dict: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                 min_z: float = 2.0, batch_size: int = 1000) -> tuple[dict[str, torch.Tensor], LabelAlignment]:
+def align_labels(
+    module: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    min_z: float = 2.0,
+    batch_size: int = 1000,
+) -> tuple[dict[str, torch.Tensor], LabelAlignment]:
     """Reorder ``state_dict``'s output units to fit labelled samples (x, y); ``module`` is a scratch instance
     of the architecture (its weights are overwritten). Returns the (possibly unchanged) state dict and the record."""
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"label alignment needs as many labels as samples; got {x.shape[0]} and {y.shape[0]}")
+        raise ValueError(
+            f"label alignment needs as many labels as samples; got {x.shape[0]} and {y.shape[0]}"
+        )
     module.load_state_dict(state_dict, strict=True)
     module.eval()
     dev = next(module.parameters()).device
-    logits = torch.cat([module(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+    logits = torch.cat(
+        [module(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
+    )
     layer = output_layer_name(module)
     out_features = getattr(module.get_submodule(layer), "out_features", None)
     if logits.ndim != 2 or logits.shape[1] != out_features:
-        raise ValueError(f"label alignment needs the last nn.Linear ({layer!r}, {out_features} outputs) to produce "
-                         f"the logits; the module returns shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"label alignment needs the last nn.Linear ({layer!r}, {out_features} outputs) to produce "
+            f"the logits; the module returns shape {tuple(logits.shape)}"
+        )
     record = find_label_permutation(logits, y, min_z=min_z)
     if not record.applied:
         return state_dict, record

@@ -52,15 +52,27 @@ class IGPGConditions:
 
     def to(self, device) -> IGPGConditions:
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return IGPGConditions(mv(self.text_embeds), mv(self.arch_embeds), mv(self.dataset_feats),
-                              mv(self.dataset_labels), mv(self.dataset_mask), mv(self.block_index),
-                              {k: mv(v) for k, v in self.drop.items()})
+        return IGPGConditions(
+            mv(self.text_embeds),
+            mv(self.arch_embeds),
+            mv(self.dataset_feats),
+            mv(self.dataset_labels),
+            mv(self.dataset_mask),
+            mv(self.block_index),
+            {k: mv(v) for k, v in self.drop.items()},
+        )
 
     def repeat_interleave(self, n: int) -> IGPGConditions:
         r = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
-        return IGPGConditions(r(self.text_embeds), r(self.arch_embeds), r(self.dataset_feats),
-                              r(self.dataset_labels), r(self.dataset_mask), r(self.block_index),
-                              {k: r(v) for k, v in self.drop.items()})
+        return IGPGConditions(
+            r(self.text_embeds),
+            r(self.arch_embeds),
+            r(self.dataset_feats),
+            r(self.dataset_labels),
+            r(self.dataset_mask),
+            r(self.block_index),
+            {k: r(v) for k, v in self.drop.items()},
+        )
 
 
 class IGPGPriorModel(GPT2LMHeadModel):
@@ -73,8 +85,9 @@ class IGPGPriorModel(GPT2LMHeadModel):
         d = config.n_embd
         self.text_proj = nn.Linear(config.text_embed_dim, d)
         self.arch_proj = nn.Linear(config.text_embed_dim, d)
-        self.dataset_encoder = DatasetSetEncoder(config.dataset_feature_dim, config.max_classes,
-                                                 config.dataset_hidden_size, d)
+        self.dataset_encoder = DatasetSetEncoder(
+            config.dataset_feature_dim, config.max_classes, config.dataset_hidden_size, d
+        )
         self.null_conditions = nn.Parameter(torch.zeros(3, d))  # text, arch, dataset
         self.block_embed = nn.Embedding(config.max_blocks, d)
         self.post_init()
@@ -87,13 +100,22 @@ class IGPGPriorModel(GPT2LMHeadModel):
         dev, dt = self.null_conditions.device, self.null_conditions.dtype
         nulls = self.null_conditions.to(dt).unsqueeze(0).expand(B, -1, -1)  # (B, 3, d)
         parts = []
-        for i, (name, emb) in enumerate((
-            ("text", None if cond.text_embeds is None else self.text_proj(cond.text_embeds.to(dev, dt))),
-            ("arch", None if cond.arch_embeds is None else self.arch_proj(cond.arch_embeds.to(dev, dt))),
-            ("dataset", None if cond.dataset_feats is None else self.dataset_encoder(
-                cond.dataset_feats.to(dev, dt), cond.dataset_labels.to(dev),
-                None if cond.dataset_mask is None else cond.dataset_mask.to(dev))),
-        )):
+        for i, (name, emb) in enumerate(
+            (
+                ("text", None if cond.text_embeds is None else self.text_proj(cond.text_embeds.to(dev, dt))),
+                ("arch", None if cond.arch_embeds is None else self.arch_proj(cond.arch_embeds.to(dev, dt))),
+                (
+                    "dataset",
+                    None
+                    if cond.dataset_feats is None
+                    else self.dataset_encoder(
+                        cond.dataset_feats.to(dev, dt),
+                        cond.dataset_labels.to(dev),
+                        None if cond.dataset_mask is None else cond.dataset_mask.to(dev),
+                    ),
+                ),
+            )
+        ):
             if emb is None:
                 emb = nulls[:, i]
             elif name in cond.drop:
@@ -101,7 +123,9 @@ class IGPGPriorModel(GPT2LMHeadModel):
             parts.append(emb)
         block = cond.block_index if cond.block_index is not None else torch.zeros(B, dtype=torch.long)
         if int(block.max()) >= self.config.max_blocks:
-            raise ValueError(f"block index {int(block.max())} exceeds the prior's max_blocks={self.config.max_blocks}")
+            raise ValueError(
+                f"block index {int(block.max())} exceeds the prior's max_blocks={self.config.max_blocks}"
+            )
         parts.append(self.block_embed(block.to(dev)))
         return torch.stack(parts, 1)  # (B, P, d)
 
@@ -120,7 +144,9 @@ class IGPGPriorModel(GPT2LMHeadModel):
         B, N = tokens.shape
         P = self.config.num_prefix_tokens
         if P + N > self.config.n_positions:
-            raise ValueError(f"sequence of {N} tokens + {P} prefix exceeds the context of {self.config.n_positions}")
+            raise ValueError(
+                f"sequence of {N} tokens + {P} prefix exceeds the context of {self.config.n_positions}"
+            )
         embeds = self.embed_sequence(self.build_prefix(cond, B), tokens)
         labels = tokens.masked_fill(~loss_mask, -100) if loss_mask is not None else tokens
         return embeds, torch.cat([tokens.new_full((B, P), -100), labels], 1)

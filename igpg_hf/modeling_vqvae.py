@@ -138,18 +138,30 @@ class IGPGVQVAEModel(PreTrainedModel):
         m = mask.to(recon.dtype)
         recon_loss = ((recon - chunks) ** 2 * m).sum() / m.sum().clamp_min(1)
         return IGPGVQVAEOutput(
-            loss=recon_loss + q.aux_loss, recon_loss=recon_loss, aux_loss=q.aux_loss,
-            reconstruction=recon, indices=q.indices, perplexity=q.perplexity,
+            loss=recon_loss + q.aux_loss,
+            recon_loss=recon_loss,
+            aux_loss=q.aux_loss,
+            reconstruction=recon,
+            indices=q.indices,
+            perplexity=q.perplexity,
         )
 
     @torch.no_grad()
-    def encode_chunks(self, chunks: torch.Tensor, positions: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    def encode_chunks(
+        self, chunks: torch.Tensor, positions: torch.Tensor, batch_size: int = 4096
+    ) -> torch.Tensor:
         """Chunks (B, K) -> code indices (B, l), hard (argmax); ``batch_size`` chunks at a time to bound memory."""
         was = self.training
         self.eval()
         # in one pass, encoding a 5.7 M-parameter ResNet peaked at 3.8 GB (logits and quantizer terms of every chunk)
-        idx = torch.cat([self.quantizer(self._encode_latents(chunks[i:i + batch_size], positions[i:i + batch_size])).indices
-                         for i in range(0, max(len(chunks), 1), batch_size)])
+        idx = torch.cat(
+            [
+                self.quantizer(
+                    self._encode_latents(chunks[i : i + batch_size], positions[i : i + batch_size])
+                ).indices
+                for i in range(0, max(len(chunks), 1), batch_size)
+            ]
+        )
         self.train(was)
         return idx
 
@@ -157,22 +169,28 @@ class IGPGVQVAEModel(PreTrainedModel):
     def decode_indices(self, indices: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Code indices (B, l) -> chunks (B, K)."""
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "
-                             f"[{int(indices.min())}, {int(indices.max())}]")
+            raise ValueError(
+                f"token ids must lie in [0, {self.config.vocab_size}), got "
+                f"[{int(indices.min())}, {int(indices.max())}]"
+            )
         return self._decode_latents(self.quantizer.lookup(indices), positions)
 
     # ------------------------------------------------------------------ weight level
     def check_layout(self, layout: WeightLayout) -> None:
         """Raise ValueError if this tokenizer cannot encode/decode weights of this layout."""
         if self.config.normalization == "delta" and layout.to_json() != self.config.base_layout:
-            raise ValueError("this tokenizer encodes differences from one base model (normalization='delta') "
-                             "and only accepts that base's layout; the requested architecture has another layout")
+            raise ValueError(
+                "this tokenizer encodes differences from one base model (normalization='delta') "
+                "and only accepts that base's layout; the requested architecture has another layout"
+            )
         if layout.num_float == 0:
             raise ValueError("layout has no floating-point weights to encode")
 
     def num_tokens(self, layout: WeightLayout) -> int:
         """Tokens (M*l) one model of this layout takes."""
-        return num_chunks(layout, self.config.chunk_size, self.config.chunk_mode) * self.config.tokens_per_chunk
+        return (
+            num_chunks(layout, self.config.chunk_size, self.config.chunk_mode) * self.config.tokens_per_chunk
+        )
 
     def _base(self, layout: WeightLayout) -> torch.Tensor | None:
         if self.config.normalization != "delta":
@@ -180,7 +198,9 @@ class IGPGVQVAEModel(PreTrainedModel):
         self.check_layout(layout)
         return self.base_vector.float().cpu()
 
-    def prepare(self, vector: torch.Tensor, layout: WeightLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prepare(
+        self, vector: torch.Tensor, layout: WeightLayout
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw weight vector (D,) -> normalized chunks (M, K), mask (M, K), positions (M,)."""
         v = vector.float().cpu()
         if self.config.normalization != "none":
@@ -220,7 +240,9 @@ class IGPGVQVAEModel(PreTrainedModel):
         return layout.devectorize(self.restore(chunks, layout), fill=fill)
 
     @torch.no_grad()
-    def reconstruct(self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None) -> dict[str, torch.Tensor]:
+    def reconstruct(
+        self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None
+    ) -> dict[str, torch.Tensor]:
         """decode(encode(state_dict)): what the tokenizer keeps of a checkpoint."""
         layout = layout or WeightLayout.from_state_dict(state_dict)
         return self.decode(self.encode(state_dict, layout), layout, fill=state_dict)
@@ -233,10 +255,11 @@ class IGPGVQVAEModel(PreTrainedModel):
         if self.config.normalization == "delta":
             layouts = {lay.to_json() for lay, _ in items}
             if len(layouts) != 1:
-                raise ValueError(f"normalization='delta' needs checkpoints of one layout, got {len(layouts)} layouts")
+                raise ValueError(
+                    f"normalization='delta' needs checkpoints of one layout, got {len(layouts)} layouts"
+                )
             base = torch.stack([v.float() for _, v in items]).mean(0)
             self.config.base_size, self.config.base_layout = base.numel(), layouts.pop()
             self.base_vector = base.to(self.device)
             items = [(lay, v.float() - base) for lay, v in items]
         self.config.weight_stats = fit_weight_stats(items)
-

@@ -85,7 +85,9 @@ class IGPGPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ devices
     _offload_device: torch.device | None = None
 
-    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+    def enable_model_cpu_offload(
+        self, gpu_id: int | None = None, device: torch.device | str = "cuda"
+    ) -> None:
         """Keep every component on the CPU and move each to ``device`` only for its stage of a call.
 
         Same contract as diffusers' model offload (one component on the GPU at a time), written here because
@@ -97,7 +99,9 @@ class IGPGPipeline(DiffusionPipeline):
         if gpu_id is not None:
             dev = torch.device(dev.type, gpu_id)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("enable_model_cpu_offload needs CUDA, which is not available; use the pipeline on the CPU")
+            raise ValueError(
+                "enable_model_cpu_offload needs CUDA, which is not available; use the pipeline on the CPU"
+            )
         super().to("cpu")
         self._offload_device = dev
 
@@ -127,11 +131,15 @@ class IGPGPipeline(DiffusionPipeline):
         """-> (layout, description text, spec or None, template module or None)."""
         if isinstance(architecture, nn.Module):
             if not architecture_text:
-                raise ValueError("an nn.Module architecture needs architecture_text= describing it "
-                                 "(e.g. 'cnn: conv channels [8, 6, 4], ...'); or pass an ArchSpec / preset name")
+                raise ValueError(
+                    "an nn.Module architecture needs architecture_text= describing it "
+                    "(e.g. 'cnn: conv channels [8, 6, 4], ...'); or pass an ArchSpec / preset name"
+                )
             return WeightLayout.from_module(architecture), architecture_text, None, architecture
         if architecture is None:
-            raise ValueError("architecture is required: a preset name (e.g. 'tiny_cnn'), a spec dict or an ArchSpec")
+            raise ValueError(
+                "architecture is required: a preset name (e.g. 'tiny_cnn'), a spec dict or an ArchSpec"
+            )
         spec = get_architecture(architecture)
         module = spec.build()
         return WeightLayout.from_module(module), architecture_text or spec.text(), spec, module
@@ -156,8 +164,10 @@ class IGPGPipeline(DiffusionPipeline):
             return {}
         x, y = pair
         feats = prepare_support_set(x, y, self.prior.config.dataset_feature_dim)
-        return {"dataset_feats": feats.unsqueeze(0).expand(batch, -1, -1),
-                "dataset_labels": y.long().unsqueeze(0).expand(batch, -1)}
+        return {
+            "dataset_feats": feats.unsqueeze(0).expand(batch, -1, -1),
+            "dataset_labels": y.long().unsqueeze(0).expand(batch, -1),
+        }
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -203,15 +213,26 @@ class IGPGPipeline(DiffusionPipeline):
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         if candidates_per_sample < 1:
             raise ValueError(f"candidates_per_sample must be at least 1, got {candidates_per_sample}")
-        known = getattr(self.prior.config, "training_sequence_hashes", None) if self.prior is not None else None
+        known = (
+            getattr(self.prior.config, "training_sequence_hashes", None) if self.prior is not None else None
+        )
         if exclude_copies and not known:
-            raise ValueError("exclude_copies=True needs a prior that stores its training-sequence fingerprints "
-                             "(priors trained by igpg_hf >= 0.2 do); retrain the prior or pass exclude_copies=False")
-        align_xy = self._labelled_samples(alignment_samples if alignment_samples is not None else dataset,
-                                          "alignment_samples") if align_labels else None
+            raise ValueError(
+                "exclude_copies=True needs a prior that stores its training-sequence fingerprints "
+                "(priors trained by igpg_hf >= 0.2 do); retrain the prior or pass exclude_copies=False"
+            )
+        align_xy = (
+            self._labelled_samples(
+                alignment_samples if alignment_samples is not None else dataset, "alignment_samples"
+            )
+            if align_labels
+            else None
+        )
         if align_labels and align_xy is None:
-            raise ValueError("align_labels=True needs labelled samples: pass dataset= or alignment_samples= "
-                             "(a (samples, labels) pair or a registered task name)")
+            raise ValueError(
+                "align_labels=True needs labelled samples: pass dataset= or alignment_samples= "
+                "(a (samples, labels) pair or a registered task name)"
+            )
         for name in ("vqvae", "prior", "text_encoder", "tokenizer"):
             if getattr(self, name, None) is None:
                 raise ValueError(f"pipeline component {name!r} is missing; load a complete pipeline folder")
@@ -227,8 +248,16 @@ class IGPGPipeline(DiffusionPipeline):
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         n_draw = num_samples * candidates_per_sample
         with self._stage(self.prior):
-            tokens, loglik = sample_weight_tokens(self.prior, cond, n_tokens, n_draw, sampling, seed=seed,
-                                                  use_cache=use_cache, return_log_likelihood=True)
+            tokens, loglik = sample_weight_tokens(
+                self.prior,
+                cond,
+                n_tokens,
+                n_draw,
+                sampling,
+                seed=seed,
+                use_cache=use_cache,
+                return_log_likelihood=True,
+            )
         known_set = set(known or ())
         copy_flags = [sequence_hash(t) in known_set for t in tokens] if known else None
         if n_draw > num_samples:  # keep the most likely (new ones first if asked), in drawing order
@@ -237,9 +266,13 @@ class IGPGPipeline(DiffusionPipeline):
         else:
             keep = list(range(n_draw))
         if exclude_copies and any(copy_flags[i] for i in keep):
-            logger.warning("only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
-                           "samples are copies: raise candidates_per_sample", n_draw - sum(copy_flags), n_draw,
-                           sum(copy_flags[i] for i in keep))
+            logger.warning(
+                "only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
+                "samples are copies: raise candidates_per_sample",
+                n_draw - sum(copy_flags),
+                n_draw,
+                sum(copy_flags[i] for i in keep),
+            )
         candidate_copies = sum(copy_flags) if copy_flags is not None else None
         tokens, loglik = tokens[keep], loglik[keep]
         copy_flags = [copy_flags[i] for i in keep] if copy_flags is not None else None
@@ -261,9 +294,17 @@ class IGPGPipeline(DiffusionPipeline):
                 m = spec.build() if spec is not None else copy.deepcopy(template)
                 m.load_state_dict(sd, strict=True)
                 modules.append(m.eval())
-        return IGPGPipelineOutput(state_dicts, modules, tokens.cpu(), time.perf_counter() - t0,
-                                  log_likelihood=loglik.cpu().tolist(), is_copy=copy_flags, num_candidates=n_draw,
-                                  candidate_copies=candidate_copies, label_alignments=alignments)
+        return IGPGPipelineOutput(
+            state_dicts,
+            modules,
+            tokens.cpu(),
+            time.perf_counter() - t0,
+            log_likelihood=loglik.cpu().tolist(),
+            is_copy=copy_flags,
+            num_candidates=n_draw,
+            candidate_copies=candidate_copies,
+            label_alignments=alignments,
+        )
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
@@ -288,10 +329,15 @@ def write_model_card(save_directory: str | os.PathLike, pipe: IGPGPipeline) -> P
     vq, pr = pipe.vqvae.config, pipe.prior.config
     values = {
         "prior_params": f"{sum(p.numel() for p in pipe.prior.parameters()) / 1e6:.2f} M",
-        "prior_layers": pr.n_layer, "prior_width": pr.n_embd, "prior_context": pr.n_positions,
+        "prior_layers": pr.n_layer,
+        "prior_width": pr.n_embd,
+        "prior_context": pr.n_positions,
         "vqvae_params": f"{sum(p.numel() for p in pipe.vqvae.parameters()) / 1e6:.2f} M",
-        "chunk_size": vq.chunk_size, "tokens_per_chunk": vq.tokens_per_chunk, "codebook_size": vq.vocab_size,
-        "quantizer": vq.quantizer, "normalization": vq.normalization,
+        "chunk_size": vq.chunk_size,
+        "tokens_per_chunk": vq.tokens_per_chunk,
+        "codebook_size": vq.vocab_size,
+        "quantizer": vq.quantizer,
+        "normalization": vq.normalization,
         "text_encoder": pr.text_encoder_name or type(pipe.text_encoder).__name__,
         "corpus": summary.get("corpus", "unknown"),
         "training_summary": json.dumps(summary, indent=2, default=str),

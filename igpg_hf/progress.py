@@ -40,7 +40,13 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
     if not enabled or not sys.stderr.isatty():
         yield _Quiet()
         return
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[postfix]}")]
+    cols = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[postfix]}"),
+    ]
     with Progress(*cols, transient=False) as p:
         yield _Bar(p, p.add_task(description, total=total, postfix=""))

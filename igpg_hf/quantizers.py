@@ -38,8 +38,14 @@ def _perplexity(indices: torch.Tensor, n: int) -> torch.Tensor:
 class GumbelQuantizer(nn.Module):
     """Gumbel-softmax over C codes: soft mixtures while training (temperature ``tau``), argmax at inference."""
 
-    def __init__(self, code_dim: int, codebook_size: int, commitment_weight: float, codebook_weight: float,
-                 kl_weight: float):
+    def __init__(
+        self,
+        code_dim: int,
+        codebook_size: int,
+        commitment_weight: float,
+        codebook_weight: float,
+        kl_weight: float,
+    ):
         super().__init__()
         self.to_logits = nn.Linear(code_dim, codebook_size)
         self.codebook = nn.Embedding(codebook_size, code_dim)
@@ -70,8 +76,14 @@ class GumbelQuantizer(nn.Module):
 class LibraryQuantizer(nn.Module):
     """Adapter over vector-quantize-pytorch's ``VectorQuantize`` (EMA, k-means init) or ``FSQ``."""
 
-    def __init__(self, kind: str, code_dim: int, codebook_size: int, commitment_weight: float,
-                 fsq_levels: list[int] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        code_dim: int,
+        codebook_size: int,
+        commitment_weight: float,
+        fsq_levels: list[int] | None = None,
+    ):
         super().__init__()
         try:
             import vector_quantize_pytorch as vqp
@@ -82,9 +94,14 @@ class LibraryQuantizer(nn.Module):
             self.q = vqp.FSQ(levels=list(fsq_levels), dim=code_dim)
             self.codebook_size = math.prod(fsq_levels)
         else:
-            self.q = vqp.VectorQuantize(dim=code_dim, codebook_size=codebook_size, decay=0.9,
-                                        commitment_weight=commitment_weight, kmeans_init=True,
-                                        threshold_ema_dead_code=2)
+            self.q = vqp.VectorQuantize(
+                dim=code_dim,
+                codebook_size=codebook_size,
+                decay=0.9,
+                commitment_weight=commitment_weight,
+                kmeans_init=True,
+                threshold_ema_dead_code=2,
+            )
             self.codebook_size = codebook_size
 
     def forward(self, z: torch.Tensor, tau: float = 1.0) -> QuantizerOutput:
@@ -106,7 +123,13 @@ class LibraryQuantizer(nn.Module):
 def build_quantizer(config) -> nn.Module:
     """The quantizer named by ``config.quantizer``."""
     if config.quantizer == "gumbel":
-        return GumbelQuantizer(config.code_dim, config.codebook_size, config.commitment_weight,
-                               config.codebook_weight, config.kl_weight)
-    return LibraryQuantizer(config.quantizer, config.code_dim, config.codebook_size, config.commitment_weight,
-                            config.fsq_levels)
+        return GumbelQuantizer(
+            config.code_dim,
+            config.codebook_size,
+            config.commitment_weight,
+            config.codebook_weight,
+            config.kl_weight,
+        )
+    return LibraryQuantizer(
+        config.quantizer, config.code_dim, config.codebook_size, config.commitment_weight, config.fsq_levels
+    )

@@ -71,7 +71,9 @@ class SamplingConfig:
 
 def sequence_hash(tokens: torch.Tensor) -> str:
     """A short, stable fingerprint of one token sequence (to recognise training sequences without storing them)."""
-    return hashlib.sha1(tokens.detach().to("cpu", torch.int32).contiguous().numpy().tobytes()).hexdigest()[:16]
+    return hashlib.sha1(tokens.detach().to("cpu", torch.int32).contiguous().numpy().tobytes()).hexdigest()[
+        :16
+    ]
 
 
 @torch.no_grad()
@@ -96,8 +98,10 @@ def sample_weight_tokens(
         raise ValueError(f"num_tokens must be positive, got {num_tokens}")
     wins = block_windows(num_tokens, cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
     if len(wins) > cfg.max_blocks:
-        raise ValueError(f"a model of {num_tokens} tokens needs {len(wins)} blocks; this prior can produce at most "
-                         f"{cfg.max_blocks} blocks of {cfg.max_weight_tokens} tokens")
+        raise ValueError(
+            f"a model of {num_tokens} tokens needs {len(wins)} blocks; this prior can produce at most "
+            f"{cfg.max_blocks} blocks of {cfg.max_weight_tokens} tokens"
+        )
     cond = cond.repeat_interleave(num_samples).to(prior.device)
     B = cond.batch_size() or num_samples
     out = torch.empty(B, num_tokens, dtype=torch.long, device=prior.device)
@@ -109,17 +113,22 @@ def sample_weight_tokens(
             torch.manual_seed(seed)
         for w in wins:
             cond.block_index = torch.full((B,), w.index, dtype=torch.long, device=prior.device)
-            embeds = prior.embed_sequence(prior.build_prefix(cond, B), out[:, w.context_start:w.start])
+            embeds = prior.embed_sequence(prior.build_prefix(cond, B), out[:, w.context_start : w.start])
             n_new = w.stop - w.start
             gen = prior.generate(
                 inputs_embeds=embeds,
                 attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prior.device),
-                max_new_tokens=n_new, min_new_tokens=n_new, use_cache=use_cache,
-                pad_token_id=cfg.pad_token_id, eos_token_id=None, **sampling.generate_kwargs(),
-                return_dict_in_generate=True, output_logits=return_log_likelihood,
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                use_cache=use_cache,
+                pad_token_id=cfg.pad_token_id,
+                eos_token_id=None,
+                **sampling.generate_kwargs(),
+                return_dict_in_generate=True,
+                output_logits=return_log_likelihood,
             )
             new = gen.sequences[:, -n_new:]
-            out[:, w.start:w.stop] = new
+            out[:, w.start : w.stop] = new
             if return_log_likelihood:  # raw logits of each step, before temperature/top-k/top-p
                 logits = torch.stack(gen.logits, dim=1).float()
                 logp += torch.log_softmax(logits, -1).gather(-1, new[..., None]).squeeze(-1).sum(1)

@@ -21,8 +21,12 @@ class FakeCheckpoint:
         spec = architecture_for_task(task)
         self.sd = spec.build().state_dict()
         self.layout = WeightLayout.from_state_dict(self.sd)
-        self.metadata = SimpleNamespace(model_id=f"{task}-{seed}", task=task, instruction=get_task(task).instruction,
-                                        arch_text=spec.text())
+        self.metadata = SimpleNamespace(
+            model_id=f"{task}-{seed}",
+            task=task,
+            instruction=get_task(task).instruction,
+            arch_text=spec.text(),
+        )
 
     def state_dict(self):
         return self.sd
@@ -38,7 +42,9 @@ class TinyText(torch.nn.Module):
 
     def __call__(self, input_ids, attention_mask, **_):
         g = torch.Generator().manual_seed(int(input_ids.sum()))
-        return SimpleNamespace(last_hidden_state=torch.randn(input_ids.shape[0], input_ids.shape[1], 384, generator=g))
+        return SimpleNamespace(
+            last_hidden_state=torch.randn(input_ids.shape[0], input_ids.shape[1], 384, generator=g)
+        )
 
 
 def tiny_tokenizer(texts, **_):
@@ -50,12 +56,28 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     acc = Accelerator(cpu=True)
     cks = [FakeCheckpoint(t, s) for t in ("mnist", "mnist_rot90") for s in range(4)]
-    vq = train_tokenizer(cks, IGPGVQVAEConfig.from_preset("tiny"), out / "tok",
-                         TokenizerTrainingArgs(steps=3, batch_size=32), accelerator=acc, progress=False)
+    vq = train_tokenizer(
+        cks,
+        IGPGVQVAEConfig.from_preset("tiny"),
+        out / "tok",
+        TokenizerTrainingArgs(steps=3, batch_size=32),
+        accelerator=acc,
+        progress=False,
+    )
     pc = IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, n_positions=168)
-    prior = train_prior(cks, vq, TinyText(), tiny_tokenizer, pc, out / "prior",
-                        PriorTrainingArgs(steps=2, batch_size=2), accelerator=acc, progress=False)
+    prior = train_prior(
+        cks,
+        vq,
+        TinyText(),
+        tiny_tokenizer,
+        pc,
+        out / "prior",
+        PriorTrainingArgs(steps=2, batch_size=2),
+        accelerator=acc,
+        progress=False,
+    )
     # after a synchronized step every process holds the same weights
     digest = float(sum(p.double().sum() for p in prior.parameters()))
-    (out / f"rank{acc.process_index}.json").write_text(json.dumps({"world": acc.num_processes, "digest": digest,
-                                                                    "type": str(acc.distributed_type)}))
+    (out / f"rank{acc.process_index}.json").write_text(
+        json.dumps({"world": acc.num_processes, "digest": digest, "type": str(acc.distributed_type)})
+    )

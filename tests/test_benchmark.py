@@ -18,8 +18,16 @@ from igpg_hf.evaluation.benchmark import PARTS, BenchConfig, run_benchmark
 from igpg_hf.zoo import architecture_for_task, get_task, load_task_data
 from igpg_hf.zoo.training import HyperParams, train_model
 
-SECTIONS = ("## 1. Seen tasks", "## 2. Unseen tasks", "## 3. Unseen architectures", "## 4. Tokenizer fidelity",
-            "## 5. Novelty", "## 6. Speed and memory", "## Headline", "Where the generator loses")
+SECTIONS = (
+    "## 1. Seen tasks",
+    "## 2. Unseen tasks",
+    "## 3. Unseen architectures",
+    "## 4. Tokenizer fidelity",
+    "## 5. Novelty",
+    "## 6. Speed and memory",
+    "## Headline",
+    "Where the generator loses",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,29 +65,58 @@ def test_smoke_figures_are_numbers(smoke):
     _, res = smoke
     assert isinstance(res["seen"]["mean_generated_over_zoo"], float)
     for task, r in res["seen"]["tasks"].items():
-        for m in ("random_init", "zoo", "generated", "generated_best_of_5", "nearest_by_embedding", "best_on_500",
-                  "noise", "average"):
+        for m in (
+            "random_init",
+            "zoo",
+            "generated",
+            "generated_best_of_5",
+            "nearest_by_embedding",
+            "best_on_500",
+            "noise",
+            "average",
+        ):
             assert all(isinstance(v, numbers.Real) for v in r["methods"][m]["mean"].values()), (task, m)
     for kind in ("independent", "related"):
         for r in res["unseen"]["zoos"][kind]["tasks"].values():
             h = r["head_start"]
-            assert all(isinstance(h[k], float) for k in ("generated", "random_init", "best_retrieval", "gap_to_random_init"))
+            assert all(
+                isinstance(h[k], float)
+                for k in ("generated", "random_init", "best_retrieval", "gap_to_random_init")
+            )
             assert "zoo" not in r["methods"]  # held out: no checkpoints of the task
             # label-aligned rows: the generator against the best retrieval, aligned or not
             a = r["head_start_aligned"]
-            assert a["best_retrieval_method"] in ("nearest_by_embedding", "best_on_500", "nearest_by_embedding_aligned",
-                                                  "best_on_500_aligned")
+            assert a["best_retrieval_method"] in (
+                "nearest_by_embedding",
+                "best_on_500",
+                "nearest_by_embedding_aligned",
+                "best_on_500_aligned",
+            )
             for m in ("generated_aligned", "nearest_by_embedding_aligned", "best_on_500_aligned"):
                 assert all(isinstance(v, numbers.Real) for v in r["methods"][m]["mean"].values()), m
-            assert len(r["methods"]["generated_aligned"]["alignments"]) == len(r["methods"]["generated"]["acc0"])
+            assert len(r["methods"]["generated_aligned"]["alignments"]) == len(
+                r["methods"]["generated"]["acc0"]
+            )
     assert isinstance(res["unseen"]["all_meet_20_points_aligned"], bool)
     for r in res["cross_arch"]["configs"].values():
         assert isinstance(r["generated"]["recalibrated_mean"], float) and r["parameters"] > 0
     assert all(isinstance(r["reconstructed"], float) for r in res["fidelity"]["rows"])
-    assert all(isinstance(m["novelty"], float) and isinstance(m["copy"], bool) for m in res["novelty"]["models"])
+    assert all(
+        isinstance(m["novelty"], float) and isinstance(m["copy"], bool) for m in res["novelty"]["models"]
+    )
     sp = res["speed"]
-    for path, v in _numbers({k: sp[k] for k in ("generate_1", "prior_kv_cache_true", "prior_kv_cache_false",
-                                                  "train_one_model", "tokenizer_by_size")}):
+    for path, v in _numbers(
+        {
+            k: sp[k]
+            for k in (
+                "generate_1",
+                "prior_kv_cache_true",
+                "prior_kv_cache_false",
+                "train_one_model",
+                "tokenizer_by_size",
+            )
+        }
+    ):
         if not path.endswith("architecture"):
             assert isinstance(v, numbers.Real) and v >= 0, path
     assert all(isinstance(v, float) for v in res["timings"].values())

@@ -29,7 +29,9 @@ BIG_MLP = get_architecture("mlp_small", hidden=[256])  # 19,210 params, ~77 KB
 
 @pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "hf_cache"))
+    monkeypatch.setattr(
+        datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "hf_cache")
+    )
 
 
 def trained(spec, seed: int = 0) -> torch.nn.Module:
@@ -66,17 +68,35 @@ def zoo(tmp_path_factory) -> Path:
         mp.setattr(corpus_module, "_ROW_GROUP_BYTES", 1)  # one row group per checkpoint
         for i in range(5):
             spec = (TINY, MLP, BIG_MLP)[i % 3]
-            w.add(trained(spec, i), meta(f"m{i}", spec, task=("digits", "mnist")[i % 2], test_acc=0.5 + i / 10,
-                                         run_id=f"r{i // 2}", epoch=i, seed=i, hyperparams={"lr": 0.1}))
+            w.add(
+                trained(spec, i),
+                meta(
+                    f"m{i}",
+                    spec,
+                    task=("digits", "mnist")[i % 2],
+                    test_acc=0.5 + i / 10,
+                    run_id=f"r{i // 2}",
+                    epoch=i,
+                    seed=i,
+                    hyperparams={"lr": 0.1},
+                ),
+            )
     return path
 
 
 def test_round_trip_bit_exact(tmp_path):
-    modules = {"cnn": (trained(TINY), TINY), "mlp": (trained(MLP, 1), MLP), "res": (trained(RESNET, 2), RESNET)}
+    modules = {
+        "cnn": (trained(TINY), TINY),
+        "mlp": (trained(MLP, 1), MLP),
+        "res": (trained(RESNET, 2), RESNET),
+    }
     bf16 = {k: v.to(torch.bfloat16) for k, v in trained(MLP, 3).state_dict().items()}
     with CorpusWriter(tmp_path / "c") as w:
         for name, (m, spec) in modules.items():
-            w.add(m.state_dict(), meta(name, spec, hyperparams={"lr": 0.01, "opt": "adam"}, epoch=3, test_acc=0.9))
+            w.add(
+                m.state_dict(),
+                meta(name, spec, hyperparams={"lr": 0.01, "opt": "adam"}, epoch=3, test_acc=0.9),
+            )
         w.add(bf16, meta("bf16", zoo_kind="ingested"))
         corpus = w.close()
     assert len(corpus) == 4 and ids(corpus) == ["cnn", "mlp", "res", "bf16"]
@@ -95,7 +115,8 @@ def test_round_trip_bit_exact(tmp_path):
         assert math.isnan(ckpt.metadata.train_loss) and ckpt.metadata.test_acc == 0.9
         assert ckpt.vector().shape == (ckpt.layout.num_float,)
     assert corpus.summary()["tasks"]["digits"] == pytest.approx(
-        {"checkpoints": 4, "count": 3, "mean": 0.9, "min": 0.9, "max": 0.9})  # bf16 has no accuracy
+        {"checkpoints": 4, "count": 3, "mean": 0.9, "min": 0.9, "max": 0.9}
+    )  # bf16 has no accuracy
     res = next(c for c in corpus if c.metadata.model_id == "res").state_dict()
     assert res["bn1.num_batches_tracked"].dtype == torch.int64 and int(res["bn1.num_batches_tracked"]) == 9
 
@@ -107,7 +128,9 @@ def test_streaming_rows_equal_in_memory_rows(zoo):
     mem, stream = WeightCorpus.from_folder(zoo), WeightCorpus.load(str(zoo), streaming=True)
     assert stream.streaming and not mem.streaming
     assert [norm(r) for r in stream.dataset] == [norm(r) for r in mem.dataset]
-    assert [(c.metadata.model_id, c.weights) for c in stream] == [(c.metadata.model_id, c.weights) for c in mem]
+    assert [(c.metadata.model_id, c.weights) for c in stream] == [
+        (c.metadata.model_id, c.weights) for c in mem
+    ]
     with pytest.raises(TypeError):
         len(stream)
 
@@ -127,8 +150,14 @@ def test_chunked_checkpoint_reassembles_and_detects_damage(tmp_path):
     with pytest.raises(ValueError, match="expected chunks"):  # a missing chunk
         list(WeightCorpus(rows.select([i for i in range(rows.num_rows) if i != 3])))
     with pytest.raises(ValueError, match="SHA-256"):  # a damaged chunk
-        list(WeightCorpus(rows.map(lambda r, i: {"weights": r["weights"][::-1] if i == 2 else r["weights"]},
-                                   with_indices=True)))
+        list(
+            WeightCorpus(
+                rows.map(
+                    lambda r, i: {"weights": r["weights"][::-1] if i == 2 else r["weights"]},
+                    with_indices=True,
+                )
+            )
+        )
     with pytest.raises(ValueError, match="SHA-256"):  # a wrong checksum
         list(WeightCorpus(rows.map(lambda r: {"weights_sha256": "0" * 64})))
 
@@ -160,7 +189,11 @@ def test_resume_appends_and_rejects_duplicates(tmp_path):
 def test_bad_input_errors(tmp_path):
     w = CorpusWriter(tmp_path / "c")
     with pytest.raises(ValueError, match="shape"):  # vs layout
-        w.add(trained(TINY).state_dict(), meta("x"), layout=WeightLayout.from_module(get_architecture("tiny_cnn", fc=[21]).build()))
+        w.add(
+            trained(TINY).state_dict(),
+            meta("x"),
+            layout=WeightLayout.from_module(get_architecture("tiny_cnn", fc=[21]).build()),
+        )
     with pytest.raises(ValueError, match="arch_spec"):  # vs spec keys
         w.add(trained(TINY), meta("x", MLP))
     with pytest.raises(ValueError, match="arch_spec expects"):  # vs spec shapes
@@ -189,22 +222,34 @@ def test_ingest_folder(tmp_path):
     a, b = trained(TINY), trained(MLP, 1)
     save_file(a.state_dict(), str(src / "a.safetensors"))
     torch.save(b.state_dict(), src / "b.pt")
-    table = {"a.safetensors": {"task": "mnist", "arch_spec": TINY.to_dict(), "test_acc": 0.8, "epoch": 5},
-             "b.pt": {"model_id": "bee", "task": "digits", "arch_spec": MLP.to_dict()}}
+    table = {
+        "a.safetensors": {"task": "mnist", "arch_spec": TINY.to_dict(), "test_acc": 0.8, "epoch": 5},
+        "b.pt": {"model_id": "bee", "task": "digits", "arch_spec": MLP.to_dict()},
+    }
     (src / "metadata.json").write_text(json.dumps(table))
     corpus = ingest_folder(src, tmp_path / "out")
     got = {c.metadata.model_id: c for c in corpus}
-    assert set(got) == {"a", "bee"} and got["a"].metadata.zoo_kind == "ingested" and got["a"].metadata.epoch == 5
+    assert (
+        set(got) == {"a", "bee"} and got["a"].metadata.zoo_kind == "ingested" and got["a"].metadata.epoch == 5
+    )
     assert_same_state(got["a"].state_dict(), a.state_dict())
     assert_same_state(got["bee"].build_module().state_dict(), b.state_dict())
 
     torch.save(trained(TINY, 2).state_dict(), src / "c.pth")
     with pytest.raises(ValueError, match=r"c\.pth"):
         ingest_folder(src, tmp_path / "out2")
-    assert ids(ingest_folder(src, tmp_path / "out", allow_missing_metadata=True)) == ["a", "bee", "c"]  # resumed
+    assert ids(ingest_folder(src, tmp_path / "out", allow_missing_metadata=True)) == [
+        "a",
+        "bee",
+        "c",
+    ]  # resumed
 
     (src / "metadata.json").unlink()
-    records = [{"file": "a.safetensors", "model_id": "A", "task": "mnist"}, {"file": "b.pt"}, {"file": "c.pth"}]
+    records = [
+        {"file": "a.safetensors", "model_id": "A", "task": "mnist"},
+        {"file": "b.pt"},
+        {"file": "c.pth"},
+    ]
     (src / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     assert ids(ingest_folder(src, tmp_path / "out3")) == ["A", "b", "c"]
     with pytest.raises(FileNotFoundError, match="nope"):
@@ -237,10 +282,18 @@ def test_filter_metadata_summary(zoo):
     assert ids(WeightCorpus.from_folder(zoo, streaming=True).filter(task="mnist")) == ["m1", "m3"]
     s = corpus.summary()
     assert s == json.loads((zoo / "corpus.json").read_text())
-    assert s["num_checkpoints"] == 5 and list(s["tasks"]) == ["digits", "mnist"] and s["families"] == ["cnn", "mlp"]
+    assert (
+        s["num_checkpoints"] == 5
+        and list(s["tasks"]) == ["digits", "mnist"]
+        and s["families"] == ["cnn", "mlp"]
+    )
     assert s["num_runs"] == 3 and s["num_rows"] > 5 and s["zoo_kinds"] == {"independent": 5}
-    assert s["tasks"]["digits"] == pytest.approx({"checkpoints": 3, "mean": 0.7, "min": 0.5, "max": 0.9, "count": 3})
-    assert s["tasks"]["mnist"] == pytest.approx({"checkpoints": 2, "mean": 0.7, "min": 0.6, "max": 0.8, "count": 2})
+    assert s["tasks"]["digits"] == pytest.approx(
+        {"checkpoints": 3, "mean": 0.7, "min": 0.5, "max": 0.9, "count": 3}
+    )
+    assert s["tasks"]["mnist"] == pytest.approx(
+        {"checkpoints": 2, "mean": 0.7, "min": 0.6, "max": 0.8, "count": 2}
+    )
     assert corpus.filter(task="mnist").summary()["num_checkpoints"] == 2
     empty = corpus.filter(task="nope")
     assert len(empty) == 0 and empty.summary()["num_checkpoints"] == 0 and ids(empty.shard(2, 1)) == []

@@ -55,14 +55,29 @@ def test_cli_generate_writes_loadable_safetensors(demo_dir, tmp_path):
     from igpg_hf import get_architecture
 
     out = tmp_path / "net.safetensors"
-    result = CliRunner().invoke(app, ["generate", "Classify iris flowers", "--pipeline", str(demo_dir / "pipeline"),
-                                      "--architecture", "mlp_small", "--out", str(out), "--num-samples", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "Classify iris flowers",
+            "--pipeline",
+            str(demo_dir / "pipeline"),
+            "--architecture",
+            "mlp_small",
+            "--out",
+            str(out),
+            "--num-samples",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     get_architecture("mlp_small").build().load_state_dict(load_file(out), strict=True)
     assert out.with_name("net-1.safetensors").exists()
     bad = CliRunner().invoke(app, ["generate", "", "--pipeline", str(demo_dir / "pipeline")])
     assert bad.exit_code == 2 and "instruction must be a non-empty string" in bad.output
-    bad = CliRunner().invoke(app, ["generate", "x", "--pipeline", str(demo_dir / "pipeline"), "--architecture", "nope"])
+    bad = CliRunner().invoke(
+        app, ["generate", "x", "--pipeline", str(demo_dir / "pipeline"), "--architecture", "nope"]
+    )
     assert bad.exit_code == 2 and "unknown architecture" in bad.output
 
 
@@ -79,15 +94,20 @@ def test_readme_quickstart_runs(demo_dir, tmp_path):
     assert block, "README has no python quickstart block"
     (tmp_path / "demo_out").mkdir()
     shutil.copytree(demo_dir / "pipeline", tmp_path / "demo_out" / "pipeline")
-    proc = subprocess.run([sys.executable, "-c", block.group(1)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", block.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "accuracy" in proc.stdout
 
 
 def test_quickstart_example_runs(demo_dir):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), str(demo_dir / "pipeline")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), str(demo_dir / "pipeline")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy of 5 samples" in proc.stdout
 

@@ -36,7 +36,9 @@ def test_recovers_a_permuted_head():
     # the task relabels class c as perm[c]: the same inputs, permuted labels
     aligned, rec = align_labels(net, sd, x, perm[y])
     assert rec.applied and rec.accuracy_before < 30 and rec.accuracy_after > 95 and rec.z >= 2
-    assert rec.permutation == perm.argsort().tolist()  # label j is answered by the old unit of class perm^-1(j)
+    assert (
+        rec.permutation == perm.argsort().tolist()
+    )  # label j is answered by the old unit of class perm^-1(j)
     net.load_state_dict(aligned)
     assert (net(x).argmax(-1) == perm[y]).float().mean() > 0.95
     # only the last Linear's rows moved; every other entry is untouched
@@ -63,7 +65,7 @@ def test_significance_is_judged_out_of_sample():
     # each half's order (swap 0 and 1) fixes the other half's 8 swapped samples and breaks none: z = sqrt(8)
     rec = find_label_permutation(logits, labels, min_z=2.0)
     assert rec.applied and rec.permutation == [1, 0, 2] and rec.accuracy_after == 100.0
-    assert abs(rec.z - 8 ** 0.5) < 1e-6
+    assert abs(rec.z - 8**0.5) < 1e-6
     assert not find_label_permutation(logits, labels, min_z=3.0).applied
 
 

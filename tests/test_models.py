@@ -29,7 +29,11 @@ def test_vqvae_forward_encode_decode(quantizer, sd_layout):
     vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny", quantizer=quantizer))
     vq.fit_normalization([(layout, layout.vectorize(sd))])
     out = vq(torch.randn(16, 32), torch.arange(16), torch.ones(16, 32, dtype=torch.bool), tau=0.5)
-    assert out.reconstruction.shape == (16, 32) and out.indices.shape == (16, 2) and out.indices.dtype == torch.int64
+    assert (
+        out.reconstruction.shape == (16, 32)
+        and out.indices.shape == (16, 2)
+        and out.indices.dtype == torch.int64
+    )
     assert out.loss.requires_grad and out.perplexity > 0
     ids = vq.encode(sd)
     assert ids.shape == (vq.num_tokens(layout),) and ids.max() < vq.config.vocab_size
@@ -109,13 +113,19 @@ def test_gumbel_temperature_anneals_and_cycles():
 
 def _prior(**kw):
     torch.manual_seed(0)
-    return IGPGPriorModel(IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16, **kw))
+    return IGPGPriorModel(
+        IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16, **kw)
+    )
 
 
 def _cond(b=2):
     g = torch.Generator().manual_seed(0)
-    return IGPGConditions(text_embeds=torch.randn(b, 384, generator=g), arch_embeds=torch.randn(b, 384, generator=g),
-                          dataset_feats=torch.randn(b, 5, 32, generator=g), dataset_labels=torch.arange(5).repeat(b, 1))
+    return IGPGConditions(
+        text_embeds=torch.randn(b, 384, generator=g),
+        arch_embeds=torch.randn(b, 384, generator=g),
+        dataset_feats=torch.randn(b, 5, 32, generator=g),
+        dataset_labels=torch.arange(5).repeat(b, 1),
+    )
 
 
 def test_prior_loss_and_absent_conditions():
@@ -126,8 +136,10 @@ def test_prior_loss_and_absent_conditions():
     only_text = IGPGConditions(text_embeds=torch.randn(2, 384))
     assert torch.isfinite(prior.sequence_loss(only_text, tokens))
     # the prefix differs with and without a dataset, so the condition is used
-    assert not torch.allclose(prior.build_prefix(_cond()), prior.build_prefix(IGPGConditions(
-        text_embeds=_cond().text_embeds, arch_embeds=_cond().arch_embeds)))
+    assert not torch.allclose(
+        prior.build_prefix(_cond()),
+        prior.build_prefix(IGPGConditions(text_embeds=_cond().text_embeds, arch_embeds=_cond().arch_embeds)),
+    )
 
 
 def test_prior_sampling_is_seeded_and_survives_save_load(tmp_path):

@@ -9,12 +9,19 @@ from igpg_hf.evaluation.novelty import adjacent_epoch_novelty, count_copies, nov
 
 
 def _ckpt(run: str, epoch: int, vec: list[float]):
-    return SimpleNamespace(metadata=SimpleNamespace(run_id=run, epoch=epoch), vector=lambda: torch.tensor(vec))
+    return SimpleNamespace(
+        metadata=SimpleNamespace(run_id=run, epoch=epoch), vector=lambda: torch.tensor(vec)
+    )
 
 
 def test_adjacent_epoch_novelty_pairs_consecutive_epochs_within_each_run():
-    cks = [_ckpt("a", 3, [0.0, 3.0]), _ckpt("b", 1, [10.0, 0.0]), _ckpt("a", 1, [0.0, 0.0]),
-           _ckpt("a", 2, [0.0, 1.0]), _ckpt("b", 2, [10.0, 4.0])]
+    cks = [
+        _ckpt("a", 3, [0.0, 3.0]),
+        _ckpt("b", 1, [10.0, 0.0]),
+        _ckpt("a", 1, [0.0, 0.0]),
+        _ckpt("a", 2, [0.0, 1.0]),
+        _ckpt("b", 2, [10.0, 4.0]),
+    ]
     # run a: epochs 1->2 (1.0), 2->3 (2.0); run b: 1->2 (4.0); never across runs
     assert sorted(adjacent_epoch_novelty(cks, scale=2.0)) == [0.5, 1.0, 2.0]
     assert adjacent_epoch_novelty([_ckpt("a", 1, [1.0])], scale=1.0) == []

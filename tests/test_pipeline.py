@@ -22,14 +22,22 @@ def pipe():
     layout = WeightLayout.from_state_dict(sd)
     vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny"))
     vq.fit_normalization([(layout, layout.vectorize(sd))])
-    prior = IGPGPriorModel(IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16))
+    prior = IGPGPriorModel(
+        IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16)
+    )
     enc, tok = load_text_encoder()
     return IGPGPipeline(vqvae=vq.eval(), prior=prior.eval(), text_encoder=enc, tokenizer=tok)
 
 
 def test_generates_loadable_state_dicts(pipe):
-    out = pipe("Classify handwritten digits", architecture="tiny_cnn", dataset="mnist", num_samples=3, seed=0,
-               return_modules=True)
+    out = pipe(
+        "Classify handwritten digits",
+        architecture="tiny_cnn",
+        dataset="mnist",
+        num_samples=3,
+        seed=0,
+        return_modules=True,
+    )
     assert len(out.state_dicts) == 3 and out.token_ids.shape == (3, 160)
     model = get_architecture("tiny_cnn").build()
     model.load_state_dict(out.state_dicts[0], strict=True)
@@ -42,8 +50,13 @@ def test_architecture_forms_and_dataset_forms(pipe):
     x, y = torch.rand(20, 1, 28, 28), torch.arange(10).repeat(2)
     a = pipe("Classify digits", architecture=get_architecture("tiny_cnn").to_dict(), dataset=(x, y), seed=1)
     module = get_architecture("tiny_cnn").build()
-    b = pipe("Classify digits", architecture=module, architecture_text=get_architecture("tiny_cnn").text(),
-             dataset=(x, y), seed=1)
+    b = pipe(
+        "Classify digits",
+        architecture=module,
+        architecture_text=get_architecture("tiny_cnn").text(),
+        dataset=(x, y),
+        seed=1,
+    )
     assert torch.equal(a.token_ids, b.token_ids)
     # a deeper net than the prior's context: generated block by block
     deep = pipe("Classify digits", architecture="resnet_small", seed=0)
@@ -53,11 +66,15 @@ def test_architecture_forms_and_dataset_forms(pipe):
 def test_save_load_round_trip_identical(pipe, tmp_path):
     out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=3)
     pipe.save_pretrained(tmp_path)
-    assert (tmp_path / "model_index.json").exists() and "IGPG pipeline" in (tmp_path / "README.md").read_text()
+    assert (tmp_path / "model_index.json").exists() and "IGPG pipeline" in (
+        tmp_path / "README.md"
+    ).read_text()
     again = IGPGPipeline.from_pretrained(tmp_path)
     out2 = again("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=3)
     assert torch.equal(out.token_ids, out2.token_ids)
-    assert all(torch.equal(a[k], b[k]) for a, b in zip(out.state_dicts, out2.state_dicts, strict=True) for k in a)
+    assert all(
+        torch.equal(a[k], b[k]) for a, b in zip(out.state_dicts, out2.state_dicts, strict=True) for k in a
+    )
 
 
 def test_clear_errors(pipe):
@@ -73,7 +90,9 @@ def test_clear_errors(pipe):
         pipe("Classify digits", dataset=42)
     with pytest.raises(ValueError, match="unknown task"):
         pipe("Classify digits", dataset="no_such_task")
-    broken = IGPGPipeline(vqvae=pipe.vqvae, prior=None, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    broken = IGPGPipeline(
+        vqvae=pipe.vqvae, prior=None, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
     with pytest.raises(ValueError, match="component 'prior' is missing"):
         broken("Classify digits")
 
@@ -107,9 +126,11 @@ def test_candidates_likelihood_and_copy_exclusion(pipe):
         for w in wins:
             cond.block_index = torch.full((6,), w.index, dtype=torch.long)
             pre = pipe.prior.build_prefix(cond, 6)
-            logits = pipe.prior(inputs_embeds=pipe.prior.embed_sequence(pre, toks[:, w.context_start:w.stop])).logits
-            new = toks[:, w.start:w.stop]
-            lp = torch.log_softmax(logits[:, -new.shape[1] - 1:-1].float(), -1)
+            logits = pipe.prior(
+                inputs_embeds=pipe.prior.embed_sequence(pre, toks[:, w.context_start : w.stop])
+            ).logits
+            new = toks[:, w.start : w.stop]
+            lp = torch.log_softmax(logits[:, -new.shape[1] - 1 : -1].float(), -1)
             total += lp.gather(-1, new[..., None]).squeeze(-1).sum(1)
     assert torch.allclose(total / toks.shape[1], torch.tensor(plain.log_likelihood), atol=1e-4)
     # best of 3 candidates per sample: the kept ones are the most likely of a larger seeded draw
@@ -122,7 +143,9 @@ def test_candidates_likelihood_and_copy_exclusion(pipe):
     order = sorted(range(6), key=lambda i: -plain.log_likelihood[i])
     pipe.prior.config.training_sequence_hashes = [sequence_hash(plain.token_ids[i]) for i in order[:2]]
     try:
-        new = pipe("Classify handwritten digits", num_samples=2, candidates_per_sample=3, exclude_copies=True, **kw)
+        new = pipe(
+            "Classify handwritten digits", num_samples=2, candidates_per_sample=3, exclude_copies=True, **kw
+        )
         assert new.is_copy == [False, False] and new.candidate_copies == 2
         assert sorted(new.log_likelihood) == sorted(plain.log_likelihood[i] for i in order[2:4])
         plain2 = pipe("Classify handwritten digits", num_samples=6, **kw)

@@ -22,8 +22,13 @@ def checkpoints():
 
 
 def test_tokenizer_learns_and_saves(tmp_path, checkpoints):
-    vq = train_tokenizer(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), tmp_path,
-                         TokenizerTrainingArgs(steps=80, batch_size=64, log_every=10), progress=False)
+    vq = train_tokenizer(
+        checkpoints,
+        IGPGVQVAEConfig.from_preset("tiny"),
+        tmp_path,
+        TokenizerTrainingArgs(steps=80, batch_size=64, log_every=10),
+        progress=False,
+    )
     log = json.loads((tmp_path / "final" / "training_log.json").read_text())
     assert log["history"][-1]["recon_mse"] < log["history"][0]["recon_mse"]
     assert (tmp_path / "final" / "config.json").exists() and vq.config.weight_stats
@@ -52,11 +57,24 @@ def test_tokenizer_resumes_after_interruption(tmp_path, checkpoints, monkeypatch
 
 
 def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):
-    vq = train_tokenizer(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), tmp_path / "tok",
-                         TokenizerTrainingArgs(steps=20, batch_size=64), progress=False)
+    vq = train_tokenizer(
+        checkpoints,
+        IGPGVQVAEConfig.from_preset("tiny"),
+        tmp_path / "tok",
+        TokenizerTrainingArgs(steps=20, batch_size=64),
+        progress=False,
+    )
     cfg = IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, n_positions=168)
-    train_prior(checkpoints, vq, TinyText(), tiny_tokenizer, cfg, tmp_path / "prior",
-                PriorTrainingArgs(steps=60, batch_size=6, lr=5e-3, log_every=10), progress=False)
+    train_prior(
+        checkpoints,
+        vq,
+        TinyText(),
+        tiny_tokenizer,
+        cfg,
+        tmp_path / "prior",
+        PriorTrainingArgs(steps=60, batch_size=6, lr=5e-3, log_every=10),
+        progress=False,
+    )
     hist = json.loads((tmp_path / "prior" / "final" / "training_log.json").read_text())["history"]
     assert hist[-1]["loss"] < 0.8 * hist[0]["loss"]
     # the saved prior knows its training sequences by fingerprint (for the pipeline's copy flags)
@@ -68,8 +86,13 @@ def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):
 
 
 def test_prior_rejects_mismatched_tokenizer(tmp_path, checkpoints):
-    vq = train_tokenizer(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), tmp_path / "tok",
-                         TokenizerTrainingArgs(steps=2, batch_size=64), progress=False)
+    vq = train_tokenizer(
+        checkpoints,
+        IGPGVQVAEConfig.from_preset("tiny"),
+        tmp_path / "tok",
+        TokenizerTrainingArgs(steps=2, batch_size=64),
+        progress=False,
+    )
     cfg = IGPGPriorConfig.from_preset("tiny", vocab_size=99, tokens_per_chunk=2, n_positions=168)
     with pytest.raises(ValueError, match="vocab_size 99"):
         train_prior(checkpoints, vq, TinyText(), tiny_tokenizer, cfg, tmp_path / "prior", progress=False)
@@ -77,8 +100,12 @@ def test_prior_rejects_mismatched_tokenizer(tmp_path, checkpoints):
 
 def test_two_process_cpu_training_step(tmp_path):
     script = Path(__file__).parent / "_ddp_train_step.py"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(r["world"] == 2 and "MULTI_CPU" in r["type"] for r in ranks)

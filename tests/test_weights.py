@@ -46,7 +46,9 @@ def test_vector_is_weight_then_bias_per_layer():
     layout = WeightLayout.from_state_dict(sd)
     vec = layout.vectorize(sd)
     w, b = sd["head.fc1.weight"], sd["head.fc1.bias"]
-    assert torch.equal(vec[: w.numel()], w.flatten()) and torch.equal(vec[w.numel(): w.numel() + b.numel()], b)
+    assert torch.equal(vec[: w.numel()], w.flatten()) and torch.equal(
+        vec[w.numel() : w.numel() + b.numel()], b
+    )
     assert [n for n, _ in layout.layer_slices()] == ["head.fc1", "head.fc2"]
 
 

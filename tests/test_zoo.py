@@ -27,8 +27,14 @@ def _one_thread():
 
 def _small(name: str = "t", **kw) -> ZooConfig:
     """Two digits tasks with the 8x8 MLP: one epoch-1 checkpoint per run and the initial weights (epoch 0)."""
-    base = dict(name=name, tasks=["digits", "digits_rot90"], seeds=[0, 1], epochs=1, keep_epochs=[0, 1],
-                optimizers={"adam": [1e-2]})
+    base = dict(
+        name=name,
+        tasks=["digits", "digits_rot90"],
+        seeds=[0, 1],
+        epochs=1,
+        keep_epochs=[0, 1],
+        optimizers={"adam": [1e-2]},
+    )
     return ZooConfig(**{**base, **kw})
 
 
@@ -54,8 +60,10 @@ def test_hyperparams_validate():
 
 
 def test_batched_matches_single_model():
-    hps = [HyperParams(seed=3, lr=1e-2, epochs=2, weight_decay=1e-3),
-           HyperParams(seed=4, lr=3e-3, epochs=2, init="xavier_uniform")]
+    hps = [
+        HyperParams(seed=3, lr=1e-2, epochs=2, weight_decay=1e-3),
+        HyperParams(seed=4, lr=3e-3, epochs=2, init="xavier_uniform"),
+    ]
     batched = train_models_batched(DIGITS, "digits", hps, [1, 2], device="cpu")
     for hp, got in zip(hps, batched, strict=True):
         ref = train_model(DIGITS, "digits", hp, [1, 2])
@@ -65,8 +73,10 @@ def test_batched_matches_single_model():
             assert m["test_acc"] == pytest.approx(m_ref["test_acc"], abs=0.01)
         assert got[-1][2]["test_acc"] > 0.5
     sgd = HyperParams(seed=5, lr=0.05, optimizer="sgd", epochs=1, weight_decay=1e-3)
-    mixed = train_models_batched(DIGITS, "digits", [sgd, HyperParams(seed=5, lr=1e-2, epochs=1)], [1], device="cpu")
-    (_, sd_ref, _), = train_model(DIGITS, "digits", sgd, [1])
+    mixed = train_models_batched(
+        DIGITS, "digits", [sgd, HyperParams(seed=5, lr=1e-2, epochs=1)], [1], device="cpu"
+    )
+    ((_, sd_ref, _),) = train_model(DIGITS, "digits", sgd, [1])
     assert max((sd_ref[k] - mixed[0][0][1][k]).abs().max().item() for k in sd_ref) < 1e-4
     with pytest.raises(ValueError, match="epochs"):
         train_models_batched(DIGITS, "digits", [hps[0], sgd], [1], device="cpu")
@@ -82,7 +92,10 @@ def test_tiny_preset_builds_and_resumes(tmp_path):
     assert json.loads((tmp_path / "zoo" / "build_stats.json").read_text()) == stats
     meta = corpus.metadata()
     assert set(meta["task"]) == set(cfg.tasks) and set(meta["zoo_kind"]) == {"independent"}
-    assert all(mid == f"{run}-e{ep}" for mid, run, ep in zip(meta["model_id"], meta["run_id"], meta["epoch"], strict=True))
+    assert all(
+        mid == f"{run}-e{ep}"
+        for mid, run, ep in zip(meta["model_id"], meta["run_id"], meta["epoch"], strict=True)
+    )
     ckpt = next(iter(corpus))
     ckpt.build_module()  # weights load into the stored architecture
     again = build_zoo(cfg, tmp_path / "zoo", num_workers=2, progress=False)
@@ -119,8 +132,9 @@ def _initial_weights(corpus) -> dict[tuple[str, int], torch.Tensor]:
 
 
 def test_shared_init_same_seed_same_start(tmp_path):
-    shared = _initial_weights(build_zoo(_small(zoo_kind="shared_init"), tmp_path / "s", num_workers=1,
-                                        progress=False))
+    shared = _initial_weights(
+        build_zoo(_small(zoo_kind="shared_init"), tmp_path / "s", num_workers=1, progress=False)
+    )
     assert torch.equal(shared["digits", 0], shared["digits_rot90", 0])
     assert torch.equal(shared["digits", 1], shared["digits_rot90", 1])
     assert not torch.equal(shared["digits", 0], shared["digits", 1])
@@ -129,13 +143,20 @@ def test_shared_init_same_seed_same_start(tmp_path):
 
 
 def test_finetuned_starts_from_base(tmp_path, monkeypatch):
-    cfg = _small(zoo_kind="finetuned", tasks=["digits", "digits_rot90", "digits_evenodd"], epochs=2,
-                 keep_epochs=[1, 2], finetune_epochs=1)
+    cfg = _small(
+        zoo_kind="finetuned",
+        tasks=["digits", "digits_rot90", "digits_evenodd"],
+        epochs=2,
+        keep_epochs=[1, 2],
+        finetune_epochs=1,
+    )
     runs = plan_runs(cfg)
     assert [r.role for r in runs] == ["base"] + ["finetune"] * 6
     seen = []
     real = zoo_builder.train_model
-    monkeypatch.setattr(zoo_builder, "train_model", lambda *a, **k: seen.append(k["init_state"]) or real(*a, **k))
+    monkeypatch.setattr(
+        zoo_builder, "train_model", lambda *a, **k: seen.append(k["init_state"]) or real(*a, **k)
+    )
     corpus = build_zoo(cfg, tmp_path / "zoo", num_workers=1, progress=False)
     meta = corpus.metadata()
     assert len(meta) == 2 + 6 and set(meta["zoo_kind"]) == {"finetuned"}
@@ -147,7 +168,10 @@ def test_finetuned_starts_from_base(tmp_path, monkeypatch):
     # the first layer of a fine-tuned model starts at the base's, also for a head with other classes
     ft = next(r for r in runs if r.task.name == "digits_evenodd")
     start = train_model(ft.spec, ft.task, ft.hp, [0], init_state=base)[0][1]
-    assert torch.equal(start["head.fc1.weight"], base["head.fc1.weight"]) and start["head.fc2.weight"].shape[0] == 2
+    assert (
+        torch.equal(start["head.fc1.weight"], base["head.fc1.weight"])
+        and start["head.fc2.weight"].shape[0] == 2
+    )
 
 
 def test_unknown_names_raise_before_training(tmp_path):
@@ -181,7 +205,9 @@ def test_presets_plan():
     related = ZooConfig.from_preset("related")
     assert related.zoo_kind == "shared_init" and "mnist_rot45" not in related.tasks
     assert len({r.run_id for r in default}) == len(default)  # run ids are unique ...
-    assert [r.run_id for r in plan_runs(ZooConfig.from_preset("default"))] == [r.run_id for r in default]  # stable
+    assert [r.run_id for r in plan_runs(ZooConfig.from_preset("default"))] == [
+        r.run_id for r in default
+    ]  # stable
     gpu = plan_runs(ZooConfig.from_preset("gpu"))
     assert len(gpu) > len(default)
     for r in gpu[:50]:

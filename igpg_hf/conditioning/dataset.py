@@ -19,7 +19,9 @@ __all__ = ["DatasetSetEncoder", "prepare_support_set"]
 def prepare_support_set(x: torch.Tensor, y: torch.Tensor, feature_dim: int) -> torch.Tensor:
     """Samples (S, *shape) and labels (S,) -> features (S, F): flattened, resampled to length F."""
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"dataset condition needs matching, non-empty samples and labels; got {x.shape[0]} and {y.shape[0]}")
+        raise ValueError(
+            f"dataset condition needs matching, non-empty samples and labels; got {x.shape[0]} and {y.shape[0]}"
+        )
     flat = x.reshape(x.shape[0], 1, -1).float()  # (S, 1, D)
     if flat.shape[-1] != feature_dim:
         flat = F.interpolate(flat, size=feature_dim, mode="linear", align_corners=False)
@@ -32,14 +34,20 @@ class DatasetSetEncoder(nn.Module):
     def __init__(self, feature_dim: int, max_classes: int, hidden: int, out_dim: int):
         super().__init__()
         self.max_classes = max_classes
-        self.phi = nn.Sequential(nn.Linear(feature_dim + max_classes, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.phi = nn.Sequential(
+            nn.Linear(feature_dim + max_classes, hidden), nn.GELU(), nn.Linear(hidden, hidden)
+        )
         self.rho = nn.Sequential(nn.GELU(), nn.Linear(hidden, out_dim))
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """feats (B, S, F), labels (B, S), mask (B, S) True for real samples -> (B, out_dim)."""
         if labels.max() >= self.max_classes:
-            raise ValueError(f"dataset condition has label {int(labels.max())}; this prior supports at most "
-                             f"{self.max_classes} classes")
+            raise ValueError(
+                f"dataset condition has label {int(labels.max())}; this prior supports at most "
+                f"{self.max_classes} classes"
+            )
         h = self.phi(torch.cat([feats, F.one_hot(labels.clamp_min(0), self.max_classes).to(feats.dtype)], -1))
         if mask is None:
             mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)

@@ -48,13 +48,19 @@ def encode_text(
         texts = [texts]
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
-            raise ValueError(f"text condition {i} is empty; give an instruction such as 'Classify handwritten digits'")
+            raise ValueError(
+                f"text condition {i} is empty; give an instruction such as 'Classify handwritten digits'"
+            )
     out = []
     for i in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        batch = tokenizer(
+            texts[i : i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt"
+        )
         batch = {k: v.to(encoder.device) for k, v in batch.items()}
         hidden = encoder(**batch).last_hidden_state  # (B, T, E)
-        m = batch["attention_mask"].unsqueeze(-1).to(hidden.device, hidden.dtype)  # hooks may have moved the output
+        m = (
+            batch["attention_mask"].unsqueeze(-1).to(hidden.device, hidden.dtype)
+        )  # hooks may have moved the output
         emb = (hidden * m).sum(1) / m.sum(1).clamp_min(1)
         out.append(torch.nn.functional.normalize(emb.float(), dim=-1))  # float32 whatever the encoder dtype
     return torch.cat(out)

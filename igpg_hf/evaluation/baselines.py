@@ -16,8 +16,17 @@ from ..zoo.architectures import ArchSpec
 from ..zoo.tasks import load_task_data
 from .metrics import _load, accuracy, finetune, recalibrate_batchnorm
 
-__all__ = ["random_init_state_dicts", "add_noise", "average_state_dicts", "retrieve_by_embedding", "select_best",
-           "labelled_subset", "finetune_job", "train_job", "NOISE_SKIP"]
+__all__ = [
+    "random_init_state_dicts",
+    "add_noise",
+    "average_state_dicts",
+    "retrieve_by_embedding",
+    "select_best",
+    "labelled_subset",
+    "finetune_job",
+    "train_job",
+    "NOISE_SKIP",
+]
 
 # entries that are statistics, not parameters: noise would make running variances negative
 NOISE_SKIP = ("running_mean", "running_var", "num_batches_tracked")
@@ -47,14 +56,19 @@ def add_noise(state_dict: dict[str, torch.Tensor], scale: float, seed: int = 0) 
     return out
 
 
-def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]], spec: ArchSpec | None = None,
-                        x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def average_state_dicts(
+    state_dicts: list[dict[str, torch.Tensor]], spec: ArchSpec | None = None, x: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Mean of the float entries (others from the first); with ``spec`` and inputs ``x``, BatchNorm is recalibrated."""
     if not state_dicts:
         raise ValueError("average_state_dicts needs at least one state dict, got an empty list")
     first = state_dicts[0]
-    avg = {k: torch.stack([sd[k].float() for sd in state_dicts]).mean(0).to(v.dtype) if v.is_floating_point()
-           else v.clone() for k, v in first.items()}
+    avg = {
+        k: torch.stack([sd[k].float() for sd in state_dicts]).mean(0).to(v.dtype)
+        if v.is_floating_point()
+        else v.clone()
+        for k, v in first.items()
+    }
     if spec is None or x is None:
         return avg
     module = recalibrate_batchnorm(_load(spec, avg), x)
@@ -78,8 +92,9 @@ def labelled_subset(task, n: int = 500, seed: int = 0) -> tuple[torch.Tensor, to
     return data.x_train[idx], data.y_train[idx]
 
 
-def select_best(spec: ArchSpec, state_dicts: list[dict[str, torch.Tensor]], x: torch.Tensor,
-                y: torch.Tensor) -> tuple[int, list[float]]:
+def select_best(
+    spec: ArchSpec, state_dicts: list[dict[str, torch.Tensor]], x: torch.Tensor, y: torch.Tensor
+) -> tuple[int, list[float]]:
     """(index of the most accurate state dict on (x, y), every accuracy in percent); non-finite weights score -1."""
     if not state_dicts:
         raise ValueError("select_best needs at least one state dict, got an empty list")

@@ -67,19 +67,25 @@ class DemoConfig:
 
     @classmethod
     def from_preset(cls, name: str) -> DemoConfig:
-        """"demo": the README's run (about 10 minutes on 2 cores); "smoke": seconds, for tests."""
+        """ "demo": the README's run (about 10 minutes on 2 cores); "smoke": seconds, for tests."""
         if name == "demo":
             return cls()
         if name == "smoke":
-            return cls(zoo_preset="tiny", vqvae_preset="tiny", prior_preset="tiny",
-                       tokenizer=TokenizerTrainingArgs(steps=60, batch_size=64, checkpoint_every=30, log_every=20),
-                       prior=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=20, log_every=10),
-                       num_samples=3, num_random_init=2)
+            return cls(
+                zoo_preset="tiny",
+                vqvae_preset="tiny",
+                prior_preset="tiny",
+                tokenizer=TokenizerTrainingArgs(steps=60, batch_size=64, checkpoint_every=30, log_every=20),
+                prior=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=20, log_every=10),
+                num_samples=3,
+                num_random_init=2,
+            )
         raise ValueError(f"unknown demo preset {name!r}; known: demo, smoke")
 
 
-def train_pipeline(corpus: WeightCorpus | list, out_dir: str | os.PathLike, config: DemoConfig,
-                   progress: bool = True) -> IGPGPipeline:
+def train_pipeline(
+    corpus: WeightCorpus | list, out_dir: str | os.PathLike, config: DemoConfig, progress: bool = True
+) -> IGPGPipeline:
     """Train (or reuse, or resume) tokenizer and prior on a corpus; save and return the pipeline."""
     out = Path(out_dir)
     # a zoo built by several workers stores runs in the order they finished; training follows corpus order, so
@@ -91,8 +97,13 @@ def train_pipeline(corpus: WeightCorpus | list, out_dir: str | os.PathLike, conf
     if (tok_final / "config.json").exists():
         vqvae = IGPGVQVAEModel.from_pretrained(tok_final)
     else:
-        vqvae = train_tokenizer(checkpoints, IGPGVQVAEConfig.from_preset(config.vqvae_preset), out / "tokenizer",
-                                config.tokenizer, progress=progress)
+        vqvae = train_tokenizer(
+            checkpoints,
+            IGPGVQVAEConfig.from_preset(config.vqvae_preset),
+            out / "tokenizer",
+            config.tokenizer,
+            progress=progress,
+        )
     prior_final = out / "prior" / "final"
     if (prior_final / "config.json").exists():
         prior = IGPGPriorModel.from_pretrained(prior_final)
@@ -101,11 +112,16 @@ def train_pipeline(corpus: WeightCorpus | list, out_dir: str | os.PathLike, conf
         longest = max(vqvae.num_tokens(c.layout) for c in checkpoints)
         preset = IGPGPriorConfig.PRESETS[config.prior_preset]
         n_pos = max(preset["n_positions"], longest + 4)
-        pconf = IGPGPriorConfig.from_preset(config.prior_preset, vocab_size=vqvae.config.vocab_size,
-                                            tokens_per_chunk=vqvae.config.tokens_per_chunk, n_positions=n_pos,
-                                            text_encoder_name="sentence-transformers/all-MiniLM-L6-v2")
-        prior = train_prior(checkpoints, vqvae, text_encoder, tokenizer, pconf, out / "prior", config.prior,
-                            progress=progress)
+        pconf = IGPGPriorConfig.from_preset(
+            config.prior_preset,
+            vocab_size=vqvae.config.vocab_size,
+            tokens_per_chunk=vqvae.config.tokens_per_chunk,
+            n_positions=n_pos,
+            text_encoder_name="sentence-transformers/all-MiniLM-L6-v2",
+        )
+        prior = train_prior(
+            checkpoints, vqvae, text_encoder, tokenizer, pconf, out / "prior", config.prior, progress=progress
+        )
     pipe = IGPGPipeline(vqvae=vqvae, prior=prior, text_encoder=text_encoder, tokenizer=tokenizer)
     return pipe
 
@@ -144,8 +160,16 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         spec = ck[0].arch()
         same_layout = [c for c in checkpoints if c.layout == ck[0].layout]
         recon = evaluate_state_dicts(spec, [vqvae.reconstruct(c.state_dict(), c.layout) for c in ck], task)
-        gen = pipe(get_task(task).instruction, architecture=spec, dataset=task, num_samples=config.num_samples,
-                   seed=config.seed, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+        gen = pipe(
+            get_task(task).instruction,
+            architecture=spec,
+            dataset=task,
+            num_samples=config.num_samples,
+            seed=config.seed,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        )
         gen_acc = evaluate_state_dicts(spec, gen.state_dicts, task)
         train_vec = torch.stack([c.vector() for c in ck])
         scale = pairwise_scale(train_vec)
@@ -164,17 +188,28 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         nov = novelty(gen_vec, train_vec, scale)
         new_only = {}
         if config.novel_candidates:
-            new = pipe(get_task(task).instruction, architecture=spec, dataset=task, num_samples=config.num_samples,
-                       seed=config.seed, temperature=config.novel_temperature, top_k=config.novel_top_k,
-                       candidates_per_sample=config.novel_candidates, exclude_copies=True)
+            new = pipe(
+                get_task(task).instruction,
+                architecture=spec,
+                dataset=task,
+                num_samples=config.num_samples,
+                seed=config.seed,
+                temperature=config.novel_temperature,
+                top_k=config.novel_top_k,
+                candidates_per_sample=config.novel_candidates,
+                exclude_copies=True,
+            )
             new_acc = evaluate_state_dicts(spec, new.state_dicts, task)
             new_vec = torch.stack([ck[0].layout.vectorize(sd) for sd in new.state_dicts])
-            new_only = {"new_only_acc": new_acc, "new_only_mean_acc": _mean(new_acc),
-                        "new_only_over_zoo": _mean(new_acc) / _mean(zoo_acc),
-                        "new_only_copies": sum(count_copies(new.token_ids, train_tok)),
-                        "new_only_candidates": new.num_candidates,
-                        "new_only_candidate_copies": new.candidate_copies,
-                        "new_only_novelty": novelty(new_vec, train_vec, scale).novelty}
+            new_only = {
+                "new_only_acc": new_acc,
+                "new_only_mean_acc": _mean(new_acc),
+                "new_only_over_zoo": _mean(new_acc) / _mean(zoo_acc),
+                "new_only_copies": sum(count_copies(new.token_ids, train_tok)),
+                "new_only_candidates": new.num_candidates,
+                "new_only_candidate_copies": new.candidate_copies,
+                "new_only_novelty": novelty(new_vec, train_vec, scale).novelty,
+            }
         per_task[task] = {
             "instruction": get_task(task).instruction,
             "architecture": spec.text(),
@@ -195,16 +230,25 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
             "novelty": nov.novelty,
             **new_only,
         }
-        logger.info("%s: zoo %.1f recon %.1f generated %.1f random %.1f copies %d/%d", task,
-                    per_task[task]["zoo_mean_acc"], per_task[task]["recon_acc"], per_task[task]["generated_mean_acc"],
-                    per_task[task]["random_init_acc"], sum(copies), len(copies))
+        logger.info(
+            "%s: zoo %.1f recon %.1f generated %.1f random %.1f copies %d/%d",
+            task,
+            per_task[task]["zoo_mean_acc"],
+            per_task[task]["recon_acc"],
+            per_task[task]["generated_mean_acc"],
+            per_task[task]["random_init_acc"],
+            sum(copies),
+            len(copies),
+        )
 
     # 4. speed: one model and 100 models after the pipeline is loaded (one warm-up call first)
     task0 = tasks[0]
     spec0 = next(c for c in checkpoints if c.metadata.task == task0).arch()
     pipe(get_task(task0).instruction, architecture=spec0, num_samples=1, seed=1)
     t1 = pipe(get_task(task0).instruction, architecture=spec0, dataset=task0, num_samples=1, seed=2).seconds
-    t100 = pipe(get_task(task0).instruction, architecture=spec0, dataset=task0, num_samples=100, seed=3).seconds
+    t100 = pipe(
+        get_task(task0).instruction, architecture=spec0, dataset=task0, num_samples=100, seed=3
+    ).seconds
 
     results = {
         "tasks": per_task,
@@ -217,12 +261,21 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
             "total_copies": sum(r["copies"] for r in per_task.values()),
             "total_samples": sum(len(r["generated_acc"]) for r in per_task.values()),
             "adjacent_epochs_novelty": _mean(adjacent),
-            **({"new_only_mean_over_zoo": _mean([r["new_only_over_zoo"] for r in per_task.values()]),
-                "new_only_min_over_zoo": min(r["new_only_over_zoo"] for r in per_task.values()),
-                "new_only_copies": sum(r["new_only_copies"] for r in per_task.values()),
-                "new_only_mean_novelty": _mean([x for r in per_task.values() for x in r["new_only_novelty"]]),
-                "new_only_working": sum(a >= 0.9 * r["zoo_mean_acc"] for r in per_task.values() for a in r["new_only_acc"]),
-                } if config.novel_candidates else {}),
+            **(
+                {
+                    "new_only_mean_over_zoo": _mean([r["new_only_over_zoo"] for r in per_task.values()]),
+                    "new_only_min_over_zoo": min(r["new_only_over_zoo"] for r in per_task.values()),
+                    "new_only_copies": sum(r["new_only_copies"] for r in per_task.values()),
+                    "new_only_mean_novelty": _mean(
+                        [x for r in per_task.values() for x in r["new_only_novelty"]]
+                    ),
+                    "new_only_working": sum(
+                        a >= 0.9 * r["zoo_mean_acc"] for r in per_task.values() for a in r["new_only_acc"]
+                    ),
+                }
+                if config.novel_candidates
+                else {}
+            ),
             "num_checkpoints": len(checkpoints),
             "prior_parameters": sum(p.numel() for p in pipe.prior.parameters()),
             "vqvae_parameters": sum(p.numel() for p in pipe.vqvae.parameters()),
@@ -231,9 +284,11 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         "config": asdict(config),
     }
     # 5. save: pipeline (with a card carrying these figures), results, plot
-    pipe.prior.config.training_summary = {**(pipe.prior.config.training_summary or {}),
-                                          "corpus": f"igpg_hf zoo preset {config.zoo_preset!r}",
-                                          "demo_results": results["summary"]}
+    pipe.prior.config.training_summary = {
+        **(pipe.prior.config.training_summary or {}),
+        "corpus": f"igpg_hf zoo preset {config.zoo_preset!r}",
+        "demo_results": results["summary"],
+    }
     pipe.save_pretrained(out / "pipeline")
     atomic_write_json(out / "results.json", results)
     plot_demo(results, out / "results.png")
@@ -254,13 +309,29 @@ def plot_demo(results: dict, path: str | os.PathLike) -> Path:
         r = results["tasks"][t]
         ax.bar(i - w, r["random_init_acc"], w, color="#bbbbbb", label="random init" if i == 0 else None)
         ax.bar(i, r["zoo_mean_acc"], w, color="#4c72b0", label="zoo mean" if i == 0 else None)
-        ax.bar(i + w, r["recon_acc"], w, color="#55a868", label="tokenizer reconstruction" if i == 0 else None)
+        ax.bar(
+            i + w, r["recon_acc"], w, color="#55a868", label="tokenizer reconstruction" if i == 0 else None
+        )
         xs = [i + 2 * w] * len(r["generated_acc"])
-        ax.scatter(xs, r["generated_acc"], color="#c44e52", s=14, zorder=3, label="generated samples" if i == 0 else None)
+        ax.scatter(
+            xs,
+            r["generated_acc"],
+            color="#c44e52",
+            s=14,
+            zorder=3,
+            label="generated samples" if i == 0 else None,
+        )
         ax.annotate(f"{r['copies']}/{len(r['generated_acc'])} copies", (i + 0.1, 3), fontsize=7, ha="center")
         if "new_only_acc" in r:
-            ax.scatter([i + 2.8 * w] * len(r["new_only_acc"]), r["new_only_acc"], color="#8172b2", marker="x", s=16,
-                       zorder=3, label="generated, copies excluded" if i == 0 else None)
+            ax.scatter(
+                [i + 2.8 * w] * len(r["new_only_acc"]),
+                r["new_only_acc"],
+                color="#8172b2",
+                marker="x",
+                s=16,
+                zorder=3,
+                label="generated, copies excluded" if i == 0 else None,
+            )
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)

@@ -18,7 +18,7 @@ __all__ = ["accuracy", "evaluate_state_dicts", "finetune", "recalibrate_batchnor
 def predictions(module: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes (N,) of a module in eval mode."""
     module.eval()
-    return torch.cat([module(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+    return torch.cat([module(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
 
 
 def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -56,7 +56,7 @@ def recalibrate_batchnorm(module: nn.Module, x: torch.Tensor, batch_size: int = 
         bn.momentum = None  # cumulative average over the pass
     module.train()
     for i in range(0, len(x), batch_size):
-        module(x[i:i + batch_size])
+        module(x[i : i + batch_size])
     return module.eval()
 
 
@@ -84,7 +84,7 @@ def finetune(
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             m.train()
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             loss = F.cross_entropy(m(data.x_train[idx]), data.y_train[idx])
             opt.zero_grad()
             loss.backward()

@@ -38,8 +38,11 @@ def adjacent_epoch_novelty(checkpoints, scale: float) -> list[float]:
     runs: dict[str, list] = {}
     for c in sorted(checkpoints, key=lambda c: c.metadata.epoch):
         runs.setdefault(c.metadata.run_id, []).append(c)
-    return [(a.vector() - b.vector()).norm().item() / scale
-            for cs in runs.values() for a, b in zip(cs, cs[1:], strict=False)]
+    return [
+        (a.vector() - b.vector()).norm().item() / scale
+        for cs in runs.values()
+        for a, b in zip(cs, cs[1:], strict=False)
+    ]
 
 
 @dataclass

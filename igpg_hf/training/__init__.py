@@ -4,5 +4,13 @@ from .checkpointing import atomic_write_json, load_training_state, save_training
 from .prior import PriorTrainingArgs, train_prior
 from .tokenizer import TokenizerTrainingArgs, gumbel_temperature, train_tokenizer
 
-__all__ = ["atomic_write_json", "load_training_state", "save_training_state", "PriorTrainingArgs", "train_prior",
-           "TokenizerTrainingArgs", "gumbel_temperature", "train_tokenizer"]
+__all__ = [
+    "atomic_write_json",
+    "load_training_state",
+    "save_training_state",
+    "PriorTrainingArgs",
+    "train_prior",
+    "TokenizerTrainingArgs",
+    "gumbel_temperature",
+    "train_tokenizer",
+]

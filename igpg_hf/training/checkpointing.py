@@ -30,7 +30,9 @@ def atomic_write_json(path: str | os.PathLike, data) -> None:
     os.replace(tmp, path)
 
 
-def save_training_state(accelerator: Accelerator, model, output_dir: str | os.PathLike, step: int, extra=None) -> None:
+def save_training_state(
+    accelerator: Accelerator, model, output_dir: str | os.PathLike, step: int, extra=None
+) -> None:
     """Save model + optimizer/scheduler/RNG state + step under ``output_dir/checkpoint`` atomically."""
     accelerator.wait_for_everyone()
     out = Path(output_dir)
@@ -61,7 +63,9 @@ def load_training_state(accelerator: Accelerator, output_dir: str | os.PathLike)
     try:
         state = json.loads(state_file.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"training state {state_file} is corrupted ({e}); delete {final} to start over") from e
+        raise ValueError(
+            f"training state {state_file} is corrupted ({e}); delete {final} to start over"
+        ) from e
     accelerator.load_state(str(final / "accelerate"))
     logger.info("resumed from step %d (%s)", state["step"], final)
     return state

@@ -23,9 +23,20 @@ StepFn = Callable[[torch.nn.Module, object, int], tuple[torch.Tensor, dict, str]
 
 
 def run_training(
-    accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, step_fn: StepFn, output_dir: str | os.PathLike,
-    *, steps: int, lr: float, weight_decay: float, log_every: int, checkpoint_every: int, name: str,
-    clip_grad_norm: float | None = None, progress: bool = True,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    step_fn: StepFn,
+    output_dir: str | os.PathLike,
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    log_every: int,
+    checkpoint_every: int,
+    name: str,
+    clip_grad_norm: float | None = None,
+    progress: bool = True,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``steps`` optimizer steps (resuming from ``output_dir/checkpoint``); -> (unwrapped model, history)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

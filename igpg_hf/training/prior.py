@@ -80,8 +80,11 @@ def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedC
     out = []
     for c in checkpoints:
         m = c.metadata
-        out.append(EncodedCheckpoint(vqvae.encode(c.state_dict(), c.layout), _instructions(m),
-                                     m.arch_text, m.task, m.model_id))
+        out.append(
+            EncodedCheckpoint(
+                vqvae.encode(c.state_dict(), c.layout), _instructions(m), m.arch_text, m.task, m.model_id
+            )
+        )
     if not out:
         raise ValueError("the corpus has no checkpoints to train the prior on")
     return out
@@ -90,9 +93,22 @@ def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedC
 class PriorExamples(Dataset):
     """Map-style dataset: item i is a random block window of checkpoint i with sampled conditions."""
 
-    def __init__(self, seqs: list[EncodedCheckpoint], config: IGPGPriorConfig, text_table: dict[str, torch.Tensor],
-                 support: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], dropout: float, seed: int):
-        self.seqs, self.cfg, self.text, self.support, self.dropout = seqs, config, text_table, support, dropout
+    def __init__(
+        self,
+        seqs: list[EncodedCheckpoint],
+        config: IGPGPriorConfig,
+        text_table: dict[str, torch.Tensor],
+        support: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+        dropout: float,
+        seed: int,
+    ):
+        self.seqs, self.cfg, self.text, self.support, self.dropout = (
+            seqs,
+            config,
+            text_table,
+            support,
+            dropout,
+        )
         self.rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -102,11 +118,16 @@ class PriorExamples(Dataset):
         s, cfg, rng = self.seqs[i], self.cfg, self.rng
         wins = block_windows(len(s.tokens), cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
         w = rng.choice(wins)
-        tokens = s.tokens[w.context_start:w.stop]
+        tokens = s.tokens[w.context_start : w.stop]
         loss_mask = torch.arange(len(tokens)) >= (w.start - w.context_start)
-        item = {"tokens": tokens, "loss_mask": loss_mask, "block": w.index,
-                "text": self.text[rng.choice(s.instructions)], "arch": self.text[s.arch_text],
-                "drop": [rng.random() < self.dropout for _ in range(3)]}
+        item = {
+            "tokens": tokens,
+            "loss_mask": loss_mask,
+            "block": w.index,
+            "text": self.text[rng.choice(s.instructions)],
+            "arch": self.text[s.arch_text],
+            "drop": [rng.random() < self.dropout for _ in range(3)],
+        }
         pool = self.support.get(s.task)
         if pool:
             item["feats"], item["labels"] = rng.choice(pool)
@@ -121,7 +142,11 @@ def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.
     tokens = torch.zeros(B, N, dtype=torch.long)
     mask = torch.zeros(B, N, dtype=torch.bool)
     S = max((len(it["labels"]) for it in items if "labels" in it), default=1)
-    feats, labels, smask = torch.zeros(B, S, feature_dim), torch.zeros(B, S, dtype=torch.long), torch.zeros(B, S, dtype=torch.bool)
+    feats, labels, smask = (
+        torch.zeros(B, S, feature_dim),
+        torch.zeros(B, S, dtype=torch.long),
+        torch.zeros(B, S, dtype=torch.bool),
+    )
     for b, it in enumerate(items):
         n = len(it["tokens"])
         tokens[b, :n], mask[b, :n] = it["tokens"], it["loss_mask"]
@@ -130,8 +155,11 @@ def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.
             feats[b, :k], labels[b, :k], smask[b, :k] = it["feats"], it["labels"], True
     drop = torch.tensor([it["drop"] for it in items])  # (B, 3)
     cond = IGPGConditions(
-        text_embeds=torch.stack([it["text"] for it in items]), arch_embeds=torch.stack([it["arch"] for it in items]),
-        dataset_feats=feats, dataset_labels=labels, dataset_mask=smask,
+        text_embeds=torch.stack([it["text"] for it in items]),
+        arch_embeds=torch.stack([it["arch"] for it in items]),
+        dataset_feats=feats,
+        dataset_labels=labels,
+        dataset_mask=smask,
         block_index=torch.tensor([it["block"] for it in items]),
         drop={"text": drop[:, 0], "arch": drop[:, 1], "dataset": drop[:, 2] | ~smask.any(1)},
     )
@@ -174,18 +202,29 @@ def train_prior(
     model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
-        raise ValueError(f"prior vocab_size {cfg.vocab_size} != tokenizer vocabulary {vqvae.config.vocab_size}")
+        raise ValueError(
+            f"prior vocab_size {cfg.vocab_size} != tokenizer vocabulary {vqvae.config.vocab_size}"
+        )
     if cfg.tokens_per_chunk != vqvae.config.tokens_per_chunk:
-        raise ValueError(f"prior tokens_per_chunk {cfg.tokens_per_chunk} != tokenizer's {vqvae.config.tokens_per_chunk}")
+        raise ValueError(
+            f"prior tokens_per_chunk {cfg.tokens_per_chunk} != tokenizer's {vqvae.config.tokens_per_chunk}"
+        )
     cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
     strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
     support = _support_pool({s.task for s in seqs}, args, cfg.dataset_feature_dim)
-    data = PriorExamples(seqs, cfg, text_table, support, args.condition_dropout, args.seed + accelerator.process_index)
-    loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=len(data) >= args.batch_size,
-                        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
-                        generator=torch.Generator().manual_seed(args.seed))
+    data = PriorExamples(
+        seqs, cfg, text_table, support, args.condition_dropout, args.seed + accelerator.process_index
+    )
+    loader = DataLoader(
+        data,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=len(data) >= args.batch_size,
+        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     t0 = time.perf_counter()
 
     def step_fn(m, batch, step):
@@ -195,17 +234,37 @@ def train_prior(
         loss = m(inputs_embeds=embeds, labels=labels, use_cache=False).loss
         return loss, {"loss": loss.item()}, f"loss {loss.item():.3f}"
 
-    model, history = run_training(accelerator, model, loader, step_fn, out, steps=args.steps, lr=args.lr,
-                                  weight_decay=args.weight_decay, log_every=args.log_every,
-                                  checkpoint_every=args.checkpoint_every, name="prior", clip_grad_norm=1.0,
-                                  progress=progress)
+    model, history = run_training(
+        accelerator,
+        model,
+        loader,
+        step_fn,
+        out,
+        steps=args.steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        name="prior",
+        clip_grad_norm=1.0,
+        progress=progress,
+    )
     if accelerator.is_main_process:
-        model.config.training_summary = {**(model.config.training_summary or {}),
-                                         "prior_steps": args.steps, "prior_final_loss": history[-1]["loss"] if history else None,
-                                         "num_sequences": len(seqs)}
+        model.config.training_summary = {
+            **(model.config.training_summary or {}),
+            "prior_steps": args.steps,
+            "prior_final_loss": history[-1]["loss"] if history else None,
+            "num_sequences": len(seqs),
+        }
         model.save_pretrained(out / "final")
-        atomic_write_json(out / "final" / "training_log.json", {
-            "args": asdict(args), "history": history, "num_sequences": len(seqs), "seconds": time.perf_counter() - t0})
+        atomic_write_json(
+            out / "final" / "training_log.json",
+            {
+                "args": asdict(args),
+                "history": history,
+                "num_sequences": len(seqs),
+                "seconds": time.perf_counter() - t0,
+            },
+        )
     accelerator.wait_for_everyone()
     return model
-

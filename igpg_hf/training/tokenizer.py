@@ -46,8 +46,9 @@ class TokenizerTrainingArgs:
     seed: int = 0
 
 
-def gumbel_temperature(step: int, total: int, start: float, end: float, anneal_fraction: float = 0.8,
-                       cycles: int = 1) -> float:
+def gumbel_temperature(
+    step: int, total: int, start: float, end: float, anneal_fraction: float = 0.8, cycles: int = 1
+) -> float:
     """Exponential anneal start -> end over ``anneal_fraction`` of each of ``cycles`` cycles, then held at end."""
     cycle_len = max(1, math.ceil(total / cycles))
     frac = min(1.0, (step % cycle_len) / max(1, anneal_fraction * cycle_len))
@@ -81,26 +82,54 @@ def train_tokenizer(
     model = config if isinstance(config, IGPGVQVAEModel) else IGPGVQVAEModel(config)
     chunks, masks, positions = collect_chunks(model, checkpoints)
     logger.info("tokenizer: %d chunks of %d values from the corpus", chunks.shape[0], chunks.shape[1])
-    loader = DataLoader(TensorDataset(chunks, masks, positions), batch_size=args.batch_size, shuffle=True,
-                        drop_last=chunks.shape[0] >= args.batch_size,
-                        generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(
+        TensorDataset(chunks, masks, positions),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=chunks.shape[0] >= args.batch_size,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     cfg = model.config
     t0 = time.perf_counter()
 
     def step_fn(m, batch, step):
         x, mask, pos = batch
-        tau = gumbel_temperature(step, args.steps, cfg.tau_start, cfg.tau_end, args.tau_anneal_fraction, args.tau_cycles)
+        tau = gumbel_temperature(
+            step, args.steps, cfg.tau_start, cfg.tau_end, args.tau_anneal_fraction, args.tau_cycles
+        )
         o = m(x, pos, mask, tau=tau)
-        record = {"loss": o.loss.item(), "recon_mse": o.recon_loss.item(), "perplexity": o.perplexity.item(), "tau": tau}
+        record = {
+            "loss": o.loss.item(),
+            "recon_mse": o.recon_loss.item(),
+            "perplexity": o.perplexity.item(),
+            "tau": tau,
+        }
         return o.loss, record, f"mse {record['recon_mse']:.4f} ppl {record['perplexity']:.0f}"
 
-    model, history = run_training(accelerator, model, loader, step_fn, out, steps=args.steps, lr=args.lr,
-                                  weight_decay=args.weight_decay, log_every=args.log_every,
-                                  checkpoint_every=args.checkpoint_every, name="tokenizer", progress=progress)
+    model, history = run_training(
+        accelerator,
+        model,
+        loader,
+        step_fn,
+        out,
+        steps=args.steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        name="tokenizer",
+        progress=progress,
+    )
     if accelerator.is_main_process:
         model.save_pretrained(out / "final")
-        atomic_write_json(out / "final" / "training_log.json", {
-            "args": asdict(args), "history": history, "num_chunks": int(chunks.shape[0]),
-            "seconds": time.perf_counter() - t0})
+        atomic_write_json(
+            out / "final" / "training_log.json",
+            {
+                "args": asdict(args),
+                "history": history,
+                "num_chunks": int(chunks.shape[0]),
+                "seconds": time.perf_counter() - t0,
+            },
+        )
     accelerator.wait_for_everyone()
     return model

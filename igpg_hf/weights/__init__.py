@@ -5,6 +5,15 @@ from .layout import LayoutEntry, WeightLayout, layer_name
 from .normalization import denormalize_vector, fit_weight_stats, normalize_vector, stats_key_candidates
 
 __all__ = [
-    "LayoutEntry", "WeightLayout", "layer_name", "chunk_segments", "chunk_vector", "num_chunks", "unchunk_vector",
-    "denormalize_vector", "fit_weight_stats", "normalize_vector", "stats_key_candidates",
+    "LayoutEntry",
+    "WeightLayout",
+    "layer_name",
+    "chunk_segments",
+    "chunk_vector",
+    "num_chunks",
+    "unchunk_vector",
+    "denormalize_vector",
+    "fit_weight_stats",
+    "normalize_vector",
+    "stats_key_candidates",
 ]

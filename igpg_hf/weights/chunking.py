@@ -35,18 +35,25 @@ def chunk_vector(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vector (D,) -> chunks (M, K) zero-padded, and mask (M, K) True on real values."""
     if vector.ndim != 1 or vector.numel() != layout.num_float:
-        raise ValueError(f"weight vector has shape {tuple(vector.shape)}, layout expects ({layout.num_float},)")
+        raise ValueError(
+            f"weight vector has shape {tuple(vector.shape)}, layout expects ({layout.num_float},)"
+        )
     chunks, masks = [], []
     for start, stop, n in chunk_segments(layout, chunk_size, mode):
         seg = vector[start:stop]
         pad = n * chunk_size - seg.numel()
         chunks.append(torch.cat([seg, seg.new_zeros(pad)]).view(n, chunk_size))
-        masks.append(torch.cat([torch.ones(seg.numel(), dtype=torch.bool), torch.zeros(pad, dtype=torch.bool)])
-                     .view(n, chunk_size))
+        masks.append(
+            torch.cat([torch.ones(seg.numel(), dtype=torch.bool), torch.zeros(pad, dtype=torch.bool)]).view(
+                n, chunk_size
+            )
+        )
     return torch.cat(chunks), torch.cat(masks)
 
 
-def unchunk_vector(chunks: torch.Tensor, layout: WeightLayout, chunk_size: int, mode: str = "layer") -> torch.Tensor:
+def unchunk_vector(
+    chunks: torch.Tensor, layout: WeightLayout, chunk_size: int, mode: str = "layer"
+) -> torch.Tensor:
     """Chunks (M, K) -> vector (D,), dropping the padding; exact inverse of ``chunk_vector``."""
     segs = chunk_segments(layout, chunk_size, mode)
     m = sum(n for _, _, n in segs)
@@ -54,6 +61,6 @@ def unchunk_vector(chunks: torch.Tensor, layout: WeightLayout, chunk_size: int, 
         raise ValueError(f"chunks have shape {tuple(chunks.shape)}, layout expects ({m}, {chunk_size})")
     out, row = [], 0
     for start, stop, n in segs:
-        out.append(chunks[row:row + n].reshape(-1)[: stop - start])
+        out.append(chunks[row : row + n].reshape(-1)[: stop - start])
         row += n
     return torch.cat(out)

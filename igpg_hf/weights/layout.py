@@ -18,10 +18,21 @@ import torch
 
 __all__ = ["LayoutEntry", "WeightLayout", "layer_name"]
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float64, torch.float32, torch.float16, torch.bfloat16,
-    torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
-)}
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
+}
 
 
 def layer_name(entry_name: str) -> str:
@@ -122,11 +133,15 @@ class WeightLayout:
         missing = [e.name for e in self.entries if e.name not in state_dict]
         extra = [k for k in state_dict if k not in {e.name for e in self.entries}]
         if missing or extra:
-            raise ValueError(f"state dict does not match layout: missing keys {missing[:5]}, unexpected keys {extra[:5]}")
+            raise ValueError(
+                f"state dict does not match layout: missing keys {missing[:5]}, unexpected keys {extra[:5]}"
+            )
         for e in self.entries:
             t = state_dict[e.name]
             if tuple(t.shape) != e.shape:
-                raise ValueError(f"state dict entry {e.name!r} has shape {tuple(t.shape)}, layout expects {e.shape}")
+                raise ValueError(
+                    f"state dict entry {e.name!r} has shape {tuple(t.shape)}, layout expects {e.shape}"
+                )
             if str(t.dtype).removeprefix("torch.") != e.dtype:
                 raise ValueError(f"state dict entry {e.name!r} has dtype {t.dtype}, layout expects {e.dtype}")
             if check_finite and e.is_float and not torch.isfinite(t).all():
@@ -136,7 +151,9 @@ class WeightLayout:
     def to_bytes(self, state_dict: dict[str, torch.Tensor]) -> bytes:
         """All entries, in layout order, as raw little-endian bytes (bit-exact for every dtype)."""
         self.validate(state_dict, check_finite=False)
-        parts = [state_dict[e.name].detach().cpu().contiguous().reshape(-1).view(torch.uint8) for e in self.entries]
+        parts = [
+            state_dict[e.name].detach().cpu().contiguous().reshape(-1).view(torch.uint8) for e in self.entries
+        ]
         return torch.cat(parts).numpy().tobytes()
 
     def from_bytes(self, data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
@@ -146,7 +163,7 @@ class WeightLayout:
         out, off = {}, 0
         for e in self.entries:
             n = e.nbytes
-            out[e.name] = buf[off:off + n].view(e.torch_dtype).reshape(e.shape).clone()
+            out[e.name] = buf[off : off + n].view(e.torch_dtype).reshape(e.shape).clone()
             off += n
         return out
 
@@ -156,14 +173,18 @@ class WeightLayout:
         self.validate(state_dict, check_finite=False)
         return torch.cat([state_dict[e.name].detach().reshape(-1).float().cpu() for e in self.float_entries])
 
-    def devectorize(self, vector: torch.Tensor, fill: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def devectorize(
+        self, vector: torch.Tensor, fill: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Inverse of ``vectorize``; non-float entries (e.g. BatchNorm counters) come from ``fill`` or zeros."""
         if vector.ndim != 1 or vector.numel() != self.num_float:
-            raise ValueError(f"weight vector has shape {tuple(vector.shape)}, layout expects ({self.num_float},)")
+            raise ValueError(
+                f"weight vector has shape {tuple(vector.shape)}, layout expects ({self.num_float},)"
+            )
         out, off = {}, 0
         for e in self.entries:
             if e.is_float:
-                out[e.name] = vector[off:off + e.numel].reshape(e.shape).to(e.torch_dtype).clone()
+                out[e.name] = vector[off : off + e.numel].reshape(e.shape).to(e.torch_dtype).clone()
                 off += e.numel
             elif fill is not None and e.name in fill:
                 out[e.name] = fill[e.name].clone()

@@ -71,7 +71,9 @@ def normalize_vector(
     """(..., D) raw weights -> standardized values; with ``base`` the residual from it is scaled."""
     if base is not None:
         if base.shape[-1] != vec.shape[-1]:
-            raise ValueError(f"delta normalization: base has {base.shape[-1]} values, weights have {vec.shape[-1]}")
+            raise ValueError(
+                f"delta normalization: base has {base.shape[-1]} values, weights have {vec.shape[-1]}"
+            )
         return (vec - base) / _scales(layout, stats, vec)[1]
     mean, std = _scales(layout, stats, vec)
     return (vec - mean) / std

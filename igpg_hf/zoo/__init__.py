@@ -22,7 +22,20 @@ from .tasks import (
 )
 
 __all__ = [
-    "ACTIVATIONS", "FAMILIES", "INITIALIZATIONS", "ArchSpec", "architecture_for_task", "get_architecture",
-    "initialize_weights", "list_architectures", "HELD_OUT_TASKS", "TaskData", "TaskSpec", "get_task",
-    "list_tasks", "load_task_data", "register_task", "sample_support_set",
+    "ACTIVATIONS",
+    "FAMILIES",
+    "INITIALIZATIONS",
+    "ArchSpec",
+    "architecture_for_task",
+    "get_architecture",
+    "initialize_weights",
+    "list_architectures",
+    "HELD_OUT_TASKS",
+    "TaskData",
+    "TaskSpec",
+    "get_task",
+    "list_tasks",
+    "load_task_data",
+    "register_task",
+    "sample_support_set",
 ]

@@ -32,17 +32,50 @@ __all__ = [
 ]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
-INITIALIZATIONS = ("default", "uniform", "normal", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
+INITIALIZATIONS = (
+    "default",
+    "uniform",
+    "normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "xavier_uniform",
+    "xavier_normal",
+)
 
 # family -> required fields (with types for validation) and defaults
 _FIELDS: dict[str, dict[str, Any]] = {
-    "cnn": {"in_channels": 1, "input_size": 28, "channels": [8, 6, 4], "kernels": [5, 5, 2], "pool": [1, 1, 0],
-            "fc": [20], "num_classes": 10, "activation": "tanh", "dropout": 0.0},
+    "cnn": {
+        "in_channels": 1,
+        "input_size": 28,
+        "channels": [8, 6, 4],
+        "kernels": [5, 5, 2],
+        "pool": [1, 1, 0],
+        "fc": [20],
+        "num_classes": 10,
+        "activation": "tanh",
+        "dropout": 0.0,
+    },
     "mlp": {"in_features": 64, "hidden": [32], "num_classes": 10, "activation": "relu", "dropout": 0.0},
-    "cnn1d": {"in_channels": 1, "length": 40, "channels": [8, 8], "kernels": [5, 5], "pool": [1, 1], "fc": [32],
-              "num_classes": 10, "activation": "relu", "dropout": 0.0},
-    "resnet": {"in_channels": 1, "input_size": 28, "blocks": [1, 1, 1], "width": 8, "num_classes": 10,
-               "norm": "batch", "activation": "relu"},
+    "cnn1d": {
+        "in_channels": 1,
+        "length": 40,
+        "channels": [8, 8],
+        "kernels": [5, 5],
+        "pool": [1, 1],
+        "fc": [32],
+        "num_classes": 10,
+        "activation": "relu",
+        "dropout": 0.0,
+    },
+    "resnet": {
+        "in_channels": 1,
+        "input_size": 28,
+        "blocks": [1, 1, 1],
+        "width": 8,
+        "num_classes": 10,
+        "norm": "batch",
+        "activation": "relu",
+    },
 }
 FAMILIES = tuple(_FIELDS)
 
@@ -59,17 +92,25 @@ class ArchSpec:
             raise ValueError(f"unknown architecture family {self.family!r}; known: {', '.join(FAMILIES)}")
         unknown = set(self.params) - set(_FIELDS[self.family])
         if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)} for architecture family {self.family!r}; "
-                             f"allowed: {sorted(_FIELDS[self.family])}")
+            raise ValueError(
+                f"unknown field(s) {sorted(unknown)} for architecture family {self.family!r}; "
+                f"allowed: {sorted(_FIELDS[self.family])}"
+            )
         full = {**_FIELDS[self.family], **self.params}
         object.__setattr__(self, "params", full)
         act = full.get("activation")
         if act is not None and act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
-        if self.family in ("cnn", "cnn1d") and not (len(full["channels"]) == len(full["kernels"]) == len(full["pool"])):
-            raise ValueError(f"{self.family}: channels, kernels and pool must have the same length, got {full}")
+        if self.family in ("cnn", "cnn1d") and not (
+            len(full["channels"]) == len(full["kernels"]) == len(full["pool"])
+        ):
+            raise ValueError(
+                f"{self.family}: channels, kernels and pool must have the same length, got {full}"
+            )
         if self.family == "resnet" and (len(full["blocks"]) != 3 or min(full["blocks"]) < 1):
-            raise ValueError(f"resnet: blocks must be three positive integers [n1, n2, n3], got {full['blocks']!r}")
+            raise ValueError(
+                f"resnet: blocks must be three positive integers [n1, n2, n3], got {full['blocks']!r}"
+            )
 
     # -- serialization -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -97,17 +138,25 @@ class ArchSpec:
         """Standardized description that conditions the prior (same spec -> same text)."""
         p = self.params
         if self.family == "cnn":
-            return (f"cnn: conv channels {p['channels']}, kernels {p['kernels']}, pool {p['pool']}, fc {p['fc']}, "
-                    f"input {p['in_channels']}x{p['input_size']}x{p['input_size']}, classes {p['num_classes']}, "
-                    f"activation {p['activation']}")
+            return (
+                f"cnn: conv channels {p['channels']}, kernels {p['kernels']}, pool {p['pool']}, fc {p['fc']}, "
+                f"input {p['in_channels']}x{p['input_size']}x{p['input_size']}, classes {p['num_classes']}, "
+                f"activation {p['activation']}"
+            )
         if self.family == "mlp":
-            return (f"mlp: input {p['in_features']}, hidden {p['hidden']}, classes {p['num_classes']}, "
-                    f"activation {p['activation']}")
+            return (
+                f"mlp: input {p['in_features']}, hidden {p['hidden']}, classes {p['num_classes']}, "
+                f"activation {p['activation']}"
+            )
         if self.family == "cnn1d":
-            return (f"cnn1d: conv channels {p['channels']}, kernels {p['kernels']}, pool {p['pool']}, fc {p['fc']}, "
-                    f"input {p['in_channels']}x{p['length']}, classes {p['num_classes']}, activation {p['activation']}")
-        return (f"resnet: layers {p['blocks']}, width {p['width']}, batch norm: {str(p['norm'] == 'batch').lower()}, "
-                f"input {p['in_channels']}x{p['input_size']}x{p['input_size']}, classes {p['num_classes']}")
+            return (
+                f"cnn1d: conv channels {p['channels']}, kernels {p['kernels']}, pool {p['pool']}, fc {p['fc']}, "
+                f"input {p['in_channels']}x{p['length']}, classes {p['num_classes']}, activation {p['activation']}"
+            )
+        return (
+            f"resnet: layers {p['blocks']}, width {p['width']}, batch norm: {str(p['norm'] == 'batch').lower()}, "
+            f"input {p['in_channels']}x{p['input_size']}x{p['input_size']}, classes {p['num_classes']}"
+        )
 
     # -- construction ------------------------------------------------------------------------
     def build(self) -> nn.Module:
@@ -175,7 +224,9 @@ def _mlp_head(n_in: int, hidden: list[int], n_out: int, act, dropout: float) -> 
 class MLP(nn.Module):
     def __init__(self, p: dict[str, Any]):
         super().__init__()
-        self.head = _mlp_head(p["in_features"], p["hidden"], p["num_classes"], ACTIVATIONS[p["activation"]], p["dropout"])
+        self.head = _mlp_head(
+            p["in_features"], p["hidden"], p["num_classes"], ACTIVATIONS[p["activation"]], p["dropout"]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.flatten(1))
@@ -191,8 +242,10 @@ class BasicBlock(nn.Module):
         self.act = act()
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=not norm),
-                                          nn.BatchNorm2d(c_out) if norm else nn.Identity())
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=not norm),
+                nn.BatchNorm2d(c_out) if norm else nn.Identity(),
+            )
 
     def forward(self, x):
         out = self.act(self.bn1(self.conv1(x)))
@@ -211,8 +264,10 @@ class ResNet(nn.Module):
         c_in, stages = w, []
         for s, n in enumerate(p["blocks"]):
             c_out = w * 2**s
-            blocks = [BasicBlock(c_in if i == 0 else c_out, c_out, 2 if (s > 0 and i == 0) else 1, norm, act)
-                      for i in range(n)]
+            blocks = [
+                BasicBlock(c_in if i == 0 else c_out, c_out, 2 if (s > 0 and i == 0) else 1, norm, act)
+                for i in range(n)
+            ]
             stages.append(nn.Sequential(*blocks))
             c_in = c_out
         self.layer1, self.layer2, self.layer3 = stages
@@ -240,10 +295,21 @@ _PRESETS: dict[str, ArchSpec] = {
     # Schürholt et al. tiny zoo: 2,464 params on MNIST-like input.
     "tiny_cnn": ArchSpec("cnn", {}),
     # Its RGB sibling for CIFAR-10/SVHN/STL-10 (32x32): 10,853 params.
-    "tiny_cnn_rgb": ArchSpec("cnn", {"in_channels": 3, "input_size": 32, "channels": [16, 32, 15],
-                                      "kernels": [3, 3, 3], "pool": [1, 1, 1], "fc": [20]}),
+    "tiny_cnn_rgb": ArchSpec(
+        "cnn",
+        {
+            "in_channels": 3,
+            "input_size": 32,
+            "channels": [16, 32, 15],
+            "kernels": [3, 3, 3],
+            "pool": [1, 1, 1],
+            "fc": [20],
+        },
+    ),
     "mlp_small": ArchSpec("mlp", {"in_features": 64, "hidden": [32], "activation": "relu"}),
-    "mlp_tabular": ArchSpec("mlp", {"in_features": 20, "hidden": [16], "num_classes": 4, "activation": "relu"}),
+    "mlp_tabular": ArchSpec(
+        "mlp", {"in_features": 20, "hidden": [16], "num_classes": 4, "activation": "relu"}
+    ),
     "cnn1d_small": ArchSpec("cnn1d", {}),
     "resnet_small": ArchSpec("resnet", {"in_channels": 1, "input_size": 8, "blocks": [1, 1, 1], "width": 4}),
     # ResNet-20/32/44/56 analogues at width 16 (CIFAR): blocks [3,3,3], [5,5,5], [7,7,7], [9,9,9].
@@ -268,8 +334,10 @@ def get_architecture(name: str | dict | ArchSpec, **overrides) -> ArchSpec:
     elif name in _PRESETS:
         spec = _PRESETS[name]
     else:
-        raise ValueError(f"unknown architecture {name!r}; presets: {', '.join(list_architectures())} "
-                         f"(or pass a dict with a 'family' field among {', '.join(FAMILIES)})")
+        raise ValueError(
+            f"unknown architecture {name!r}; presets: {', '.join(list_architectures())} "
+            f"(or pass a dict with a 'family' field among {', '.join(FAMILIES)})"
+        )
     return spec.replace(**overrides) if overrides else spec
 
 
@@ -283,18 +351,24 @@ def architecture_for_task(task, name: str | None = None, **overrides) -> ArchSpe
     fit: dict[str, Any] = {"num_classes": t.num_classes}
     if spec.family in ("cnn", "resnet"):
         if len(shape) != 3:
-            raise ValueError(f"architecture family {spec.family!r} needs image input, task {t.name!r} has shape {shape}")
+            raise ValueError(
+                f"architecture family {spec.family!r} needs image input, task {t.name!r} has shape {shape}"
+            )
         fit.update(in_channels=shape[0], input_size=shape[1])
     elif spec.family == "cnn1d":
         if len(shape) != 2:
-            raise ValueError(f"architecture family 'cnn1d' needs 1-D signals, task {t.name!r} has shape {shape}")
+            raise ValueError(
+                f"architecture family 'cnn1d' needs 1-D signals, task {t.name!r} has shape {shape}"
+            )
         fit.update(in_channels=shape[0], length=shape[1])
     else:
         fit["in_features"] = math.prod(shape)
     return spec.replace(**fit, **overrides)
 
 
-def initialize_weights(module: nn.Module, scheme: str = "default", generator: torch.Generator | None = None) -> nn.Module:
+def initialize_weights(
+    module: nn.Module, scheme: str = "default", generator: torch.Generator | None = None
+) -> nn.Module:
     """Re-initialize conv/linear weights with one of INITIALIZATIONS (biases to zero unless 'default')."""
     if scheme not in INITIALIZATIONS:
         raise ValueError(f"unknown initialization {scheme!r}; known: {', '.join(INITIALIZATIONS)}")

@@ -39,8 +39,18 @@ ZOO_KINDS = ("independent", "shared_init", "finetuned")
 FLUSH_EVERY_S = 60.0
 MAX_BATCHED_MODELS = 1024
 # Fields a per-family / architecture / source / task override may set.
-GRID_FIELDS = ("seeds", "activations", "inits", "optimizers", "weight_decays", "dropouts", "epochs",
-               "keep_epochs", "batch_size", "finetune_epochs")
+GRID_FIELDS = (
+    "seeds",
+    "activations",
+    "inits",
+    "optimizers",
+    "weight_decays",
+    "dropouts",
+    "epochs",
+    "keep_epochs",
+    "batch_size",
+    "finetune_epochs",
+)
 
 
 @dataclass
@@ -56,7 +66,9 @@ class ZooConfig:
 
     name: str = "custom"
     tasks: list[str] = field(default_factory=lambda: ["mnist"])
-    architectures: dict[str, str] = field(default_factory=dict)  # task -> architecture name; default: the task's
+    architectures: dict[str, str] = field(
+        default_factory=dict
+    )  # task -> architecture name; default: the task's
     seeds: list[int] = field(default_factory=lambda: [0])
     activations: list[str] | None = None
     inits: list[str] = field(default_factory=lambda: ["default"])
@@ -93,7 +105,9 @@ class ZooConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first bad field (unknown tasks/architectures come from the registries)."""
         if not self.name or not self.tasks:
-            raise ValueError(f"name and tasks must be non-empty, got name={self.name!r}, tasks={self.tasks!r}")
+            raise ValueError(
+                f"name and tasks must be non-empty, got name={self.name!r}, tasks={self.tasks!r}"
+            )
         if self.zoo_kind not in ZOO_KINDS:
             raise ValueError(f"zoo_kind must be one of {ZOO_KINDS}, got {self.zoo_kind!r}")
         if self.num_runs is not None and self.num_runs < 1:
@@ -107,8 +121,10 @@ class ZooConfig:
         keys = {*FAMILIES, *list_architectures(), *list_tasks(), *(get_task(t).source for t in list_tasks())}
         for key, values in self.overrides.items():
             if key not in keys or set(values) - set(GRID_FIELDS):
-                raise ValueError(f"overrides[{key!r}] must name an architecture family/name, task source or task "
-                                 f"and set only {GRID_FIELDS}, got {sorted(values)}")
+                raise ValueError(
+                    f"overrides[{key!r}] must name an architecture family/name, task source or task "
+                    f"and set only {GRID_FIELDS}, got {sorted(values)}"
+                )
         for arch, task in self.base_tasks.items():
             architecture_for_task(task, arch)
 
@@ -126,17 +142,28 @@ class ZooConfig:
 
 def _check_grid(task: str, g: dict[str, Any]) -> None:
     seeds, acts = g["seeds"], g["activations"]
-    bad = next((f for f, ok in (
-        ("seeds", seeds and all(isinstance(x, int) for x in seeds) and len(set(seeds)) == len(seeds)),
-        ("activations", acts is None or acts and set(acts) <= set(ACTIVATIONS)),
-        ("optimizers", g["optimizers"] and set(g["optimizers"]) <= set(OPTIMIZERS)
-         and all(lrs and min(lrs) > 0 for lrs in g["optimizers"].values())),
-        ("inits", bool(g["inits"])),
-        ("dropouts", g["dropouts"] and all(0 <= d < 1 for d in g["dropouts"])),
-        ("weight_decays", g["weight_decays"] and min(g["weight_decays"]) >= 0),
-        ("epochs", g["epochs"] >= 1 and g["finetune_epochs"] >= 1),
-        ("keep_epochs", g["keep_epochs"] and all(0 <= e <= g["epochs"] for e in g["keep_epochs"])),
-    ) if not ok), None)
+    bad = next(
+        (
+            f
+            for f, ok in (
+                ("seeds", seeds and all(isinstance(x, int) for x in seeds) and len(set(seeds)) == len(seeds)),
+                ("activations", acts is None or acts and set(acts) <= set(ACTIVATIONS)),
+                (
+                    "optimizers",
+                    g["optimizers"]
+                    and set(g["optimizers"]) <= set(OPTIMIZERS)
+                    and all(lrs and min(lrs) > 0 for lrs in g["optimizers"].values()),
+                ),
+                ("inits", bool(g["inits"])),
+                ("dropouts", g["dropouts"] and all(0 <= d < 1 for d in g["dropouts"])),
+                ("weight_decays", g["weight_decays"] and min(g["weight_decays"]) >= 0),
+                ("epochs", g["epochs"] >= 1 and g["finetune_epochs"] >= 1),
+                ("keep_epochs", g["keep_epochs"] and all(0 <= e <= g["epochs"] for e in g["keep_epochs"])),
+            )
+            if not ok
+        ),
+        None,
+    )
     if bad:
         raise ValueError(f"invalid {bad} for task {task!r}: {g[bad]!r}")
     for init in g["inits"]:
@@ -165,14 +192,27 @@ class ZooRun:
 
     def metadata(self, epoch: int, metrics: dict[str, float]) -> CheckpointMetadata:
         """Corpus metadata of this run's checkpoint at `epoch`."""
-        hyper = {**self.hp.to_dict(), "activation": self.spec.params.get("activation"),
-                 "dropout": self.spec.params.get("dropout", 0.0), "architecture": self.arch_name, "role": self.role}
+        hyper = {
+            **self.hp.to_dict(),
+            "activation": self.spec.params.get("activation"),
+            "dropout": self.spec.params.get("dropout", 0.0),
+            "architecture": self.arch_name,
+            "role": self.role,
+        }
         if self.base_run_id:
             hyper["base_run_id"] = self.base_run_id
         return CheckpointMetadata(
-            model_id=f"{self.run_id}-e{epoch}", run_id=self.run_id, zoo_kind=self.zoo_kind, task=self.task.name,
-            instruction=self.task.instruction, arch_spec=self.spec, hyperparams=hyper, seed=self.grid_seed,
-            epoch=epoch, **metrics)
+            model_id=f"{self.run_id}-e{epoch}",
+            run_id=self.run_id,
+            zoo_kind=self.zoo_kind,
+            task=self.task.name,
+            instruction=self.task.instruction,
+            arch_spec=self.spec,
+            hyperparams=hyper,
+            seed=self.grid_seed,
+            epoch=epoch,
+            **metrics,
+        )
 
 
 def _digest(*parts: Any) -> str:
@@ -183,8 +223,9 @@ def _derived_seed(*parts: Any) -> int:
     return int(_digest(*parts), 16) % 2**31
 
 
-def _make_run(cfg: ZooConfig, task: TaskSpec, arch: str, seed: int, role: str, base: ZooRun | None = None
-              ) -> ZooRun:
+def _make_run(
+    cfg: ZooConfig, task: TaskSpec, arch: str, seed: int, role: str, base: ZooRun | None = None
+) -> ZooRun:
     g = cfg._grid(task, arch)
     # independent: each (task, seed) samples its own combination; shared_init/finetuned: one per (arch, seed)
     key = (task.name, arch, seed) if cfg.zoo_kind == "independent" else (arch, seed)
@@ -203,12 +244,23 @@ def _make_run(cfg: ZooConfig, task: TaskSpec, arch: str, seed: int, role: str, b
         epochs, shift = g["finetune_epochs"], g["epochs"] - g["finetune_epochs"]
         keep = [e - shift for e in keep if e - shift >= 1] or [epochs]
     init_seed = seed if cfg.zoo_kind == "shared_init" else _derived_seed(task.name, arch, seed)
-    hp = HyperParams(seed=seed, lr=lr, optimizer=opt, weight_decay=wd, init=init, epochs=epochs,
-                     batch_size=g["batch_size"], init_seed=init_seed)
+    hp = HyperParams(
+        seed=seed,
+        lr=lr,
+        optimizer=opt,
+        weight_decay=wd,
+        init=init,
+        epochs=epochs,
+        batch_size=g["batch_size"],
+        init_seed=init_seed,
+    )
     keep_t = tuple(sorted(set(keep)))
     run_id = f"{task.name}-{arch}-{'base-' if role == 'base' else ''}s{seed}-" + _digest(
-        task.name, spec.to_dict(), hp.to_dict(), keep_t, cfg.zoo_kind, base.run_id if base else None)
-    return ZooRun(run_id, task, arch, spec, hp, keep_t, cfg.zoo_kind, seed, role, base.run_id if base else None)
+        task.name, spec.to_dict(), hp.to_dict(), keep_t, cfg.zoo_kind, base.run_id if base else None
+    )
+    return ZooRun(
+        run_id, task, arch, spec, hp, keep_t, cfg.zoo_kind, seed, role, base.run_id if base else None
+    )
 
 
 def plan_runs(config: ZooConfig) -> list[ZooRun]:
@@ -230,7 +282,7 @@ def plan_runs(config: ZooConfig) -> list[ZooRun]:
             role = "finetune" if bases else "train"
             items.append((si, ti, _make_run(config, t, arch, seed, role, bases.get(arch))))
     runs = list(bases.values()) + [r for *_, r in sorted(items, key=lambda x: x[:2])]
-    return runs[:config.num_runs] if config.num_runs else runs
+    return runs[: config.num_runs] if config.num_runs else runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +307,9 @@ def _train_run(item: tuple[ZooRun, dict | None]) -> tuple[str, list[Checkpoint]]
     return run.run_id, train_model(run.spec, task.name, run.hp, list(run.keep_epochs), init_state=init_state)
 
 
-def _execute(runs: list[ZooRun], init_states: dict[str, dict], pool, device: torch.device
-             ) -> Iterator[tuple[ZooRun, list[Checkpoint]]]:
+def _execute(
+    runs: list[ZooRun], init_states: dict[str, dict], pool, device: torch.device
+) -> Iterator[tuple[ZooRun, list[Checkpoint]]]:
     def init_of(r: ZooRun) -> dict | None:
         return init_states[r.base_run_id] if r.base_run_id else None
 
@@ -265,8 +318,9 @@ def _execute(runs: list[ZooRun], init_states: dict[str, dict], pool, device: tor
     if device.type == "cuda":
         groups: dict[str, list[ZooRun]] = {}
         for r in runs:
-            key = _digest(r.task.name, r.spec.to_dict(), r.hp.epochs, r.hp.batch_size,
-                          r.keep_epochs, r.base_run_id)
+            key = _digest(
+                r.task.name, r.spec.to_dict(), r.hp.epochs, r.hp.batch_size, r.keep_epochs, r.base_run_id
+            )
             groups.setdefault(key, []).append(r)
         for group in groups.values():
             r0 = group[0]
@@ -276,9 +330,10 @@ def _execute(runs: list[ZooRun], init_states: dict[str, dict], pool, device: tor
                 continue
             data = load_task_data(_ensure_task(r0.task).name)
             for i in range(0, len(group), MAX_BATCHED_MODELS):
-                chunk = group[i:i + MAX_BATCHED_MODELS]
-                outs = train_models_batched(r0.spec, data, [r.hp for r in chunk], list(r0.keep_epochs), device,
-                                            init_of(r0))
+                chunk = group[i : i + MAX_BATCHED_MODELS]
+                outs = train_models_batched(
+                    r0.spec, data, [r.hp for r in chunk], list(r0.keep_epochs), device, init_of(r0)
+                )
                 yield from zip(chunk, outs, strict=True)
     elif pool is None:  # in this process, on one thread like the pool's workers (tiny models: fastest)
         threads = torch.get_num_threads()
@@ -299,19 +354,33 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _train_pending(config: ZooConfig, runs: list[ZooRun], writer: CorpusWriter, pool, dev: torch.device,
-                   progress: bool) -> dict[str, Any]:
+def _train_pending(
+    config: ZooConfig, runs: list[ZooRun], writer: CorpusWriter, pool, dev: torch.device, progress: bool
+) -> dict[str, Any]:
     """Train the runs whose checkpoints are not all in the corpus yet; write results as they complete."""
     pending = [r for r in runs if not set(r.model_ids) <= writer.done_ids]
     pending_ids = {r.run_id for r in pending}
     needed = pending_ids | {r.base_run_id for r in pending if r.base_run_id}  # fine-tuning needs its base
     bases = [r for r in runs if r.role == "base" and r.run_id in needed]
     rest = [r for r in pending if r.role != "base"]
-    stats = {"name": config.name, "zoo_kind": config.zoo_kind, "device": str(dev), "runs_total": len(runs),
-             "runs_trained": 0, "runs_skipped": len(runs) - len(pending), "runs_diverged": 0,
-             "checkpoints_written": 0}
-    logger.info("zoo %r: %d runs, %d already done, training %d on %s", config.name, len(runs),
-                stats["runs_skipped"], len(bases) + len(rest), dev)
+    stats = {
+        "name": config.name,
+        "zoo_kind": config.zoo_kind,
+        "device": str(dev),
+        "runs_total": len(runs),
+        "runs_trained": 0,
+        "runs_skipped": len(runs) - len(pending),
+        "runs_diverged": 0,
+        "checkpoints_written": 0,
+    }
+    logger.info(
+        "zoo %r: %d runs, %d already done, training %d on %s",
+        config.name,
+        len(runs),
+        stats["runs_skipped"],
+        len(bases) + len(rest),
+        dev,
+    )
     start = last_flush = time.perf_counter()
     init_states: dict[str, dict] = {}
     try:
@@ -334,15 +403,22 @@ def _train_pending(config: ZooConfig, runs: list[ZooRun], writer: CorpusWriter, 
                     if time.perf_counter() - last_flush > FLUSH_EVERY_S:
                         writer.flush()
                         last_flush = time.perf_counter()
-                    bar.update(1, postfix=f"{stats['runs_trained'] / (time.perf_counter() - start):.2f} models/s")
+                    bar.update(
+                        1, postfix=f"{stats['runs_trained'] / (time.perf_counter() - start):.2f} models/s"
+                    )
     except BaseException:
         writer.flush()  # keep every finished run, so a rerun resumes from here
         raise
     return stats
 
 
-def build_zoo(config: ZooConfig, out_dir: str | os.PathLike, num_workers: int | None = None,
-              device: str = "auto", progress: bool = True) -> WeightCorpus:
+def build_zoo(
+    config: ZooConfig,
+    out_dir: str | os.PathLike,
+    num_workers: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> WeightCorpus:
     """Train the zoo of `config` into the corpus folder `out_dir` (resuming it) and return the corpus.
 
     The corpus gets a ``build_stats`` attribute (also written to ``out_dir/build_stats.json``): runs trained and
@@ -351,8 +427,9 @@ def build_zoo(config: ZooConfig, out_dir: str | os.PathLike, num_workers: int | 
     runs = plan_runs(config)  # validates tasks, architectures and grid before any training
     if device != "auto" and not str(device).startswith(("cpu", "cuda")):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for CUDA, which is not available")
     num_workers = num_workers or os.cpu_count() or 1
@@ -373,14 +450,26 @@ def build_zoo(config: ZooConfig, out_dir: str | os.PathLike, num_workers: int | 
     stats["num_workers"] = num_workers if dev.type == "cpu" else 1
     seconds = time.perf_counter() - start
     corpus = writer.close()
-    stats.update(checkpoints_total=len(corpus), seconds=round(seconds, 3),
-                 models_per_second=round(stats["runs_trained"] / seconds, 4) if seconds else None,
-                 checkpoints_per_second=round(stats["checkpoints_written"] / seconds, 4) if seconds else None)
+    stats.update(
+        checkpoints_total=len(corpus),
+        seconds=round(seconds, 3),
+        models_per_second=round(stats["runs_trained"] / seconds, 4) if seconds else None,
+        checkpoints_per_second=round(stats["checkpoints_written"] / seconds, 4) if seconds else None,
+    )
     if stats["runs_diverged"]:
-        logger.warning("%d runs diverged; their missing checkpoints are retried on resume", stats["runs_diverged"])
-    logger.info("zoo %r built in %.1f s: %d runs (%.3f models/s), %d checkpoints (%.3f/s), %d in corpus",
-                config.name, seconds, stats["runs_trained"], stats["models_per_second"] or 0,
-                stats["checkpoints_written"], stats["checkpoints_per_second"] or 0, stats["checkpoints_total"])
+        logger.warning(
+            "%d runs diverged; their missing checkpoints are retried on resume", stats["runs_diverged"]
+        )
+    logger.info(
+        "zoo %r built in %.1f s: %d runs (%.3f models/s), %d checkpoints (%.3f/s), %d in corpus",
+        config.name,
+        seconds,
+        stats["runs_trained"],
+        stats["models_per_second"] or 0,
+        stats["checkpoints_written"],
+        stats["checkpoints_per_second"] or 0,
+        stats["checkpoints_total"],
+    )
     _atomic_json(out_dir / "build_stats.json", stats)
     corpus.build_stats = stats
     return corpus
@@ -393,32 +482,87 @@ def build_zoo(config: ZooConfig, out_dir: str | os.PathLike, num_workers: int | 
 # A Schürholt et al.-style grid kept sane. Calibration (tiny CNN, MNIST-5k, 15 epochs) gave 92-96 % test accuracy
 # for these values; sigmoid, the +-0.1 uniform init, dropout 0.5 and weight decay 1e-2 gave 8-90 %, and in a first
 # default build ~6 % of tiny-CNN runs combining SGD or the N(0, 0.05) init with relu/gelu never left chance level.
-_GRID = dict(activations=["tanh", "relu", "gelu"], optimizers={"adam": [3e-3, 1e-3]}, weight_decays=[1e-3, 1e-4],
-             inits=["default", "kaiming_uniform", "xavier_uniform", "xavier_normal"], dropouts=[0.0, 0.1])
+_GRID = dict(
+    activations=["tanh", "relu", "gelu"],
+    optimizers={"adam": [3e-3, 1e-3]},
+    weight_decays=[1e-3, 1e-4],
+    inits=["default", "kaiming_uniform", "xavier_uniform", "xavier_normal"],
+    dropouts=[0.0, 0.1],
+)
 _FAMILY_GRIDS = {  # per family / architecture overrides (seeds and epochs sized for the CPU time budget)
-    "mlp": {"seeds": list(range(20)), "epochs": 30, "keep_epochs": [28, 29, 30],
-            "activations": ["tanh", "relu", "gelu", "sigmoid"], "optimizers": {"adam": [3e-3, 1e-3], "sgd": [3e-2]}},
+    "mlp": {
+        "seeds": list(range(20)),
+        "epochs": 30,
+        "keep_epochs": [28, 29, 30],
+        "activations": ["tanh", "relu", "gelu", "sigmoid"],
+        "optimizers": {"adam": [3e-3, 1e-3], "sgd": [3e-2]},
+    },
     "mlp_tabular": {"seeds": list(range(12)), "epochs": 80, "keep_epochs": [78, 79, 80]},
-    "cnn1d": {"seeds": list(range(12)), "epochs": 40, "keep_epochs": [38, 39, 40],
-              "optimizers": {"adam": [1e-2], "sgd": [3e-2]}},
+    "cnn1d": {
+        "seeds": list(range(12)),
+        "epochs": 40,
+        "keep_epochs": [38, 39, 40],
+        "optimizers": {"adam": [1e-2], "sgd": [3e-2]},
+    },
 }
 _MNIST_DEMO = ["mnist", "mnist_rot90", "mnist_permute1", "mnist_invert"]
-_ROTATIONS = ["mnist", "mnist_rot30", "mnist_rot60", "mnist_rot90", "mnist_rot120", "mnist_rot150", "mnist_rot180",
-              "mnist_rot270"]
+_ROTATIONS = [
+    "mnist",
+    "mnist_rot30",
+    "mnist_rot60",
+    "mnist_rot90",
+    "mnist_rot120",
+    "mnist_rot150",
+    "mnist_rot180",
+    "mnist_rot270",
+]
 
 PRESETS = {
-    "tiny": lambda: dict(name="tiny", tasks=["iris", "wine"], seeds=[0, 1], optimizers={"adam": [3e-2]}, epochs=2,
-                         keep_epochs=[1, 2]),
-    "demo": lambda: dict(name="demo", tasks=_MNIST_DEMO, seeds=list(range(12)), activations=["tanh"],
-                         optimizers={"adam": [3e-3, 1e-3]}, epochs=15, keep_epochs=[13, 14, 15]),
-    "default": lambda: dict(name="default", tasks=list_tasks(held_out=False), seeds=list(range(8)), **_GRID,
-                            epochs=15, keep_epochs=[13, 14, 15], overrides=_FAMILY_GRIDS),
-    "related": lambda: dict(name="related", tasks=_ROTATIONS, zoo_kind="shared_init", seeds=list(range(12)),
-                            activations=["tanh"], optimizers={"adam": [3e-3, 1e-3]}, epochs=15,
-                            keep_epochs=[13, 14, 15]),
+    "tiny": lambda: dict(
+        name="tiny",
+        tasks=["iris", "wine"],
+        seeds=[0, 1],
+        optimizers={"adam": [3e-2]},
+        epochs=2,
+        keep_epochs=[1, 2],
+    ),
+    "demo": lambda: dict(
+        name="demo",
+        tasks=_MNIST_DEMO,
+        seeds=list(range(12)),
+        activations=["tanh"],
+        optimizers={"adam": [3e-3, 1e-3]},
+        epochs=15,
+        keep_epochs=[13, 14, 15],
+    ),
+    "default": lambda: dict(
+        name="default",
+        tasks=list_tasks(held_out=False),
+        seeds=list(range(8)),
+        **_GRID,
+        epochs=15,
+        keep_epochs=[13, 14, 15],
+        overrides=_FAMILY_GRIDS,
+    ),
+    "related": lambda: dict(
+        name="related",
+        tasks=_ROTATIONS,
+        zoo_kind="shared_init",
+        seeds=list(range(12)),
+        activations=["tanh"],
+        optimizers={"adam": [3e-3, 1e-3]},
+        epochs=15,
+        keep_epochs=[13, 14, 15],
+    ),
     # For a GPU: the runs of one (task, architecture with its activation and dropout) form one vmap batch, so
     # dropout stays 0 to keep batches large; seeds, inits, optimizers, lrs and decays vary inside a batch.
-    "gpu": lambda: dict(name="gpu", tasks=list_tasks(held_out=False), seeds=list(range(64)),
-                        **{**_GRID, "dropouts": [0.0]}, epochs=15, keep_epochs=[11, 13, 15],
-                        overrides={k: {**v, "seeds": list(range(64))} for k, v in _FAMILY_GRIDS.items()}),
+    "gpu": lambda: dict(
+        name="gpu",
+        tasks=list_tasks(held_out=False),
+        seeds=list(range(64)),
+        **{**_GRID, "dropouts": [0.0]},
+        epochs=15,
+        keep_epochs=[11, 13, 15],
+        overrides={k: {**v, "seeds": list(range(64))} for k, v in _FAMILY_GRIDS.items()},
+    ),
 }

@@ -122,7 +122,9 @@ def _load_source(source: str):
         from sklearn import datasets as skd
 
         d = getattr(skd, f"load_{source}")()
-        xtr, ytr, xte, yte = _split(d.data.astype(np.float32), d.target.astype(np.int64), n_test=len(d.data) * 3 // 10)
+        xtr, ytr, xte, yte = _split(
+            d.data.astype(np.float32), d.target.astype(np.int64), n_test=len(d.data) * 3 // 10
+        )
         xtr, xte = _standardize(xtr, xte)
         return xtr.astype(np.float32), ytr, xte.astype(np.float32), yte
     if source.startswith("synthetic"):
@@ -130,8 +132,14 @@ def _load_source(source: str):
 
         k = int(source.removeprefix("synthetic"))
         x, y = make_classification(
-            n_samples=2500, n_features=20, n_informative=10, n_redundant=4, n_classes=4,
-            n_clusters_per_class=2, class_sep=1.2, random_state=k,
+            n_samples=2500,
+            n_features=20,
+            n_informative=10,
+            n_redundant=4,
+            n_classes=4,
+            n_clusters_per_class=2,
+            class_sep=1.2,
+            random_state=k,
         )
         xtr, ytr, xte, yte = _split(x.astype(np.float32), y.astype(np.int64), n_test=500)
         xtr, xte = _standardize(xtr, xte)
@@ -172,7 +180,9 @@ def _apply_transforms(spec: TaskSpec, xtr, ytr, xte, yte):
             xtr = xtr + sigma * torch.randn(xtr.shape, generator=g)
             xte = xte + sigma * torch.randn(xte.shape, generator=g)
         elif kind == "permute_labels":
-            perm = torch.from_numpy(np.random.default_rng(arg).permutation(int(max(ytr.max(), yte.max())) + 1))
+            perm = torch.from_numpy(
+                np.random.default_rng(arg).permutation(int(max(ytr.max(), yte.max())) + 1)
+            )
             ytr, yte = perm[ytr], perm[yte]
         elif kind == "relabel":  # list mapping old class -> new class, or -1 to drop the class
             mapping = torch.tensor(arg, dtype=torch.int64)
@@ -203,10 +213,20 @@ _BASES = {
     # source: (description, input shape, classes, default architecture)
     "mnist": ("handwritten digits 0-9 from 28x28 grayscale images", (1, 28, 28), 10, "tiny_cnn"),
     "digits": ("handwritten digits 0-9 from 8x8 grayscale images", (1, 8, 8), 10, "mlp_small"),
-    "mnist1d": ("the digits 0-9 of MNIST-1D from 40-sample one-dimensional signals", (1, 40), 10, "cnn1d_small"),
+    "mnist1d": (
+        "the digits 0-9 of MNIST-1D from 40-sample one-dimensional signals",
+        (1, 40),
+        10,
+        "cnn1d_small",
+    ),
     "iris": ("iris flowers into 3 species from 4 measurements", (4,), 3, "mlp_tabular"),
     "wine": ("wines into 3 cultivars from 13 chemical measurements", (13,), 3, "mlp_tabular"),
-    "breast_cancer": ("breast tumours as malignant or benign from 30 cell measurements", (30,), 2, "mlp_tabular"),
+    "breast_cancer": (
+        "breast tumours as malignant or benign from 30 cell measurements",
+        (30,),
+        2,
+        "mlp_tabular",
+    ),
     "synthetic1": ("synthetic 20-feature data into 4 clusters (generator seed 1)", (20,), 4, "mlp_tabular"),
     "synthetic2": ("synthetic 20-feature data into 4 clusters (generator seed 2)", (20,), 4, "mlp_tabular"),
     "synthetic3": ("synthetic 20-feature data into 4 clusters (generator seed 3)", (20,), 4, "mlp_tabular"),
@@ -236,9 +256,15 @@ def _add(name: str, source: str, suffix: str = "", transforms=(), num_classes=No
     paraphrases = tuple(t.format(desc=desc, suffix=suffix) for t in _PARAPHRASE_TEMPLATES)
     register_task(
         TaskSpec(
-            name=name, source=source, instruction=instruction, input_shape=shape,
-            num_classes=num_classes or n_cls, transforms=tuple(transforms), paraphrases=paraphrases,
-            held_out=name in HELD_OUT_TASKS, default_architecture=arch,
+            name=name,
+            source=source,
+            instruction=instruction,
+            input_shape=shape,
+            num_classes=num_classes or n_cls,
+            transforms=tuple(transforms),
+            paraphrases=paraphrases,
+            held_out=name in HELD_OUT_TASKS,
+            default_architecture=arch,
         )
     )
 
@@ -255,31 +281,69 @@ def _populate() -> None:
     _add("mnist_invert", "mnist", ", with inverted intensities (white background)", [("invert", None)])
     _add("mnist_noise", "mnist", ", corrupted by strong Gaussian pixel noise", [("noise", (0.5, 0))])
     for k in (1, 2, 3, 4):
-        _add(f"mnist_permute{k}", "mnist", f", with labels permuted (permutation {k})", [("permute_labels", k)])
-    _add("mnist_evenodd", "mnist", " as even or odd", [("relabel", [i % 2 for i in range(10)])], num_classes=2)
-    _add("mnist_lt5", "mnist", " as below five or not", [("relabel", [int(i >= 5) for i in range(10)])], num_classes=2)
-    _add("mnist_3v8", "mnist", ": tell a 3 from an 8",
-         [("relabel", [-1, -1, -1, 0, -1, -1, -1, -1, 1, -1])], num_classes=2)
-    _add("mnist_0to4", "mnist", ", only the digits 0 to 4",
-         [("relabel", [0, 1, 2, 3, 4, -1, -1, -1, -1, -1])], num_classes=5)
+        _add(
+            f"mnist_permute{k}", "mnist", f", with labels permuted (permutation {k})", [("permute_labels", k)]
+        )
+    _add(
+        "mnist_evenodd", "mnist", " as even or odd", [("relabel", [i % 2 for i in range(10)])], num_classes=2
+    )
+    _add(
+        "mnist_lt5",
+        "mnist",
+        " as below five or not",
+        [("relabel", [int(i >= 5) for i in range(10)])],
+        num_classes=2,
+    )
+    _add(
+        "mnist_3v8",
+        "mnist",
+        ": tell a 3 from an 8",
+        [("relabel", [-1, -1, -1, 0, -1, -1, -1, -1, 1, -1])],
+        num_classes=2,
+    )
+    _add(
+        "mnist_0to4",
+        "mnist",
+        ", only the digits 0 to 4",
+        [("relabel", [0, 1, 2, 3, 4, -1, -1, -1, -1, -1])],
+        num_classes=5,
+    )
     # digits 8x8
     for deg in (90, 180, 270):
         _add(f"digits_rot{deg}", "digits", f", rotated by {deg} degrees", [("rotate", deg)])
     _add("digits_invert", "digits", ", with inverted intensities", [("invert", None)])
     _add("digits_permute1", "digits", ", with labels permuted (permutation 1)", [("permute_labels", 1)])
-    _add("digits_evenodd", "digits", " as even or odd", [("relabel", [i % 2 for i in range(10)])], num_classes=2)
+    _add(
+        "digits_evenodd",
+        "digits",
+        " as even or odd",
+        [("relabel", [i % 2 for i in range(10)])],
+        num_classes=2,
+    )
     # MNIST-1D
     _add("mnist1d_reverse", "mnist1d", ", time-reversed", [("flip", "lr")])
     _add("mnist1d_noise", "mnist1d", ", with added Gaussian noise", [("noise", (0.5, 0))])
     for k in (1, 2):
-        _add(f"mnist1d_permute{k}", "mnist1d", f", with labels permuted (permutation {k})", [("permute_labels", k)])
-    _add("mnist1d_evenodd", "mnist1d", " as even or odd", [("relabel", [i % 2 for i in range(10)])], num_classes=2)
+        _add(
+            f"mnist1d_permute{k}",
+            "mnist1d",
+            f", with labels permuted (permutation {k})",
+            [("permute_labels", k)],
+        )
+    _add(
+        "mnist1d_evenodd",
+        "mnist1d",
+        " as even or odd",
+        [("relabel", [i % 2 for i in range(10)])],
+        num_classes=2,
+    )
 
 
 def list_tasks(held_out: bool | None = None, source: str | None = None) -> list[str]:
     """Names of registered tasks; `held_out=False` gives the tasks the default zoo may train on."""
     return [
-        n for n, s in _REGISTRY.items()
+        n
+        for n, s in _REGISTRY.items()
         if (held_out is None or s.held_out == held_out) and (source is None or s.source == source)
     ]
 

@@ -54,7 +54,9 @@ class HyperParams:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs!r}, {self.batch_size!r}")
+            raise ValueError(
+                f"epochs must be >= 0 and batch_size >= 1, got {self.epochs!r}, {self.batch_size!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-able dict."""
@@ -90,15 +92,17 @@ def _load_init(module: nn.Module, init_state: dict[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(
+    module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
+) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of `module` on (x, y), in eval mode."""
     was_training = module.training
     module.eval()
     correct, loss = 0, 0.0
     for i in range(0, len(x), batch_size):
-        out = module(x[i:i + batch_size])
-        loss += F.cross_entropy(out, y[i:i + batch_size], reduction="sum").item()
-        correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
+        out = module(x[i : i + batch_size])
+        loss += F.cross_entropy(out, y[i : i + batch_size], reduction="sum").item()
+        correct += (out.argmax(1) == y[i : i + batch_size]).sum().item()
     module.train(was_training)
     return correct / len(x), loss / len(x)
 
@@ -110,8 +114,12 @@ def _metrics(module: nn.Module, data: TaskData) -> dict[str, float]:
 
 
 def train_model(
-    spec: ArchSpec, task: str | TaskSpec | TaskData, hp: HyperParams, keep_epochs: list[int],
-    init_state: dict[str, torch.Tensor] | None = None, device: str | torch.device = "cpu",
+    spec: ArchSpec,
+    task: str | TaskSpec | TaskData,
+    hp: HyperParams,
+    keep_epochs: list[int],
+    init_state: dict[str, torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[Checkpoint]:
     """Train one model; return ``(epoch, state_dict, metrics)`` for each kept epoch (0 = before training).
 
@@ -126,9 +134,13 @@ def train_model(
     x, y = data.x_train.to(device), data.y_train.to(device)
     eval_data = TaskData(x, y, data.x_test.to(device), data.y_test.to(device))
     if hp.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(module.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.Adam(
+            module.parameters(), lr=hp.lr, weight_decay=hp.weight_decay
+        )
     else:
-        opt = torch.optim.SGD(module.parameters(), lr=hp.lr, momentum=SGD_MOMENTUM, weight_decay=hp.weight_decay)
+        opt = torch.optim.SGD(
+            module.parameters(), lr=hp.lr, momentum=SGD_MOMENTUM, weight_decay=hp.weight_decay
+        )
     order = torch.Generator().manual_seed(hp.seed)
     out: list[Checkpoint] = []
 
@@ -142,13 +154,15 @@ def train_model(
     for epoch in range(1, hp.epochs + 1):
         perm = torch.randperm(len(x), generator=order).to(device)
         for i in range(0, len(x), hp.batch_size):
-            idx = perm[i:i + hp.batch_size]
+            idx = perm[i : i + hp.batch_size]
             loss = F.cross_entropy(module(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         if not math.isfinite(loss.item()):
-            logger.warning("training diverged (loss %s) at epoch %d with %s; stopping", loss.item(), epoch, hp)
+            logger.warning(
+                "training diverged (loss %s) at epoch %d with %s; stopping", loss.item(), epoch, hp
+            )
             break
         if epoch in keep:
             keep_now(epoch)
@@ -156,8 +170,12 @@ def train_model(
 
 
 def train_models_batched(
-    spec: ArchSpec, task: str | TaskSpec | TaskData, hps: list[HyperParams], keep_epochs: list[int],
-    device: str | torch.device = "cuda", init_state: dict[str, torch.Tensor] | None = None,
+    spec: ArchSpec,
+    task: str | TaskSpec | TaskData,
+    hps: list[HyperParams],
+    keep_epochs: list[int],
+    device: str | torch.device = "cuda",
+    init_state: dict[str, torch.Tensor] | None = None,
     eval_chunk: int = 2**16,
 ) -> list[list[Checkpoint]]:
     """Train many models of one architecture together (vmap over stacked parameters); one list per model.
@@ -184,11 +202,15 @@ def train_models_batched(
         for m in modules:
             _load_init(m, init_state)
     if any(True for _ in modules[0].buffers()):
-        raise ValueError(f"train_models_batched does not support architectures with buffers ({spec.family}); "
-                         "use train_model")
+        raise ValueError(
+            f"train_models_batched does not support architectures with buffers ({spec.family}); "
+            "use train_model"
+        )
     # stack on the CPU first: moving modules[0] alone to the GPU would mix devices in the stack (seen on an H200)
     names = [n for n, _ in modules[0].named_parameters()]
-    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in modules]).to(device) for n in names}
+    params = {
+        n: torch.stack([dict(m.named_parameters())[n].detach() for m in modules]).to(device) for n in names
+    }
     base = modules[0].to(device)
     n_models = len(hps)
 
@@ -219,9 +241,13 @@ def train_models_batched(
         correct = torch.zeros(n_models, device=device)
         loss = torch.zeros(n_models, device=device)
         for i in range(0, len(xs), step):
-            logits = forward(params, xs[i:i + step])  # (M, B, C)
-            yb = ys[i:i + step].expand(n_models, -1)
-            loss += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(n_models, -1).sum(1)
+            logits = forward(params, xs[i : i + step])  # (M, B, C)
+            yb = ys[i : i + step].expand(n_models, -1)
+            loss += (
+                F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
+                .view(n_models, -1)
+                .sum(1)
+            )
             correct += (logits.argmax(-1) == yb).sum(1)
         base.train()
         return (correct / len(xs)).cpu(), (loss / len(xs)).cpu()
@@ -234,8 +260,18 @@ def train_models_batched(
         host = {n: params[n].cpu() for n in names}  # one device-to-host copy per tensor, not per model
         for i in torch.nonzero(alive).flatten().tolist():
             sd = {n: host[n][i].clone() for n in names}
-            out[i].append((epoch, sd, {"train_acc": tr_acc[i].item(), "test_acc": te_acc[i].item(),
-                                       "train_loss": tr_loss[i].item(), "test_loss": te_loss[i].item()}))
+            out[i].append(
+                (
+                    epoch,
+                    sd,
+                    {
+                        "train_acc": tr_acc[i].item(),
+                        "test_acc": te_acc[i].item(),
+                        "train_loss": tr_loss[i].item(),
+                        "test_loss": te_loss[i].item(),
+                    },
+                )
+            )
 
     if 0 in keep:
         keep_now(0)
@@ -244,7 +280,7 @@ def train_models_batched(
     for epoch in range(1, h0.epochs + 1):
         perms = torch.stack([torch.randperm(len(x), generator=g) for g in orders]).to(device)  # (M, N)
         for i in range(0, len(x), h0.batch_size):
-            idx = perms[:, i:i + h0.batch_size]
+            idx = perms[:, i : i + h0.batch_size]
             grads = grad_fn(params, x[idx], y[idx])
             step += 1
             with torch.no_grad():
