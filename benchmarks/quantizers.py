@@ -24,7 +24,7 @@ import torch
 from igpg_hf import IGPGVQVAEConfig
 from igpg_hf.corpus import WeightCorpus
 from igpg_hf.evaluation.metrics import evaluate_state_dicts
-from igpg_hf.training import TokenizerTrainingArgs, atomic_write_json, train_tokenizer
+from igpg_hf.training import VQVAETrainingArgs, atomic_write_json, train_vqvae
 
 # same sizes (K = 64, 4 tokens per chunk, d = 64, 512 hidden) and budget; only the quantizer changes
 VARIANTS = {
@@ -96,11 +96,11 @@ def main() -> None:
             preset, changes, lr = PRESET_VARIANTS.get(name, ("demo", VARIANTS.get(name), 1e-3))
             cfg = IGPGVQVAEConfig.from_preset(preset, **changes)
             t = time.perf_counter()
-            vq = train_tokenizer(
+            vq = train_vqvae(
                 checkpoints,
                 cfg,
                 Path(tmp) / name,
-                TokenizerTrainingArgs(
+                VQVAETrainingArgs(
                     steps=args.steps, batch_size=args.batch_size, lr=lr, checkpoint_every=10**9
                 ),
                 progress=True,

@@ -179,7 +179,7 @@ def corpus_push(
 
 # --------------------------------------------------------------------------------------- train
 @train_app.command("tokenizer")
-def train_tokenizer_cmd(
+def train_vqvae_cmd(
     corpus: Annotated[str, typer.Option(help="Corpus folder or Hub repo id.")],
     out: Annotated[Path, typer.Option(help="Run folder (resumed if it holds a checkpoint).")],
     preset: Annotated[str, typer.Option(help="IGPGVQVAEConfig preset: tiny | demo | base")] = "demo",
@@ -195,15 +195,15 @@ def train_tokenizer_cmd(
     _setup(verbose)
     from .configuration_igpg import IGPGVQVAEConfig
     from .corpus import WeightCorpus
-    from .training import TokenizerTrainingArgs, train_tokenizer
+    from .training import VQVAETrainingArgs, train_vqvae
 
     try:
         cfg = IGPGVQVAEConfig.from_preset(preset, normalization=normalization, quantizer=quantizer)
-        model = train_tokenizer(
+        model = train_vqvae(
             WeightCorpus.load(corpus, streaming=streaming),
             cfg,
             out,
-            TokenizerTrainingArgs(steps=steps, batch_size=batch_size, lr=lr),
+            VQVAETrainingArgs(steps=steps, batch_size=batch_size, lr=lr),
         )
     except (ValueError, FileNotFoundError) as e:
         _fail(e)

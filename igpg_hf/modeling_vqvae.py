@@ -1,12 +1,12 @@
-"""IGPG tokenizer: a VQ-VAE over normalized chunks of vectorized weights.
+"""IGPG VQ-VAE: weights <-> tokens, over normalized chunks of vectorized weights.
 
 Chunk level: ``forward(chunks, positions, mask)`` trains on chunks (B, K); ``encode_chunks`` and
 ``decode_indices`` map chunks <-> codes (B, l). Weight level: ``encode(state_dict)`` gives the token
 ids of a whole model (M*l,), ``decode(token_ids, layout)`` gives back a state dict keyed exactly like
-the layout. Normalization statistics (and the base vector in delta mode) are stored in the model,
-so a saved tokenizer decodes to the right scale on its own.
+the layout (``decode_batch`` for (B, N) ids: a list of B). Normalization statistics (and the base vector in
+delta mode) are stored in the model, so a saved VQ-VAE decodes to the right scale on its own.
 
-The paper's tokenizer is a VQGAN-style conv net on chunks reshaped into images; ours is an MLP on
+The paper's VQ-VAE is a VQGAN-style conv net on chunks reshaped into images; ours is an MLP on
 chunks plus a position embedding (calibrated on CPU: K=64 with 4 tokens per chunk lost 0.2 points
 of accuracy on the tiny CNN). Temperature is annealed by the training loop (``tau`` argument).
 """
@@ -177,10 +177,10 @@ class IGPGVQVAEModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ weight level
     def check_layout(self, layout: WeightLayout) -> None:
-        """Raise ValueError if this tokenizer cannot encode/decode weights of this layout."""
+        """Raise ValueError if this VQ-VAE cannot encode/decode weights of this layout."""
         if self.config.normalization == "delta" and layout.to_json() != self.config.base_layout:
             raise ValueError(
-                "this tokenizer encodes differences from one base model (normalization='delta') "
+                "this VQ-VAE encodes differences from one base model (normalization='delta') "
                 "and only accepts that base's layout; the requested architecture has another layout"
             )
         if layout.num_float == 0:
@@ -226,11 +226,18 @@ class IGPGVQVAEModel(PreTrainedModel):
     @torch.no_grad()
     def decode(
         self, token_ids: torch.Tensor, layout: WeightLayout, fill: dict[str, torch.Tensor] | None = None
-    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Token ids (N,) -> a state dict of ``layout``; (B, N) -> a list of B state dicts."""
+    ) -> dict[str, torch.Tensor]:
+        """Token ids (N,) of one model -> its state dict of ``layout`` (`decode_batch` for (B, N)).
+
+        ``fill`` supplies the non-float entries (e.g. BatchNorm's ``num_batches_tracked``). Raises ValueError when
+        ``token_ids`` is not 1-D, has another length than the layout needs, or holds ids outside the vocabulary.
+        """
         self.check_layout(layout)
-        if token_ids.ndim == 2:
-            return [self.decode(t, layout, fill) for t in token_ids]
+        if token_ids.ndim != 1:
+            raise ValueError(
+                f"decode takes the token ids of one model, shape (N,), got {tuple(token_ids.shape)}; "
+                "use decode_batch for (B, N)"
+            )
         n = self.num_tokens(layout)
         if token_ids.numel() != n:
             raise ValueError(f"layout needs {n} tokens, got {token_ids.numel()}")
@@ -240,10 +247,19 @@ class IGPGVQVAEModel(PreTrainedModel):
         return layout.devectorize(self.restore(chunks, layout), fill=fill)
 
     @torch.no_grad()
+    def decode_batch(
+        self, token_ids: torch.Tensor, layout: WeightLayout, fill: dict[str, torch.Tensor] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """Token ids (B, N) of B models of one layout -> a list of B state dicts (see `decode`)."""
+        if token_ids.ndim != 2:
+            raise ValueError(f"decode_batch takes token ids of shape (B, N), got {tuple(token_ids.shape)}")
+        return [self.decode(t, layout, fill) for t in token_ids]
+
+    @torch.no_grad()
     def reconstruct(
         self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None
     ) -> dict[str, torch.Tensor]:
-        """decode(encode(state_dict)): what the tokenizer keeps of a checkpoint."""
+        """decode(encode(state_dict)): what the VQ-VAE keeps of a checkpoint."""
         layout = layout or WeightLayout.from_state_dict(state_dict)
         return self.decode(self.encode(state_dict, layout), layout, fill=state_dict)
 

@@ -4,10 +4,10 @@
     out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=5, seed=0)
     model.load_state_dict(out.state_dicts[0], strict=True)
 
-The pipeline owns no weights of its own: components are the tokenizer (`IGPGVQVAEModel`), the
-prior (`IGPGPriorModel`) and a Hugging Face text encoder with its tokenizer. Device placement is
+The pipeline owns no weights of its own: components are the VQ-VAE (`IGPGVQVAEModel`, weights <-> tokens),
+the prior (`IGPGPriorModel`) and a Hugging Face text encoder with its (text) tokenizer. Device placement is
 ``pipe.to("cuda")``, or ``pipe.enable_model_cpu_offload()``: components stay on the CPU and each goes to
-the GPU only for its stage (text encoder, prior, tokenizer decode).
+the GPU only for its stage (text encoder, prior, VQ-VAE decode).
 Load it with ``IGPGPipeline.from_pretrained``; the generic ``DiffusionPipeline.from_pretrained``
 does not resolve pipeline classes outside diffusers.
 """
@@ -31,6 +31,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .conditioning import encode_text, prepare_support_set
+from .configuration_igpg import IGPGPriorConfig
 from .label_alignment import LabelAlignment
 from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
@@ -144,15 +145,16 @@ class IGPGPipeline(DiffusionPipeline):
         module = spec.build()
         return WeightLayout.from_module(module), architecture_text or spec.text(), spec, module
 
-    @staticmethod
-    def _labelled_samples(dataset: Any, what: str = "dataset") -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(samples, labels) from a pair of tensors or a registered task name (5 samples per class)."""
+    def _labelled_samples(self, dataset: Any, what: str = "dataset") -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(samples, labels) from a pair of tensors or a registered task name (as many samples per class as the
+        prior's dataset condition was trained with: ``prior.config.support_per_class``)."""
         if dataset is None:
             return None
         if isinstance(dataset, str):
             from .zoo.tasks import sample_support_set
 
-            dataset = sample_support_set(dataset, per_class=5, seed=0)
+            per_class = (self.prior.config if self.prior is not None else IGPGPriorConfig).support_per_class
+            dataset = sample_support_set(dataset, per_class=per_class, seed=0)
         if not (isinstance(dataset, (tuple, list)) and len(dataset) == 2):
             raise TypeError(f"{what} must be a (samples, labels) pair of tensors, or a registered task name")
         x, y = (torch.as_tensor(t) for t in dataset)
@@ -279,7 +281,7 @@ class IGPGPipeline(DiffusionPipeline):
         # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
         fill = template.state_dict() if template is not None else None
         with self._stage(self.vqvae):
-            state_dicts = self.vqvae.decode(tokens.to(self.vqvae.device), layout, fill=fill)
+            state_dicts = self.vqvae.decode_batch(tokens.to(self.vqvae.device), layout, fill=fill)
         # 6. optionally reorder each sample's output units to the labelled samples
         alignments = None
         if align_labels:

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from igpg_hf import IGPGPriorConfig, IGPGVQVAEConfig, WeightLayout
-from igpg_hf.training import PriorTrainingArgs, TokenizerTrainingArgs, train_prior, train_tokenizer
+from igpg_hf.training import PriorTrainingArgs, VQVAETrainingArgs, train_prior, train_vqvae
 from igpg_hf.zoo import architecture_for_task, get_task
 
 
@@ -56,11 +56,11 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     acc = Accelerator(cpu=True)
     cks = [FakeCheckpoint(t, s) for t in ("mnist", "mnist_rot90") for s in range(4)]
-    vq = train_tokenizer(
+    vq = train_vqvae(
         cks,
         IGPGVQVAEConfig.from_preset("tiny"),
         out / "tok",
-        TokenizerTrainingArgs(steps=3, batch_size=32),
+        VQVAETrainingArgs(steps=3, batch_size=32),
         accelerator=acc,
         progress=False,
     )

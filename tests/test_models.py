@@ -105,6 +105,22 @@ def test_vqvae_rejects_out_of_range_tokens(sd_layout):
         vq.decode(torch.zeros(7, dtype=torch.long), layout)
 
 
+def test_vqvae_decode_returns_one_type_per_method(sd_layout):
+    """decode: one model's ids (N,) -> one state dict, never a list; decode_batch: (B, N) -> always a list."""
+    sd, layout = sd_layout
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny")).eval()
+    vq.fit_normalization([(layout, layout.vectorize(sd))])
+    ids = vq.encode(sd, layout)
+    one = vq.decode(ids, layout, fill=sd)
+    assert isinstance(one, dict) and one.keys() == sd.keys()
+    many = vq.decode_batch(ids[None].repeat(2, 1), layout, fill=sd)
+    assert isinstance(many, list) and len(many) == 2 and all(torch.equal(one[k], many[1][k]) for k in one)
+    with pytest.raises(ValueError, match="use decode_batch"):
+        vq.decode(ids[None], layout)
+    with pytest.raises(ValueError, match=r"shape \(B, N\)"):
+        vq.decode_batch(ids, layout)
+
+
 def test_gumbel_temperature_anneals_and_cycles():
     assert gumbel_temperature(0, 100, 1.0, 1e-4) == 1.0
     assert gumbel_temperature(80, 100, 1.0, 1e-4) == pytest.approx(1e-4)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import igpg_hf.training.tokenizer as tok_mod
+import igpg_hf.training.vqvae as tok_mod
 from igpg_hf import IGPGPriorConfig, IGPGVQVAEConfig
-from igpg_hf.training import PriorTrainingArgs, TokenizerTrainingArgs, train_prior, train_tokenizer
+from igpg_hf.training import PriorTrainingArgs, VQVAETrainingArgs, train_prior, train_vqvae
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _ddp_train_step import FakeCheckpoint, TinyText, tiny_tokenizer  # noqa: E402
@@ -22,11 +22,11 @@ def checkpoints():
 
 
 def test_tokenizer_learns_and_saves(tmp_path, checkpoints):
-    vq = train_tokenizer(
+    vq = train_vqvae(
         checkpoints,
         IGPGVQVAEConfig.from_preset("tiny"),
         tmp_path,
-        TokenizerTrainingArgs(steps=80, batch_size=64, log_every=10),
+        VQVAETrainingArgs(steps=80, batch_size=64, log_every=10),
         progress=False,
     )
     log = json.loads((tmp_path / "final" / "training_log.json").read_text())
@@ -42,26 +42,26 @@ def test_tokenizer_resumes_after_interruption(tmp_path, checkpoints, monkeypatch
             raise KeyboardInterrupt("simulated kill")
         return real(step, *a, **k)
 
-    args = TokenizerTrainingArgs(steps=30, batch_size=32, checkpoint_every=10, log_every=5)
+    args = VQVAETrainingArgs(steps=30, batch_size=32, checkpoint_every=10, log_every=5)
     monkeypatch.setattr(tok_mod, "gumbel_temperature", crash_at_15)
     with pytest.raises(KeyboardInterrupt):
-        train_tokenizer(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), tmp_path, args, progress=False)
+        train_vqvae(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), tmp_path, args, progress=False)
     state = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 10 and not (tmp_path / "final").exists()
     monkeypatch.setattr(tok_mod, "gumbel_temperature", real)
     with caplog.at_level("INFO"):
-        train_tokenizer(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), tmp_path, args, progress=False)
+        train_vqvae(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), tmp_path, args, progress=False)
     assert "resumed from step 10" in caplog.text
     steps = [h["step"] for h in json.loads((tmp_path / "final" / "training_log.json").read_text())["history"]]
     assert steps == [5, 10, 15, 20, 25, 30]  # history before the crash kept, nothing trained twice
 
 
 def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):
-    vq = train_tokenizer(
+    vq = train_vqvae(
         checkpoints,
         IGPGVQVAEConfig.from_preset("tiny"),
         tmp_path / "tok",
-        TokenizerTrainingArgs(steps=20, batch_size=64),
+        VQVAETrainingArgs(steps=20, batch_size=64),
         progress=False,
     )
     cfg = IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, n_positions=168)
@@ -86,11 +86,11 @@ def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):
 
 
 def test_prior_rejects_mismatched_tokenizer(tmp_path, checkpoints):
-    vq = train_tokenizer(
+    vq = train_vqvae(
         checkpoints,
         IGPGVQVAEConfig.from_preset("tiny"),
         tmp_path / "tok",
-        TokenizerTrainingArgs(steps=2, batch_size=64),
+        VQVAETrainingArgs(steps=2, batch_size=64),
         progress=False,
     )
     cfg = IGPGPriorConfig.from_preset("tiny", vocab_size=99, tokens_per_chunk=2, n_positions=168)

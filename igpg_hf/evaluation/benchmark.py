@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..training import PriorTrainingArgs, TokenizerTrainingArgs, atomic_write_json
+from ..training import PriorTrainingArgs, VQVAETrainingArgs, atomic_write_json
 from ..zoo.tasks import get_task, load_task_data
 from .baselines import (
     add_noise,
@@ -50,7 +50,7 @@ _SMALL = dict(
     prior_preset="tiny",
     num_samples=3,
     num_random_init=2,
-    tokenizer=TokenizerTrainingArgs(steps=60, batch_size=64, checkpoint_every=1000, log_every=20),
+    tokenizer=VQVAETrainingArgs(steps=60, batch_size=64, checkpoint_every=1000, log_every=20),
     prior=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=1000, log_every=10),
 )
 
@@ -68,7 +68,7 @@ class BenchConfig:
         default_factory=lambda: DemoConfig(
             zoo_preset="related",
             vqvae_preset="fsq",
-            tokenizer=TokenizerTrainingArgs(lr=3e-3),
+            tokenizer=VQVAETrainingArgs(lr=3e-3),
             prior=PriorTrainingArgs(steps=800),
         )
     )
@@ -81,7 +81,7 @@ class BenchConfig:
             num_samples=5,
             num_random_init=3,
             vqvae_preset="fsq",
-            tokenizer=TokenizerTrainingArgs(lr=3e-3),
+            tokenizer=VQVAETrainingArgs(lr=3e-3),
             prior=PriorTrainingArgs(steps=1000, use_dataset_condition=False),
         )
     )
@@ -168,7 +168,7 @@ class BenchConfig:
                 vqvae_preset="base",
                 prior_preset="small",
                 num_samples=20,
-                tokenizer=TokenizerTrainingArgs(steps=20000),
+                tokenizer=VQVAETrainingArgs(steps=20000),
                 prior=PriorTrainingArgs(steps=20000, batch_size=64),
             )
             gpu = dict(
@@ -404,7 +404,7 @@ def _resnet_zoo(cfg: BenchConfig, out: Path, pool: _Pool, timings: dict, progres
     from ..modeling_prior import IGPGPriorModel
     from ..modeling_vqvae import IGPGVQVAEModel
     from ..pipeline_igpg import IGPGPipeline
-    from ..training import train_prior, train_tokenizer
+    from ..training import train_prior, train_vqvae
     from ..zoo.architectures import architecture_for_task
     from ..zoo.training import HyperParams
     from .baselines import train_job
@@ -457,7 +457,7 @@ def _resnet_zoo(cfg: BenchConfig, out: Path, pool: _Pool, timings: dict, progres
     if (base / "tokenizer" / "final" / "config.json").exists():
         vq = IGPGVQVAEModel.from_pretrained(base / "tokenizer" / "final")
     else:
-        vq = train_tokenizer(
+        vq = train_vqvae(
             checkpoints,
             IGPGVQVAEConfig.from_preset(s.vqvae_preset),
             base / "tokenizer",

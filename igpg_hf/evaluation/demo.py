@@ -27,10 +27,10 @@ from ..modeling_vqvae import IGPGVQVAEModel
 from ..pipeline_igpg import IGPGPipeline
 from ..training import (
     PriorTrainingArgs,
-    TokenizerTrainingArgs,
+    VQVAETrainingArgs,
     atomic_write_json,
     train_prior,
-    train_tokenizer,
+    train_vqvae,
 )
 from ..zoo.builder import ZooConfig, build_zoo
 from ..zoo.tasks import get_task
@@ -49,7 +49,7 @@ class DemoConfig:
     zoo_preset: str = "demo"
     vqvae_preset: str = "demo"
     prior_preset: str = "demo"
-    tokenizer: TokenizerTrainingArgs = field(default_factory=TokenizerTrainingArgs)
+    tokenizer: VQVAETrainingArgs = field(default_factory=VQVAETrainingArgs)
     prior: PriorTrainingArgs = field(default_factory=PriorTrainingArgs)
     num_samples: int = 10
     # plain sampling: nucleus (top-p 0.9) at temperature 1; measured on the demo zoo it gave working nets
@@ -75,7 +75,7 @@ class DemoConfig:
                 zoo_preset="tiny",
                 vqvae_preset="tiny",
                 prior_preset="tiny",
-                tokenizer=TokenizerTrainingArgs(steps=60, batch_size=64, checkpoint_every=30, log_every=20),
+                tokenizer=VQVAETrainingArgs(steps=60, batch_size=64, checkpoint_every=30, log_every=20),
                 prior=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=20, log_every=10),
                 num_samples=3,
                 num_random_init=2,
@@ -97,7 +97,7 @@ def train_pipeline(
     if (tok_final / "config.json").exists():
         vqvae = IGPGVQVAEModel.from_pretrained(tok_final)
     else:
-        vqvae = train_tokenizer(
+        vqvae = train_vqvae(
             checkpoints,
             IGPGVQVAEConfig.from_preset(config.vqvae_preset),
             out / "tokenizer",

@@ -2,7 +2,7 @@
 
 from .checkpointing import atomic_write_json, load_training_state, save_training_state
 from .prior import PriorTrainingArgs, train_prior
-from .tokenizer import TokenizerTrainingArgs, gumbel_temperature, train_tokenizer
+from .vqvae import VQVAETrainingArgs, gumbel_temperature, train_vqvae
 
 __all__ = [
     "atomic_write_json",
@@ -10,7 +10,7 @@ __all__ = [
     "save_training_state",
     "PriorTrainingArgs",
     "train_prior",
-    "TokenizerTrainingArgs",
+    "VQVAETrainingArgs",
     "gumbel_temperature",
-    "train_tokenizer",
+    "train_vqvae",
 ]
