@@ -145,7 +145,9 @@ class IGPGPipeline(DiffusionPipeline):
         module = spec.build()
         return WeightLayout.from_module(module), architecture_text or spec.text(), spec, module
 
-    def _labelled_samples(self, dataset: Any, what: str = "dataset") -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _labelled_samples(
+        self, dataset: Any, what: str = "dataset"
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(samples, labels) from a pair of tensors or a registered task name (as many samples per class as the
         prior's dataset condition was trained with: ``prior.config.support_per_class``)."""
         if dataset is None:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from igpg_hf.corpus import CorpusWriter
+from igpg_hf.training import zoo_builder
+from igpg_hf.training.zoo_builder import ZooConfig, build_zoo, plan_runs
 from igpg_hf.zoo import architecture_for_task, list_tasks
-from igpg_hf.zoo import builder as zoo_builder
-from igpg_hf.zoo.builder import ZooConfig, build_zoo, plan_runs
 from igpg_hf.zoo.training import HyperParams, build_model, train_model, train_models_batched
 
 DIGITS = architecture_for_task("digits")

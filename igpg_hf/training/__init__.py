@@ -1,16 +1,50 @@
-"""accelerate training loops for the tokenizer and the prior, with resumable checkpoints."""
+"""Everything that trains: zoos (`zoo_builder`), the VQ-VAE, the prior, and whole pipelines (`pipeline`).
 
-from .checkpointing import atomic_write_json, load_training_state, save_training_state
-from .prior import PriorTrainingArgs, train_prior
-from .vqvae import VQVAETrainingArgs, gumbel_temperature, train_vqvae
+    from igpg_hf.training import PipelineRecipe, train_pipeline
+    pipe = train_pipeline("zoo/", PipelineRecipe.from_preset("demo"), "runs/demo")
 
-__all__ = [
-    "atomic_write_json",
-    "load_training_state",
-    "save_training_state",
-    "PriorTrainingArgs",
-    "train_prior",
-    "VQVAETrainingArgs",
-    "gumbel_temperature",
-    "train_vqvae",
-]
+``train_pipeline`` is the one way a pipeline is trained (CLI, demo and benchmark all call it); ``train_vqvae`` and
+``train_prior`` are its two stages. Names are imported lazily, so ``igpg_hf.training.zoo_builder`` (the zoo
+builder's worker processes) does not pay for transformers and accelerate.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "load_training_state": "checkpointing",
+    "save_training_state": "checkpointing",
+    "PipelineRecipe": "pipeline",
+    "train_pipeline": "pipeline",
+    "PriorTrainingArgs": "prior",
+    "train_prior": "prior",
+    "VQVAETrainingArgs": "vqvae",
+    "canonical_order": "vqvae",
+    "gumbel_temperature": "vqvae",
+    "train_vqvae": "vqvae",
+    "ZooConfig": "zoo_builder",
+    "build_zoo": "zoo_builder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .checkpointing import load_training_state, save_training_state  # noqa: F401
+    from .pipeline import PipelineRecipe, train_pipeline  # noqa: F401
+    from .prior import PriorTrainingArgs, train_prior  # noqa: F401
+    from .vqvae import VQVAETrainingArgs, canonical_order, gumbel_temperature, train_vqvae  # noqa: F401
+    from .zoo_builder import ZooConfig, build_zoo  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'igpg_hf.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

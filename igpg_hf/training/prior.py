@@ -209,9 +209,7 @@ def train_prior(
     model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
-        raise ValueError(
-            f"prior vocab_size {cfg.vocab_size} != VQ-VAE vocabulary {vqvae.config.vocab_size}"
-        )
+        raise ValueError(f"prior vocab_size {cfg.vocab_size} != VQ-VAE vocabulary {vqvae.config.vocab_size}")
     if cfg.tokens_per_chunk != vqvae.config.tokens_per_chunk:
         raise ValueError(
             f"prior tokens_per_chunk {cfg.tokens_per_chunk} != VQ-VAE's {vqvae.config.tokens_per_chunk}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -25,17 +26,18 @@ from typing import Any
 
 import torch
 
-from ..corpus import CheckpointMetadata, CorpusWriter, WeightCorpus
+from ..corpus import ZOO_KINDS, CheckpointMetadata, CorpusWriter, WeightCorpus
 from ..progress import progress_bar
-from .architectures import ACTIVATIONS, FAMILIES, ArchSpec, architecture_for_task, list_architectures
-from .tasks import TaskSpec, get_task, list_tasks, load_task_data, register_task
-from .training import OPTIMIZERS, Checkpoint, HyperParams, train_model, train_models_batched
+from ..zoo.architectures import ACTIVATIONS, FAMILIES, ArchSpec, architecture_for_task, list_architectures
+from ..zoo.tasks import TaskSpec, get_task, list_tasks, load_task_data, register_task
+from ..zoo.training import OPTIMIZERS, HyperParams, KeptEpoch, train_model, train_models_batched
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ZooConfig", "ZooRun", "build_zoo", "plan_runs", "ZOO_KINDS", "PRESETS"]
+__all__ = ["ZooConfig", "ZooRun", "build_zoo", "plan_runs", "format_build_stats", "BUILT_KINDS", "PRESETS"]
 
-ZOO_KINDS = ("independent", "shared_init", "finetuned")
+# the corpus's zoo kinds that a build produces ("ingested" checkpoints come from `igpg_hf.corpus.ingest_folder`)
+BUILT_KINDS = tuple(k for k in ZOO_KINDS if k != "ingested")
 FLUSH_EVERY_S = 60.0
 MAX_BATCHED_MODELS = 1024
 # Fields a per-family / architecture / source / task override may set.
@@ -50,6 +52,7 @@ GRID_FIELDS = (
     "keep_epochs",
     "batch_size",
     "finetune_epochs",
+    "arch_grid",
 )
 
 
@@ -62,6 +65,10 @@ class ZooConfig:
     that order) to grid fields, e.g. ``{"mlp_tabular": {"epochs": 60}}``. ``finetuned`` zoos train one base
     model per architecture on its base task for ``epochs`` and fine-tune it on every task for
     ``finetune_epochs`` (keep epochs shifted to end at ``finetune_epochs``).
+
+    ``arch_grid`` varies the architecture of a task: architecture parameter -> values, every combination is
+    trained for every seed, e.g. ``{"blocks": [[1, 1, 1], [2, 2, 2]]}`` for two ResNet depths (empty: the
+    architecture as it is; run ids carry the combination, e.g. ``digits-resnet_small-blocks222-s0-...``).
     """
 
     name: str = "custom"
@@ -81,6 +88,7 @@ class ZooConfig:
     zoo_kind: str = "independent"
     base_tasks: dict[str, str] = field(default_factory=dict)  # finetuned: architecture name -> base task
     finetune_epochs: int = 3
+    arch_grid: dict[str, list[Any]] = field(default_factory=dict)
     num_runs: int | None = None  # cap on the number of runs (a prefix of the seed-major run order)
     sample_seed: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -90,7 +98,7 @@ class ZooConfig:
 
     @classmethod
     def from_preset(cls, name: str, **changes: Any) -> ZooConfig:
-        """A preset ("tiny", "demo", "default", "related", "gpu") with optional field changes."""
+        """A preset (see `PRESETS`: "tiny", "demo", "default", "related", "resnet_depths", "gpu") with field changes."""
         if name not in PRESETS:
             raise ValueError(f"unknown zoo preset {name!r}; presets: {', '.join(PRESETS)}")
         unknown = set(changes) - {f.name for f in dataclasses.fields(cls)}
@@ -108,8 +116,8 @@ class ZooConfig:
             raise ValueError(
                 f"name and tasks must be non-empty, got name={self.name!r}, tasks={self.tasks!r}"
             )
-        if self.zoo_kind not in ZOO_KINDS:
-            raise ValueError(f"zoo_kind must be one of {ZOO_KINDS}, got {self.zoo_kind!r}")
+        if self.zoo_kind not in BUILT_KINDS:
+            raise ValueError(f"zoo_kind must be one of {BUILT_KINDS}, got {self.zoo_kind!r}")
         if self.num_runs is not None and self.num_runs < 1:
             raise ValueError(f"num_runs must be >= 1 or None, got {self.num_runs!r}")
         specs = {t: get_task(t) for t in self.tasks}
@@ -117,7 +125,12 @@ class ZooConfig:
             if t not in specs:
                 raise ValueError(f"architectures names task {t!r}, which is not in tasks")
         for t in self.tasks:
-            _check_grid(t, self._grid(specs[t], self.arch_name(t)))
+            grid = self._grid(specs[t], self.arch_name(t))
+            _check_grid(t, grid)
+            if grid["arch_grid"] and self.zoo_kind == "finetuned":
+                raise ValueError(f"arch_grid needs an independent or shared_init zoo, got {self.zoo_kind!r}")
+            for variant in arch_variants(grid["arch_grid"]):
+                architecture_for_task(t, self.arch_name(t), **variant)  # ValueError naming a bad field
         keys = {*FAMILIES, *list_architectures(), *list_tasks(), *(get_task(t).source for t in list_tasks())}
         for key, values in self.overrides.items():
             if key not in keys or set(values) - set(GRID_FIELDS):
@@ -133,11 +146,28 @@ class ZooConfig:
         return self.architectures.get(task) or get_task(task).default_architecture
 
     def _grid(self, task: TaskSpec, arch_name: str) -> dict[str, Any]:
-        grid = {f: getattr(self, f) for f in GRID_FIELDS}
+        grid = {f: copy.deepcopy(getattr(self, f)) for f in GRID_FIELDS}
         family = architecture_for_task(task, arch_name).family
         for key in (family, arch_name, task.source, task.name):
             grid.update(self.overrides.get(key, {}))
         return grid
+
+
+def arch_variants(arch_grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of an ``arch_grid`` (parameter -> values) as parameter dicts; ``[{}]`` when empty."""
+    bad = [k for k, v in arch_grid.items() if not isinstance(v, list) or not v]
+    if bad:
+        raise ValueError(
+            f"arch_grid values must be non-empty lists, got { ({k: arch_grid[k] for k in bad})!r}"
+        )
+    keys = list(arch_grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(arch_grid[k] for k in keys))]
+
+
+def _variant_tag(variant: dict[str, Any]) -> str:
+    """A readable run-id part for an architecture variant: {"blocks": [1, 2, 1]} -> "-blocks121"."""
+    flat = lambda v: "".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+    return "".join(f"-{k}{flat(v)}" for k, v in variant.items())
 
 
 def _check_grid(task: str, g: dict[str, Any]) -> None:
@@ -224,26 +254,37 @@ def _derived_seed(*parts: Any) -> int:
 
 
 def _make_run(
-    cfg: ZooConfig, task: TaskSpec, arch: str, seed: int, role: str, base: ZooRun | None = None
+    cfg: ZooConfig,
+    task: TaskSpec,
+    arch: str,
+    seed: int,
+    role: str,
+    base: ZooRun | None = None,
+    variant: dict[str, Any] | None = None,
 ) -> ZooRun:
     g = cfg._grid(task, arch)
+    # an architecture variant of the grid is its own "architecture" for sampling and seeding; a zoo without a
+    # grid keeps the ids, samples and seeds it had before grids existed
+    arch_key = (arch, json.dumps(variant, sort_keys=True)) if variant else arch
     # independent: each (task, seed) samples its own combination; shared_init/finetuned: one per (arch, seed)
-    key = (task.name, arch, seed) if cfg.zoo_kind == "independent" else (arch, seed)
+    key = (task.name, arch_key, seed) if cfg.zoo_kind == "independent" else (arch_key, seed)
     rng = random.Random(f"{cfg.sample_seed}|{key}")
     activation = rng.choice(g["activations"]) if g["activations"] else None
     init = rng.choice(g["inits"])
     opt, lr = rng.choice([(o, lr) for o, lrs in g["optimizers"].items() for lr in lrs])
     wd, dropout = rng.choice(g["weight_decays"]), rng.choice(g["dropouts"])
-    spec = architecture_for_task(task, arch)
+    spec = architecture_for_task(task, arch, **(variant or {}))
+    has_dropout = "dropout" in spec.params  # ResNets have BatchNorm and no dropout
     if base is not None:  # fine-tuning keeps the base's activation and dropout
         spec = spec.replace(activation=base.spec.params["activation"], dropout=base.spec.params["dropout"])
     else:
-        spec = spec.replace(dropout=dropout, **({"activation": activation} if activation else {}))
+        changes = {"dropout": dropout} if has_dropout else {}
+        spec = spec.replace(**changes, **({"activation": activation} if activation else {}))
     epochs, keep = g["epochs"], g["keep_epochs"]
     if role == "finetune":
         epochs, shift = g["finetune_epochs"], g["epochs"] - g["finetune_epochs"]
         keep = [e - shift for e in keep if e - shift >= 1] or [epochs]
-    init_seed = seed if cfg.zoo_kind == "shared_init" else _derived_seed(task.name, arch, seed)
+    init_seed = seed if cfg.zoo_kind == "shared_init" else _derived_seed(task.name, arch_key, seed)
     hp = HyperParams(
         seed=seed,
         lr=lr,
@@ -255,7 +296,8 @@ def _make_run(
         init_seed=init_seed,
     )
     keep_t = tuple(sorted(set(keep)))
-    run_id = f"{task.name}-{arch}-{'base-' if role == 'base' else ''}s{seed}-" + _digest(
+    tag = _variant_tag(variant or {})
+    run_id = f"{task.name}-{arch}{tag}-{'base-' if role == 'base' else ''}s{seed}-" + _digest(
         task.name, spec.to_dict(), hp.to_dict(), keep_t, cfg.zoo_kind, base.run_id if base else None
     )
     return ZooRun(
@@ -278,10 +320,12 @@ def plan_runs(config: ZooConfig) -> list[ZooRun]:
     items = []
     for ti, t in enumerate(tasks):
         arch = config.arch_name(t.name)
-        for si, seed in enumerate(config._grid(t, arch)["seeds"]):
-            role = "finetune" if bases else "train"
-            items.append((si, ti, _make_run(config, t, arch, seed, role, bases.get(arch))))
-    runs = list(bases.values()) + [r for *_, r in sorted(items, key=lambda x: x[:2])]
+        grid = config._grid(t, arch)
+        for vi, variant in enumerate(arch_variants(grid["arch_grid"])):
+            for si, seed in enumerate(grid["seeds"]):
+                role = "finetune" if bases else "train"
+                items.append((si, ti, vi, _make_run(config, t, arch, seed, role, bases.get(arch), variant)))
+    runs = list(bases.values()) + [r for *_, r in sorted(items, key=lambda x: x[:3])]
     return runs[: config.num_runs] if config.num_runs else runs
 
 
@@ -301,7 +345,7 @@ def _ensure_task(task: TaskSpec) -> TaskSpec:
     return task
 
 
-def _train_run(item: tuple[ZooRun, dict | None]) -> tuple[str, list[Checkpoint]]:
+def _train_run(item: tuple[ZooRun, dict | None]) -> tuple[str, list[KeptEpoch]]:
     run, init_state = item
     task = _ensure_task(run.task)
     return run.run_id, train_model(run.spec, task.name, run.hp, list(run.keep_epochs), init_state=init_state)
@@ -309,7 +353,7 @@ def _train_run(item: tuple[ZooRun, dict | None]) -> tuple[str, list[Checkpoint]]
 
 def _execute(
     runs: list[ZooRun], init_states: dict[str, dict], pool, device: torch.device
-) -> Iterator[tuple[ZooRun, list[Checkpoint]]]:
+) -> Iterator[tuple[ZooRun, list[KeptEpoch]]]:
     def init_of(r: ZooRun) -> dict | None:
         return init_states[r.base_run_id] if r.base_run_id else None
 
@@ -410,6 +454,17 @@ def _train_pending(
         writer.flush()  # keep every finished run, so a rerun resumes from here
         raise
     return stats
+
+
+def format_build_stats(stats: dict[str, Any]) -> str:
+    """One line for people: runs trained (and skipped), checkpoints written and in the corpus, time, speed."""
+    skipped = f", {stats['runs_skipped']} already done" if stats.get("runs_skipped") else ""
+    speed = stats.get("models_per_second") or 0.0
+    return (
+        f"trained {stats['runs_trained']} of {stats['runs_total']} runs{skipped}; wrote "
+        f"{stats['checkpoints_written']} checkpoints, {stats['checkpoints_total']} in the corpus; "
+        f"{stats['seconds']:.0f} s ({speed:.2f} models/s)"
+    )
 
 
 def build_zoo(
@@ -553,6 +608,17 @@ PRESETS = {
         optimizers={"adam": [3e-3, 1e-3]},
         epochs=15,
         keep_epochs=[13, 14, 15],
+    ),
+    # small ResNets of six depths on 8x8 digits (the benchmark's cross-architecture zoo; 48 runs, ~4 min on 2 cores)
+    "resnet_depths": lambda: dict(
+        name="resnet_depths",
+        tasks=["digits"],
+        architectures={"digits": "resnet_small"},
+        arch_grid={"blocks": [[1, 1, 1], [1, 2, 1], [2, 1, 2], [2, 2, 2], [2, 3, 2], [3, 3, 3]]},
+        seeds=list(range(8)),
+        optimizers={"adam": [3e-3]},
+        epochs=20,
+        keep_epochs=[20],  # one per run: fewer distinct chunks, better VQ-VAE fidelity
     ),
     # For a GPU: the runs of one (task, architecture with its activation and dropout) form one vmap batch, so
     # dropout stays 0 to keep batches large; seeds, inits, optimizers, lrs and decays vary inside a batch.
