@@ -29,7 +29,8 @@ from ..files import atomic_write_json
 from ..training.pipeline import PipelineRecipe
 from ..training.zoo_builder import ZooConfig
 from .experiments import EXPERIMENTS, ExperimentResult, get_experiment
-from .zoos import GenerationSettings, Zoo, ZooSetup, load_zoo, record_build
+from .settings import GenerationSettings
+from .zoos import Zoo, ZooSetup, load_zoo, record_build
 
 logger = logging.getLogger(__name__)
 

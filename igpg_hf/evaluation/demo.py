@@ -26,7 +26,8 @@ from ..training.zoo_builder import build_zoo
 from ..zoo.tasks import get_task
 from .metrics import evaluate_state_dicts, finite_mean
 from .novelty import adjacent_epoch_novelty, count_copies, novelty, pairwise_scale
-from .zoos import GenerationSettings, ZooSetup
+from .settings import GenerationSettings
+from .zoos import ZooSetup
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "load_training_state": "checkpointing",
     "save_training_state": "checkpointing",
-    "PipelineRecipe": "pipeline",
+    "PipelineRecipe": "recipe",
+    "RECIPE_PRESETS": "recipe",
     "train_pipeline": "pipeline",
-    "PriorTrainingArgs": "prior",
+    "PriorTrainingArgs": "args",
     "train_prior": "prior",
-    "VQVAETrainingArgs": "vqvae",
+    "VQVAETrainingArgs": "args",
     "canonical_order": "vqvae",
     "gumbel_temperature": "vqvae",
     "train_vqvae": "vqvae",
@@ -31,10 +32,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .args import PriorTrainingArgs, VQVAETrainingArgs  # noqa: F401
     from .checkpointing import load_training_state, save_training_state  # noqa: F401
-    from .pipeline import PipelineRecipe, train_pipeline  # noqa: F401
-    from .prior import PriorTrainingArgs, train_prior  # noqa: F401
-    from .vqvae import VQVAETrainingArgs, canonical_order, gumbel_temperature, train_vqvae  # noqa: F401
+    from .pipeline import train_pipeline  # noqa: F401
+    from .prior import train_prior  # noqa: F401
+    from .recipe import RECIPE_PRESETS, PipelineRecipe  # noqa: F401
+    from .vqvae import canonical_order, gumbel_temperature, train_vqvae  # noqa: F401
     from .zoo_builder import ZooConfig, build_zoo  # noqa: F401
 
 

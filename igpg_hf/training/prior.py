@@ -27,32 +27,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..conditioning import encode_text, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
+from ..files import atomic_write_json
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..sampling import block_windows, sequence_hash
-from .checkpointing import atomic_write_json
+from .args import PriorTrainingArgs
 from .loop import run_training
 from .vqvae import canonical_order
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PriorTrainingArgs", "PriorExamples", "encode_corpus", "train_prior"]
-
-
-@dataclass
-class PriorTrainingArgs:
-    """Optimization settings for the prior (calibrated: 600-1,000 steps of 16 at lr 2e-3 for the demo)."""
-
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    condition_dropout: float = 0.1
-    support_pool: int = 4  # support sets drawn per task (config.support_per_class samples per class each)
-    use_dataset_condition: bool = True
-    checkpoint_every: int = 500
-    log_every: int = 50
-    seed: int = 0
 
 
 @dataclass

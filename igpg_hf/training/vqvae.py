@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,28 +23,14 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..configuration_igpg import IGPGVQVAEConfig
+from ..files import atomic_write_json
 from ..modeling_vqvae import IGPGVQVAEModel
-from .checkpointing import atomic_write_json
+from .args import VQVAETrainingArgs
 from .loop import run_training
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VQVAETrainingArgs", "train_vqvae", "gumbel_temperature", "collect_chunks", "canonical_order"]
-
-
-@dataclass
-class VQVAETrainingArgs:
-    """Optimization settings for the VQ-VAE (calibrated: 3,000 steps of 256 chunks at lr 1e-3)."""
-
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    tau_anneal_fraction: float = 0.8
-    tau_cycles: int = 1
-    checkpoint_every: int = 1000
-    log_every: int = 100
-    seed: int = 0
 
 
 def gumbel_temperature(
