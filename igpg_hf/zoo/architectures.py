@@ -306,6 +306,11 @@ _PRESETS: dict[str, ArchSpec] = {
             "fc": [20],
         },
     ),
+    # A base for LoRA adapters on 28x28 tasks (46,730 params): wide enough that rank-2/4 factors on conv2 and fc1
+    # adapt it to rotations, flips and noise (issue 11).
+    "lora_base_cnn": ArchSpec(
+        "cnn", {"channels": [16, 32], "kernels": [5, 5], "pool": [1, 1], "fc": [64], "activation": "relu"}
+    ),
     "mlp_small": ArchSpec("mlp", {"in_features": 64, "hidden": [32], "activation": "relu"}),
     "mlp_tabular": ArchSpec(
         "mlp", {"in_features": 20, "hidden": [16], "num_classes": 4, "activation": "relu"}
