@@ -41,6 +41,7 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "ADAPTER_INFO",
     "adapter_base_of",
+    "adapter_specs_of",
     "load_adapter",
     "load_base_model",
     "read_adapter_folder",
@@ -243,7 +244,9 @@ class AdapterSpec:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_base(cls, base: BaseModel | nn.Module, peft_config: Any, base_model: str | None = None) -> AdapterSpec:
+    def from_base(
+        cls, base: BaseModel | nn.Module, peft_config: Any, base_model: str | None = None
+    ) -> AdapterSpec:
         """The spec of ``peft_config`` (a peft ``LoraConfig`` or its dict) applied to ``base``.
 
         The layout is the one peft saves (``get_peft_model_state_dict`` on a copy of the base). ``base_model``
@@ -336,7 +339,11 @@ def load_adapter(
         return PeftModel.from_pretrained(module, str(adapter)).eval()
     if spec is None:
         raise ValueError("a state-dict adapter needs its AdapterSpec (spec=)")
-    if isinstance(base, BaseModel) and spec.base_model.startswith("sha256:") and spec.base_model != base.identity:
+    if (
+        isinstance(base, BaseModel)
+        and spec.base_model.startswith("sha256:")
+        and spec.base_model != base.identity
+    ):
         raise ValueError(f"adapter is for base {spec.base_model}, the base given is {base.identity}")
     spec.layout.validate(adapter)
     config = PeftConfig.from_peft_type(**{**spec.peft_config, "inference_mode": True})
@@ -345,8 +352,23 @@ def load_adapter(
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k or "modules_to_save" in k]
     if unexpected or missing:
-        raise ValueError(f"adapter does not fit the base: missing keys {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"adapter does not fit the base: missing keys {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model.eval()
+
+
+def adapter_specs_of(checkpoints) -> list[dict[str, Any]]:
+    """The distinct `AdapterSpec` dicts of the adapters among corpus checkpoints (rows with a peft config)."""
+    out: dict[str, dict] = {}
+    for c in checkpoints:
+        hp = c.metadata.hyperparams or {}
+        if adapter_base_of(hp) is None:
+            continue
+        spec = AdapterSpec(hp["peft_config"], c.layout, adapter_base_of(hp) or "unknown", hp.get("base_arch"))
+        d = spec.to_dict()
+        out.setdefault(json.dumps(d, sort_keys=True), d)
+    return list(out.values())
 
 
 def adapter_base_of(hyperparams: dict[str, Any] | None) -> str | None:

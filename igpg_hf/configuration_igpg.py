@@ -43,6 +43,10 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     # per-coordinate zoo mean of one layout, then per-entry std: for zoos fine-tuned from one base),
     # or "none"
     normalization: str = "layer"
+    # LoRA adapters: "stored" encodes the (A, B) factors as they are; "balanced" first replaces every pair by the
+    # balanced SVD factors of its product (`igpg_hf.weights.lora`), one representative of the pairs that give the
+    # same update, so decoded adapters come out in that form
+    lora_factors: str = "stored"
     weight_stats: dict[str, list[float]] | None = None
     base_size: int = 0
     base_layout: str = ""
@@ -52,6 +56,8 @@ class IGPGVQVAEConfig(PreTrainedConfig):
             raise ValueError(f"chunk_mode must be 'layer' or 'model', got {self.chunk_mode!r}")
         if self.quantizer not in ("gumbel", "vq", "fsq"):
             raise ValueError(f"quantizer must be 'gumbel', 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.lora_factors not in ("stored", "balanced"):
+            raise ValueError(f"lora_factors must be 'stored' or 'balanced', got {self.lora_factors!r}")
         if self.normalization not in ("layer", "delta", "none"):
             raise ValueError(f"normalization must be 'layer', 'delta' or 'none', got {self.normalization!r}")
         if self.chunk_size < 1 or self.tokens_per_chunk < 1:
@@ -161,6 +167,9 @@ class IGPGPriorConfig(GPT2Config):
     # fingerprints (`igpg_hf.sampling.sequence_hash`) of every training token sequence, so that the
     # pipeline can tell a sample that copies a training checkpoint token for token (set by train_prior)
     training_sequence_hashes: list[str] | None = None
+    # the adapters among the training checkpoints (`igpg_hf.adapters.AdapterSpec.to_dict`, one per distinct spec;
+    # set by train_prior), so the pipeline can generate adapters from a base identity alone
+    adapter_specs: list[dict] | None = None
 
     def __post_init__(self, **kwargs: Any):
         # weight tokens have no BOS/EOS: sequences have a known length

@@ -77,7 +77,7 @@ FEATURES = datasets.Features(
 )
 SCHEMA: pa.Schema = FEATURES.arrow_schema
 META_COLUMNS = [c for c in FEATURES if c != "weights"]
-ZOO_KINDS = ("independent", "shared_init", "finetuned", "ingested")
+ZOO_KINDS = ("independent", "shared_init", "finetuned", "lora", "ingested")
 _ROW_GROUP_BYTES = 64 * 2**20
 _SHARD_RE = re.compile(r"shard-(\d+)\.parquet")
 _CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "dataset_card.md"

@@ -32,6 +32,7 @@ from .weights import (
     num_chunks,
     unchunk_vector,
 )
+from .weights.lora import balance_lora_vector
 
 __all__ = ["IGPGVQVAEModel", "IGPGVQVAEOutput"]
 
@@ -202,11 +203,17 @@ class IGPGVQVAEModel(PreTrainedModel):
         self, vector: torch.Tensor, layout: WeightLayout
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw weight vector (D,) -> normalized chunks (M, K), mask (M, K), positions (M,)."""
-        v = vector.float().cpu()
+        v = self._factor_form(vector.float().cpu(), layout)
         if self.config.normalization != "none":
             v = normalize_vector(v, layout, self.config.weight_stats, self._base(layout))
         chunks, mask = chunk_vector(v, layout, self.config.chunk_size, self.config.chunk_mode)
         return chunks, mask, torch.arange(chunks.shape[0])
+
+    def _factor_form(self, vector: torch.Tensor, layout: WeightLayout) -> torch.Tensor:
+        """LoRA factor pairs in the configured form (``config.lora_factors``; other weights untouched)."""
+        if getattr(self.config, "lora_factors", "stored") == "balanced":
+            return balance_lora_vector(vector, layout)
+        return vector
 
     def restore(self, chunks: torch.Tensor, layout: WeightLayout) -> torch.Tensor:
         """Normalized chunks (M, K) -> raw weight vector (D,)."""
@@ -265,7 +272,7 @@ class IGPGVQVAEModel(PreTrainedModel):
 
     def fit_normalization(self, items: Iterable[tuple[WeightLayout, torch.Tensor]]) -> None:
         """Measure normalization statistics (and the base in delta mode) from (layout, raw vector) pairs."""
-        items = list(items)
+        items = [(lay, self._factor_form(v.float().cpu(), lay)) for lay, v in items]
         if not items:
             raise ValueError("fit_normalization needs at least one checkpoint")
         if self.config.normalization == "delta":

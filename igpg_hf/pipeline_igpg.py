@@ -4,6 +4,10 @@
     out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=5, seed=0)
     model.load_state_dict(out.state_dicts[0], strict=True)
 
+A pipeline trained on LoRA adapters of a base model generates adapters (``adapter=`` an `AdapterSpec`, an adapter
+folder, or the base's identity): ``out.save_adapters(dir)`` writes one peft folder per sample, which
+``PeftModel.from_pretrained(base, folder)`` loads.
+
 The pipeline owns no weights of its own: components are the VQ-VAE (`IGPGVQVAEModel`, weights <-> tokens),
 the prior (`IGPGPriorModel`) and a Hugging Face text encoder with its (text) tokenizer. Device placement is
 ``pipe.to("cuda")``, or ``pipe.enable_model_cpu_offload()``: components stay on the CPU and each goes to
@@ -30,6 +34,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .adapters import AdapterSpec, save_adapter
 from .conditioning import encode_text, prepare_support_set
 from .configuration_igpg import IGPGPriorConfig
 from .label_alignment import LabelAlignment
@@ -55,7 +60,8 @@ class IGPGPipelineOutput(BaseOutput):
     training checkpoint token for token (None if the prior stores no training fingerprints);
     num_candidates / candidate_copies: how many sequences were drawn to choose from, and how many of
     them were copies (None if unknown); label_alignments: per sample, how its output units were
-    reordered to the labelled samples (`LabelAlignment`; None unless ``align_labels=True``)."""
+    reordered to the labelled samples (`LabelAlignment`; None unless ``align_labels=True``); adapter: the
+    `AdapterSpec` the state dicts follow when the call generated adapters (``save_adapters`` writes them)."""
 
     state_dicts: list[dict[str, torch.Tensor]]
     modules: list[nn.Module] | None
@@ -66,6 +72,23 @@ class IGPGPipelineOutput(BaseOutput):
     num_candidates: int | None = None
     candidate_copies: int | None = None
     label_alignments: list[LabelAlignment] | None = None
+    adapter: AdapterSpec | None = None
+
+    def save_adapters(self, out_dir: str | os.PathLike, info: dict[str, Any] | None = None) -> list[Path]:
+        """Write each generated adapter as a peft folder ``out_dir/sample-{i}`` (`igpg_hf.adapters.save_adapter`);
+        ``info`` (e.g. the instruction) goes into each folder's ``igpg_adapter.json``. ValueError if the call
+        generated whole networks, not adapters."""
+        if self.adapter is None:
+            raise ValueError(
+                "these samples are whole networks, not adapters: call the pipeline with adapter="
+            )
+        out = []
+        for i, sd in enumerate(self.state_dicts):
+            extra = {"sample": i, "is_copy": self.is_copy[i] if self.is_copy is not None else None}
+            out.append(
+                save_adapter(Path(out_dir) / f"sample-{i}", sd, self.adapter, {**(info or {}), **extra})
+            )
+        return out
 
 
 class IGPGPipeline(DiffusionPipeline):
@@ -125,6 +148,33 @@ class IGPGPipeline(DiffusionPipeline):
                 torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ inputs
+    def adapter_specs(self, base: str | None = None, r: int | None = None) -> list[AdapterSpec]:
+        """The adapter specs the prior was trained on (``prior.config.adapter_specs``), those of base identity
+        ``base`` (a prefix such as ``"sha256:1a2b"`` is enough) and rank ``r`` if given."""
+        specs = [AdapterSpec.from_dict(d) for d in (getattr(self.prior.config, "adapter_specs", None) or [])]
+        return [
+            s for s in specs if (base is None or s.base_model.startswith(base)) and (r is None or s.r == r)
+        ]
+
+    def resolve_adapter(self, adapter: AdapterSpec | str | os.PathLike, r: int | None = None) -> AdapterSpec:
+        """An `AdapterSpec` from itself, an adapter folder, or a base identity the prior was trained on (with
+        rank ``r`` when it saw several); ValueError naming what it could not resolve."""
+        if isinstance(adapter, AdapterSpec):
+            return adapter
+        if isinstance(adapter, dict):
+            return AdapterSpec.from_dict(adapter)
+        if os.path.isdir(adapter):
+            return AdapterSpec.from_pretrained(adapter)
+        found = self.adapter_specs(str(adapter), r)
+        if len(found) == 1:
+            return found[0]
+        known = [f"{s.base_model[:19]} r={s.r}" for s in self.adapter_specs()]
+        raise ValueError(
+            f"adapter {adapter!r}{f' with r={r}' if r else ''} matches {len(found)} of the adapter specs the prior "
+            f"was trained on ({', '.join(known) or 'none'}): pass an adapter folder, an AdapterSpec, or a base "
+            "identity and rank that name one"
+        )
+
     @staticmethod
     def resolve_architecture(
         architecture: str | dict | ArchSpec | nn.Module, architecture_text: str | None = None
@@ -193,6 +243,7 @@ class IGPGPipeline(DiffusionPipeline):
         align_labels: bool = False,
         alignment_samples: tuple[torch.Tensor, torch.Tensor] | str | None = None,
         alignment_min_z: float = 2.0,
+        adapter: AdapterSpec | str | None = None,
     ) -> IGPGPipelineOutput:
         """Generate ``num_samples`` state dicts for ``architecture`` following ``instruction``.
 
@@ -208,6 +259,11 @@ class IGPGPipeline(DiffusionPipeline):
         reaches ``alignment_min_z``; see
         `igpg_hf.label_alignment`. It fixes heads whose classes are in another order than the task's
         (label-permuted tasks the prior never saw); it cannot fix features.
+
+        ``adapter``: generate adapters of a base model instead of whole networks (``architecture`` is not used):
+        an `AdapterSpec`, an adapter folder whose spec to follow, or the base's identity (``"sha256:..."``, one of
+        ``self.adapter_specs()``). ``out.adapter`` is the spec and ``out.save_adapters(dir)`` writes peft
+        folders; load one with ``PeftModel.from_pretrained(base, folder)`` or `igpg_hf.adapters.load_adapter`.
         """
         t0 = time.perf_counter()
         # 1. check inputs
@@ -240,8 +296,22 @@ class IGPGPipeline(DiffusionPipeline):
         for name in ("vqvae", "prior", "text_encoder", "tokenizer"):
             if getattr(self, name, None) is None:
                 raise ValueError(f"pipeline component {name!r} is missing; load a complete pipeline folder")
-        # 2. resolve the architecture into the exact layout to produce
-        layout, arch_text, spec, template = self.resolve_architecture(architecture, architecture_text)
+        # 2. resolve the architecture (or the adapter) into the exact layout to produce
+        adapter_spec = self.resolve_adapter(adapter) if adapter is not None else None
+        if adapter_spec is not None:
+            if align_labels or return_modules:
+                raise ValueError(
+                    "align_labels and return_modules need a whole network; with adapter= load each sample "
+                    "into the base with igpg_hf.adapters.load_adapter(base, state_dict, out.adapter)"
+                )
+            layout, arch_text, spec, template = (
+                adapter_spec.layout,
+                architecture_text or adapter_spec.text(),
+                None,
+                None,
+            )
+        else:
+            layout, arch_text, spec, template = self.resolve_architecture(architecture, architecture_text)
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
         # 3. encode the conditions (one row, expanded over samples by the sampler)
@@ -308,6 +378,7 @@ class IGPGPipeline(DiffusionPipeline):
             num_candidates=n_draw,
             candidate_copies=candidate_copies,
             label_alignments=alignments,
+            adapter=adapter_spec,
         )
 
     # ------------------------------------------------------------------ saving

@@ -25,6 +25,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 
+from ..adapters import adapter_specs_of
 from ..conditioning import encode_text, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
 from ..files import atomic_write_json
@@ -190,7 +191,8 @@ def train_prior(
     out = Path(output_dir)
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
-    seqs = encode_corpus(vqvae, canonical_order(checkpoints))
+    checkpoints = canonical_order(checkpoints)
+    seqs = encode_corpus(vqvae, checkpoints)
     model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
@@ -200,6 +202,7 @@ def train_prior(
             f"prior tokens_per_chunk {cfg.tokens_per_chunk} != VQ-VAE's {vqvae.config.tokens_per_chunk}"
         )
     cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
+    cfg.adapter_specs = adapter_specs_of(checkpoints) or None
     strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))

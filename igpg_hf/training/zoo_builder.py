@@ -40,6 +40,7 @@ __all__ = ["ZooConfig", "ZooRun", "build_zoo", "plan_runs", "format_build_stats"
 # the corpus's zoo kinds that a build produces ("ingested" checkpoints come from `igpg_hf.corpus.ingest_folder`)
 BUILT_KINDS = tuple(k for k in ZOO_KINDS if k != "ingested")
 FLUSH_EVERY_S = 60.0
+BASE_MODEL_DIR = "base_model"  # lora zoos: the base network, beside the corpus's data/
 MAX_BATCHED_MODELS = 1024
 # Fields a per-family / architecture / source / task override may set.
 GRID_FIELDS = (
@@ -70,6 +71,13 @@ class ZooConfig:
     ``arch_grid`` varies the architecture of a task: architecture parameter -> values, every combination is
     trained for every seed, e.g. ``{"blocks": [[1, 1, 1], [2, 2, 2]]}`` for two ResNet depths (empty: the
     architecture as it is; run ids carry the combination, e.g. ``digits-resnet_small-blocks222-s0-...``).
+
+    ``lora`` zoos train one base network (the one architecture in ``base_tasks``, on its base task, for
+    ``epochs``), save it to ``out_dir/base_model`` (`igpg_hf.adapters.save_base_model`: safetensors + its content
+    hash) and train peft LoRA adapters of it on every task for ``finetune_epochs``, one per seed and per rank of
+    the ``lora`` grid (`igpg_hf.zoo.lora.lora_grid`: ranks, alpha_ratio, target_modules, modules_to_save,
+    lora_dropout). The corpus holds the adapters only (peft's keys; ``hyperparams`` carry the peft config and
+    the base's identity); a resumed build reloads the saved base instead of retraining it.
     """
 
     name: str = "custom"
@@ -90,6 +98,7 @@ class ZooConfig:
     base_tasks: dict[str, str] = field(default_factory=dict)  # finetuned: architecture name -> base task
     finetune_epochs: int = 3
     arch_grid: dict[str, list[Any]] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)  # lora zoos: the adapter grid (`lora_grid`)
     num_runs: int | None = None  # cap on the number of runs (a prefix of the seed-major run order)
     sample_seed: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -141,10 +150,32 @@ class ZooConfig:
                 )
         for arch, task in self.base_tasks.items():
             architecture_for_task(task, arch)
+        if self.zoo_kind == "lora":
+            self._validate_lora()
+        elif self.lora:
+            raise ValueError(f"lora (the adapter grid) needs zoo_kind 'lora', got zoo_kind {self.zoo_kind!r}")
+
+    def _validate_lora(self) -> None:
+        from ..zoo.lora import check_task_fits, lora_grid
+
+        lora_grid(self.lora)  # ValueError naming a bad field
+        archs = sorted({self.arch_name(t) for t in self.tasks})
+        if len(archs) != 1:
+            raise ValueError(f"a lora zoo adapts one base architecture, its tasks use {archs}")
+        base_task = self.base_tasks.get(archs[0], self.tasks[0])
+        base_spec = architecture_for_task(base_task, archs[0])
+        for t in self.tasks:
+            check_task_fits(base_spec, t)
+            if self._grid(get_task(t), archs[0])["arch_grid"]:
+                raise ValueError("arch_grid needs an independent or shared_init zoo, got 'lora'")
 
     def arch_name(self, task: str) -> str:
-        """Architecture name used for `task`."""
-        return self.architectures.get(task) or get_task(task).default_architecture
+        """Architecture name used for `task` (a lora zoo with one ``base_tasks`` entry: that architecture)."""
+        if task in self.architectures:
+            return self.architectures[task]
+        if self.zoo_kind == "lora" and len(self.base_tasks) == 1:
+            return next(iter(self.base_tasks))
+        return get_task(task).default_architecture
 
     def _grid(self, task: TaskSpec, arch_name: str) -> dict[str, Any]:
         grid = {f: copy.deepcopy(getattr(self, f)) for f in GRID_FIELDS}
@@ -215,14 +246,17 @@ class ZooRun:
     grid_seed: int
     role: str = "train"  # "train", "base" or "finetune"
     base_run_id: str | None = None
+    adapter: dict[str, Any] | None = None  # lora zoos: the run's `LoraSettings` as a dict
 
     @property
     def model_ids(self) -> list[str]:
         """Corpus ids of the checkpoints this run keeps."""
         return [f"{self.run_id}-e{e}" for e in self.keep_epochs]
 
-    def metadata(self, epoch: int, metrics: dict[str, float]) -> CheckpointMetadata:
-        """Corpus metadata of this run's checkpoint at `epoch`."""
+    def metadata(self, epoch: int, metrics: dict[str, float], adapter_spec=None) -> CheckpointMetadata:
+        """Corpus metadata of this run's checkpoint at `epoch` (an adapter run needs its `AdapterSpec`)."""
+        if self.adapter is not None:
+            return self._adapter_metadata(epoch, metrics, adapter_spec)
         hyper = {
             **self.hp.to_dict(),
             "activation": self.spec.params.get("activation"),
@@ -239,6 +273,32 @@ class ZooRun:
             task=self.task.name,
             instruction=self.task.instruction,
             arch_spec=self.spec,
+            hyperparams=hyper,
+            seed=self.grid_seed,
+            epoch=epoch,
+            **metrics,
+        )
+
+    def _adapter_metadata(self, epoch: int, metrics: dict[str, float], spec) -> CheckpointMetadata:
+        if spec is None:
+            raise ValueError(f"run {self.run_id!r} trains an adapter: its metadata needs the AdapterSpec")
+        hyper = {
+            **self.hp.to_dict(),
+            "role": self.role,
+            "base_run_id": self.base_run_id,
+            "lora": self.adapter,
+            "peft_config": spec.peft_config,
+            "base_model": spec.base_model,
+            "base_arch": self.spec.to_dict(),
+        }
+        return CheckpointMetadata(
+            model_id=f"{self.run_id}-e{epoch}",
+            run_id=self.run_id,
+            zoo_kind=self.zoo_kind,
+            task=self.task.name,
+            instruction=self.task.instruction,
+            arch_text=spec.text(),
+            arch_family=f"adapter:{spec.peft_type.lower()}",
             hyperparams=hyper,
             seed=self.grid_seed,
             epoch=epoch,
@@ -262,6 +322,7 @@ def _make_run(
     role: str,
     base: ZooRun | None = None,
     variant: dict[str, Any] | None = None,
+    adapter: dict[str, Any] | None = None,
 ) -> ZooRun:
     g = cfg._grid(task, arch)
     # an architecture variant of the grid is its own "architecture" for sampling and seeding; a zoo without a
@@ -281,6 +342,8 @@ def _make_run(
     else:
         changes = {"dropout": dropout} if has_dropout else {}
         spec = spec.replace(**changes, **({"activation": activation} if activation else {}))
+    if adapter is not None:  # an adapter of the base: the base's architecture, whatever the task's classes
+        spec = base.spec
     epochs, keep = g["epochs"], g["keep_epochs"]
     if role == "finetune":
         epochs, shift = g["finetune_epochs"], g["epochs"] - g["finetune_epochs"]
@@ -297,12 +360,13 @@ def _make_run(
         init_seed=init_seed,
     )
     keep_t = tuple(sorted(set(keep)))
-    tag = _variant_tag(variant or {})
+    tag = _variant_tag(variant or {}) + (f"-lora-r{adapter['r']}" if adapter else "")
+    parts = [task.name, spec.to_dict(), hp.to_dict(), keep_t, cfg.zoo_kind, base.run_id if base else None]
     run_id = f"{task.name}-{arch}{tag}-{'base-' if role == 'base' else ''}s{seed}-" + _digest(
-        task.name, spec.to_dict(), hp.to_dict(), keep_t, cfg.zoo_kind, base.run_id if base else None
+        *parts, *([adapter] if adapter else [])
     )
     return ZooRun(
-        run_id, task, arch, spec, hp, keep_t, cfg.zoo_kind, seed, role, base.run_id if base else None
+        run_id, task, arch, spec, hp, keep_t, cfg.zoo_kind, seed, role, base.run_id if base else None, adapter
     )
 
 
@@ -311,7 +375,12 @@ def plan_runs(config: ZooConfig) -> list[ZooRun]:
     config.validate()
     tasks = [get_task(t) for t in config.tasks]
     bases: dict[str, ZooRun] = {}
-    if config.zoo_kind == "finetuned":
+    adapters: list[dict[str, Any] | None] = [None]
+    if config.zoo_kind == "lora":
+        from ..zoo.lora import lora_grid
+
+        adapters = [s.to_dict() for s in lora_grid(config.lora)]
+    if config.zoo_kind in ("finetuned", "lora"):
         for t in tasks:
             arch = config.arch_name(t.name)
             if arch not in bases:
@@ -325,8 +394,10 @@ def plan_runs(config: ZooConfig) -> list[ZooRun]:
         for vi, variant in enumerate(arch_variants(grid["arch_grid"])):
             for si, seed in enumerate(grid["seeds"]):
                 role = "finetune" if bases else "train"
-                items.append((si, ti, vi, _make_run(config, t, arch, seed, role, bases.get(arch), variant)))
-    runs = list(bases.values()) + [r for *_, r in sorted(items, key=lambda x: x[:3])]
+                for ai, a in enumerate(adapters):
+                    run = _make_run(config, t, arch, seed, role, bases.get(arch), variant, a)
+                    items.append((si, ti, vi, ai, run))
+    runs = list(bases.values()) + [r for *_, r in sorted(items, key=lambda x: x[:4])]
     return runs[: config.num_runs] if config.num_runs else runs
 
 
@@ -346,10 +417,21 @@ def _ensure_task(task: TaskSpec) -> TaskSpec:
     return task
 
 
-def _train_run(item: tuple[ZooRun, dict | None]) -> tuple[str, list[KeptEpoch]]:
+def _train_run(
+    item: tuple[ZooRun, dict | None], device: str | torch.device = "cpu"
+) -> tuple[str, list[KeptEpoch]]:
     run, init_state = item
     task = _ensure_task(run.task)
-    return run.run_id, train_model(run.spec, task.name, run.hp, list(run.keep_epochs), init_state=init_state)
+    if run.adapter is not None:  # a LoRA adapter of the base (`init_state`)
+        from ..zoo.lora import LoraSettings, train_lora
+
+        settings = LoraSettings(**run.adapter)
+        return run.run_id, train_lora(
+            run.spec, init_state, settings, task.name, run.hp, list(run.keep_epochs), device
+        )
+    return run.run_id, train_model(
+        run.spec, task.name, run.hp, list(run.keep_epochs), init_state=init_state, device=device
+    )
 
 
 def _execute(
@@ -361,8 +443,11 @@ def _execute(
     by_id = {r.run_id: r for r in runs}
     items = [(r, init_of(r)) for r in runs]
     if device.type == "cuda":
+        for r in runs:  # adapters: one at a time (peft models do not stack)
+            if r.adapter is not None:
+                yield r, _train_run((r, init_of(r)), device)[1]
         groups: dict[str, list[ZooRun]] = {}
-        for r in runs:
+        for r in (r for r in runs if r.adapter is None):
             key = _digest(
                 r.task.name, r.spec.to_dict(), r.hp.epochs, r.hp.batch_size, r.keep_epochs, r.base_run_id
             )
@@ -403,10 +488,11 @@ def _train_pending(
     config: ZooConfig, runs: list[ZooRun], writer: CorpusWriter, pool, dev: torch.device, progress: bool
 ) -> dict[str, Any]:
     """Train the runs whose checkpoints are not all in the corpus yet; write results as they complete."""
-    pending = [r for r in runs if not set(r.model_ids) <= writer.done_ids]
+    lora = _LoraBase(writer.path, runs) if config.zoo_kind == "lora" else None
+    pending = [r for r in runs if not (set(r.model_ids) <= writer.done_ids or (lora and lora.done(r)))]
     pending_ids = {r.run_id for r in pending}
     needed = pending_ids | {r.base_run_id for r in pending if r.base_run_id}  # fine-tuning needs its base
-    bases = [r for r in runs if r.role == "base" and r.run_id in needed]
+    bases = [r for r in runs if r.role == "base" and r.run_id in needed and not (lora and lora.done(r))]
     rest = [r for r in pending if r.role != "base"]
     stats = {
         "name": config.name,
@@ -427,7 +513,7 @@ def _train_pending(
         dev,
     )
     start = last_flush = time.perf_counter()
-    init_states: dict[str, dict] = {}
+    init_states: dict[str, dict] = lora.init_states() if lora else {}
     try:
         with progress_bar(len(bases) + len(rest), f"zoo {config.name}", enabled=progress) as bar:
             for phase in (bases, rest):
@@ -436,6 +522,12 @@ def _train_pending(
                         init_states[run.run_id] = results[-1][1]
                     stats["runs_trained"] += 1
                     stats["runs_diverged"] += len(results) < len(run.keep_epochs)
+                    if (
+                        lora and run.role == "base"
+                    ):  # the base is a folder beside the corpus, not a corpus row
+                        if results:
+                            lora.save(run, results[-1])
+                        results = []
                     for epoch, sd, metrics in results:
                         mid = f"{run.run_id}-e{epoch}"
                         if mid in writer.done_ids:
@@ -443,7 +535,8 @@ def _train_pending(
                         if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
                             logger.warning("skipping %s: non-finite weights", mid)
                             continue
-                        writer.add(sd, run.metadata(epoch, metrics))
+                        spec = lora.adapter_spec(run) if lora and run.adapter else None
+                        writer.add(sd, run.metadata(epoch, metrics, spec))
                         stats["checkpoints_written"] += 1
                     if time.perf_counter() - last_flush > FLUSH_EVERY_S:
                         writer.flush()
@@ -455,6 +548,59 @@ def _train_pending(
         writer.flush()  # keep every finished run, so a rerun resumes from here
         raise
     return stats
+
+
+class _LoraBase:
+    """The base network of a lora zoo: saved once to ``out_dir/base_model`` by its base run, reloaded on resume."""
+
+    def __init__(self, out_dir: Path, runs: list[ZooRun]):
+        from ..adapters import load_base_model
+
+        self.folder = Path(out_dir) / BASE_MODEL_DIR
+        self.run = next((r for r in runs if r.role == "base"), None)
+        self.base = None
+        self._specs: dict[str, Any] = {}
+        if self.run is not None and (self.folder / "config.json").exists():
+            base = load_base_model(self.folder)  # ValueError if its weights no longer match its hash
+            saved_by = base.info.get("run_id")
+            if saved_by != self.run.run_id:
+                raise ValueError(
+                    f"{self.folder} holds the base trained by run {saved_by!r}, this zoo's base run is "
+                    f"{self.run.run_id!r}: its adapters would be for another base; build into another folder"
+                )
+            self.base = base
+
+    def done(self, run: ZooRun) -> bool:
+        return run.role == "base" and self.base is not None
+
+    def init_states(self) -> dict[str, dict]:
+        return {self.run.run_id: self.base.module.state_dict()} if self.base is not None else {}
+
+    def save(self, run: ZooRun, kept: KeptEpoch) -> None:
+        from ..adapters import save_base_model
+
+        module = run.spec.build()
+        module.load_state_dict(kept[1], strict=True)
+        info = {
+            "run_id": run.run_id,
+            "task": run.task.name,
+            "epoch": kept[0],
+            **kept[2],
+            "hp": run.hp.to_dict(),
+        }
+        self.base = save_base_model(module, self.folder, run.spec, str(self.folder.resolve()), info)
+        logger.info("saved the base model to %s (%s)", self.folder, self.base.identity)
+
+    def adapter_spec(self, run: ZooRun):
+        """The `AdapterSpec` of an adapter run (one per LoRA setting)."""
+        from ..adapters import AdapterSpec
+        from ..zoo.lora import LoraSettings
+
+        key = json.dumps(run.adapter, sort_keys=True)
+        if key not in self._specs:
+            config = LoraSettings(**run.adapter).lora_config(self.base.name)
+            self._specs[key] = AdapterSpec.from_base(self.base, config)
+        return self._specs[key]
 
 
 def format_build_stats(stats: dict[str, Any]) -> str:

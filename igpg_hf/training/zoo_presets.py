@@ -6,10 +6,10 @@ from __future__ import annotations
 __all__ = ["PRESETS"]
 
 
-def _trainable_tasks() -> list[str]:
+def _trainable_tasks(source: str | None = None) -> list[str]:
     from ..zoo.tasks import list_tasks
 
-    return list_tasks(held_out=False)
+    return list_tasks(held_out=False, source=source)
 
 
 # A Schürholt et al.-style grid kept sane. Calibration (tiny CNN, MNIST-5k, 15 epochs) gave 92-96 % test accuracy
@@ -97,6 +97,42 @@ PRESETS = {
         optimizers={"adam": [3e-3]},
         epochs=20,
         keep_epochs=[20],  # one per run: fewer distinct chunks, better VQ-VAE fidelity
+    ),
+    # LoRA adapters of one 46,730-parameter CNN trained on MNIST (5 epochs), on every 28x28 task that is not held out:
+    # 19 tasks x 2 seeds x ranks 2 and 4 = 76 adapters of 3 epochs (the `lora` experiment's zoo; issue 11)
+    "lora": lambda: dict(
+        name="lora",
+        tasks=_trainable_tasks("mnist"),
+        zoo_kind="lora",
+        base_tasks={"lora_base_cnn": "mnist"},
+        lora={
+            "ranks": [2, 4],
+            "alpha_ratio": 2.0,
+            "target_modules": ["features.conv2", "head.fc1"],
+            "modules_to_save": ["head.fc2"],
+        },
+        seeds=[0, 1],
+        optimizers={"adam": [3e-3]},
+        epochs=5,
+        keep_epochs=[5],
+        finetune_epochs=3,
+    ),
+    # seconds, for tests: adapters of the 2,464-parameter tiny CNN after one epoch, ranks 1 and 2
+    "lora_tiny": lambda: dict(
+        name="lora_tiny",
+        tasks=["mnist_rot90", "mnist_permute1"],
+        zoo_kind="lora",
+        base_tasks={"tiny_cnn": "mnist"},
+        lora={
+            "ranks": [1, 2],
+            "target_modules": ["features.conv2", "head.fc1"],
+            "modules_to_save": ["head.fc2"],
+        },
+        seeds=[0],
+        optimizers={"adam": [1e-2]},
+        epochs=1,
+        keep_epochs=[1],
+        finetune_epochs=1,
     ),
     # For a GPU: the runs of one (task, architecture with its activation and dropout) form one vmap batch, so
     # dropout stays 0 to keep batches large; seeds, inits, optimizers, lrs and decays vary inside a batch.

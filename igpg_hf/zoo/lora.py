@@ -21,11 +21,19 @@ from torch import nn
 
 from .architectures import ArchSpec
 from .tasks import TaskData, TaskSpec, get_task, load_task_data
-from .training import SGD_MOMENTUM, Checkpoint, HyperParams, _check_keep, evaluate
+from .training import SGD_MOMENTUM, HyperParams, KeptEpoch, _check_keep, evaluate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoraSettings", "lora_grid", "train_lora", "finetune_lora", "peft_model", "adapter_state_dict"]
+__all__ = [
+    "LoraSettings",
+    "lora_grid",
+    "train_lora",
+    "finetune_lora",
+    "peft_model",
+    "adapter_state_dict",
+    "check_task_fits",
+]
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,11 @@ class LoraSettings:
         return int(a) if float(a).is_integer() else a
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "target_modules": list(self.target_modules), "modules_to_save": list(self.modules_to_save)}
+        return {
+            **asdict(self),
+            "target_modules": list(self.target_modules),
+            "modules_to_save": list(self.modules_to_save),
+        }
 
     def lora_config(self, base_model_name_or_path: str | None = None):
         """The peft ``LoraConfig``."""
@@ -89,7 +101,9 @@ def lora_grid(grid: dict[str, Any] | None) -> list[LoraSettings]:
     return [LoraSettings(r=r, **g) for r in ranks]
 
 
-def peft_model(base: nn.Module, settings_or_config: Any, state_dict: dict | None = None, trainable: bool = True):
+def peft_model(
+    base: nn.Module, settings_or_config: Any, state_dict: dict | None = None, trainable: bool = True
+):
     """A peft model of a copy of ``base``: fresh adapter (peft's init, from torch's global RNG) or ``state_dict``."""
     from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
 
@@ -119,7 +133,7 @@ def adapter_state_dict(model) -> dict[str, torch.Tensor]:
     return {k: sd[k].detach().cpu().clone() for k in sorted(sd)}
 
 
-def _check_task_fits(base_spec: ArchSpec, task: TaskSpec | str) -> None:
+def check_task_fits(base_spec: ArchSpec, task: TaskSpec | str) -> None:
     t = get_task(task)
     if tuple(t.input_shape) != tuple(base_spec.input_shape()):
         raise ValueError(
@@ -146,7 +160,7 @@ def train_lora(
     hp: HyperParams,
     keep_epochs: list[int],
     device: str | torch.device = "cpu",
-) -> list[Checkpoint]:
+) -> list[KeptEpoch]:
     """Train one LoRA adapter of the base (``base_spec`` with ``base_state``) on ``task``.
 
     peft initializes the adapter from torch's RNG seeded with ``hp.init_seed`` (or ``hp.seed``); data order
@@ -154,7 +168,7 @@ def train_lora(
     the base itself); stops early if the loss becomes NaN or infinite.
     """
     keep = _check_keep(keep_epochs, hp.epochs)
-    _check_task_fits(base_spec, task)
+    check_task_fits(base_spec, task)
     data = load_task_data(task)
     base = base_spec.build()
     base.load_state_dict(base_state, strict=True)
@@ -164,13 +178,13 @@ def train_lora(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(params, hp)
     order = torch.Generator().manual_seed(hp.seed)
-    out: list[Checkpoint] = []
+    out: list[KeptEpoch] = []
 
     def keep_now(epoch: int) -> None:
         tr_acc, tr_loss = evaluate(model, x, y)
         te_acc, te_loss = evaluate(model, data.x_test.to(device), data.y_test.to(device))
         metrics = {"train_acc": tr_acc, "test_acc": te_acc, "train_loss": tr_loss, "test_loss": te_loss}
-        out.append((epoch, adapter_state_dict(model), metrics))
+        out.append(KeptEpoch(epoch, adapter_state_dict(model), metrics))
 
     if 0 in keep:
         keep_now(0)
@@ -184,7 +198,9 @@ def train_lora(
             loss.backward()
             opt.step()
         if not math.isfinite(loss.item()):
-            logger.warning("LoRA training diverged (loss %s) at epoch %d with %s; stopping", loss.item(), epoch, hp)
+            logger.warning(
+                "LoRA training diverged (loss %s) at epoch %d with %s; stopping", loss.item(), epoch, hp
+            )
             break
         if epoch in keep:
             keep_now(epoch)
