@@ -40,7 +40,11 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "ADAPTER_INFO",
+    "adapter_accuracy",
     "adapter_base_of",
+    "base_model_identity",
+    "find_base_model",
+    "is_base_model_folder",
     "adapter_specs_of",
     "load_adapter",
     "load_base_model",
@@ -115,6 +119,24 @@ def save_base_model(
         save_file(sd, str(tmp / BASE_WEIGHTS), metadata={"format": "pt", "sha256": identity})
         (tmp / BASE_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return BaseModel(module.eval(), identity, arch_spec, name, dict(info or {}))
+
+
+def is_base_model_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a base-model folder written by `save_base_model`."""
+    path = Path(folder) / BASE_CONFIG
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == _BASE_FORMAT
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def base_model_identity(folder: str | os.PathLike) -> str:
+    """The identity a base-model folder records (its weights are not read; `load_base_model` checks them)."""
+    if not is_base_model_folder(folder):
+        raise ValueError(f"{folder} is not a base-model folder ({BASE_CONFIG} + {BASE_WEIGHTS})")
+    return json.loads((Path(folder) / BASE_CONFIG).read_text(encoding="utf-8"))["sha256"]
 
 
 def load_base_model(folder: str | os.PathLike, module: nn.Module | None = None) -> BaseModel:
@@ -347,6 +369,7 @@ def load_adapter(
         raise ValueError(f"adapter is for base {spec.base_model}, the base given is {base.identity}")
     spec.layout.validate(adapter)
     config = PeftConfig.from_peft_type(**{**spec.peft_config, "inference_mode": True})
+    config.base_model_name_or_path = None  # peft warns that it renames it for a plain nn.Module
     model = get_peft_model(module, config)
     result = set_peft_model_state_dict(model, adapter)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
@@ -356,6 +379,36 @@ def load_adapter(
             f"adapter does not fit the base: missing keys {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.eval()
+
+
+def find_base_model(spec: AdapterSpec, folder: str | os.PathLike | None = None) -> BaseModel:
+    """The base model of ``spec``: from ``folder``, else from the folder its peft config names
+    (``base_model_name_or_path``); ValueError if neither is a base-model folder with the spec's identity."""
+    for candidate in (folder, spec.peft_config.get("base_model_name_or_path")):
+        if candidate and is_base_model_folder(candidate):
+            base = load_base_model(candidate)
+            if spec.base_model.startswith("sha256:") and base.identity != spec.base_model:
+                raise ValueError(
+                    f"{candidate} holds base {base.identity}, the adapter is for {spec.base_model}"
+                )
+            return base
+    raise ValueError(
+        f"no base-model folder for {spec.base_model[:19]}: pass the folder (saved with save_base_model) "
+        f"explicitly; the adapter config names {spec.peft_config.get('base_model_name_or_path')!r}"
+    )
+
+
+def adapter_accuracy(
+    base: BaseModel | nn.Module, state_dict: dict[str, torch.Tensor], spec: AdapterSpec, task: Any
+) -> float:
+    """Test accuracy in percent of ``base`` with an adapter on a registered task (NaN if a weight is not finite)."""
+    from .zoo.tasks import load_task_data
+    from .zoo.training import evaluate
+
+    if not all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point()):
+        return float("nan")
+    data = load_task_data(task)
+    return 100.0 * evaluate(load_adapter(base, state_dict, spec), data.x_test, data.y_test)[0]
 
 
 def adapter_specs_of(checkpoints) -> list[dict[str, Any]]:

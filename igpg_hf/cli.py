@@ -432,13 +432,31 @@ def generate_cmd(
         str | None,
         typer.Option(help="Registered task whose samples decide --align-labels (default: --dataset)."),
     ] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="Generate LoRA adapters instead: an adapter folder to follow, a base-model folder or a base "
+            "identity (sha256:...) the pipeline was trained on. --out is then a folder of peft adapter folders."
+        ),
+    ] = None,
+    rank: Annotated[
+        int | None, typer.Option(help="With --adapter: the LoRA rank, if the pipeline saw several.")
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(help="With --adapter --evaluate: the base-model folder (default: from the spec)."),
+    ] = None,
     changes: dict | None = None,
 ) -> None:
-    """Generate weights for an architecture from an instruction and save them as safetensors.
+    """Generate weights for an architecture (or adapters of a base model) from an instruction and save them.
 
     Sampling defaults to GenerationSettings, the setting the demo and the benchmark measured.
     """
     _setup(False)
+    if adapter is not None:
+        return _generate_adapters(
+            instruction, pipeline, adapter, rank, base, dataset, out, num_samples, seed, evaluate, changes
+        )
     from safetensors.torch import save_file
 
     from .files import atomic_path
@@ -487,6 +505,50 @@ def generate_cmd(
     console.print(
         f"generated {len(res.state_dicts)} model(s) in {res.seconds:.2f} s (temperature {sampling.temperature}, "
         f"top-k {sampling.top_k}, top-p {sampling.top_p})"
+    )
+
+
+def _generate_adapters(
+    instruction, pipeline, adapter, rank, base, dataset, out, num_samples, seed, evaluate, changes
+):
+    """`generate --adapter`: peft adapter folders ``out/sample-{i}``, each with its test accuracy if asked."""
+    from .adapters import adapter_accuracy, find_base_model
+    from .pipeline_igpg import IGPGPipeline
+
+    sampling = dataclasses.replace(GenerationSettings(), **changes["sampling"])
+    out = Path("adapters") if out == Path("model.safetensors") else out  # the default names a file
+    try:
+        pipe = IGPGPipeline.from_pretrained(pipeline)
+        spec = pipe.resolve_adapter(adapter, rank)
+        res = pipe(
+            instruction,
+            adapter=spec,
+            dataset=dataset,
+            num_samples=num_samples,
+            seed=seed,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+        )
+        infos = [{"instruction": instruction, "pipeline": str(pipeline)} for _ in res.state_dicts]
+        if evaluate:
+            base_model = find_base_model(spec, base or (adapter if Path(adapter).is_dir() else None))
+            for info, sd in zip(infos, res.state_dicts, strict=True):
+                info.update(
+                    evaluated_on=evaluate,
+                    test_accuracy_percent=adapter_accuracy(base_model, sd, spec, evaluate),
+                )
+        folders = res.save_adapters(out, infos)
+    except (ValueError, TypeError, OSError) as e:
+        _fail(e)
+    for folder, info in zip(folders, infos, strict=True):
+        acc = info.get("test_accuracy_percent")
+        console.print(
+            f"wrote {folder}" + (f"  test accuracy on {evaluate}: {acc:.1f} %" if acc is not None else "")
+        )
+    console.print(
+        f"generated {len(folders)} adapter(s) ({spec.text()}) in {res.seconds:.2f} s; load one with "
+        "PeftModel.from_pretrained(base, folder)"
     )
 
 

@@ -34,7 +34,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .adapters import AdapterSpec, save_adapter
+from .adapters import AdapterSpec, base_model_identity, is_base_model_folder, save_adapter
 from .conditioning import encode_text, prepare_support_set
 from .configuration_igpg import IGPGPriorConfig
 from .label_alignment import LabelAlignment
@@ -157,13 +157,15 @@ class IGPGPipeline(DiffusionPipeline):
         ]
 
     def resolve_adapter(self, adapter: AdapterSpec | str | os.PathLike, r: int | None = None) -> AdapterSpec:
-        """An `AdapterSpec` from itself, an adapter folder, or a base identity the prior was trained on (with
-        rank ``r`` when it saw several); ValueError naming what it could not resolve."""
+        """An `AdapterSpec` from itself, an adapter folder, or a base (identity or base-model folder) the prior was
+        trained on, with rank ``r`` when it saw several; ValueError naming what it could not resolve."""
         if isinstance(adapter, AdapterSpec):
             return adapter
         if isinstance(adapter, dict):
             return AdapterSpec.from_dict(adapter)
-        if os.path.isdir(adapter):
+        if is_base_model_folder(adapter):
+            adapter = base_model_identity(adapter)
+        elif os.path.isdir(adapter):
             return AdapterSpec.from_pretrained(adapter)
         found = self.adapter_specs(str(adapter), r)
         if len(found) == 1:
