@@ -547,8 +547,8 @@ def _generate_adapters(
             f"wrote {folder}" + (f"  test accuracy on {evaluate}: {acc:.1f} %" if acc is not None else "")
         )
     console.print(
-        f"generated {len(folders)} adapter(s) ({spec.text()}) in {res.seconds:.2f} s; load one with "
-        "PeftModel.from_pretrained(base, folder)"
+        f"generated {len(folders)} rank-{spec.r} adapter(s) of base {spec.base_model[:19]} in {res.seconds:.2f} s; "
+        "load one with PeftModel.from_pretrained(base, folder)"
     )
 
 

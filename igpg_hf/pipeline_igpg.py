@@ -74,20 +74,23 @@ class IGPGPipelineOutput(BaseOutput):
     label_alignments: list[LabelAlignment] | None = None
     adapter: AdapterSpec | None = None
 
-    def save_adapters(self, out_dir: str | os.PathLike, info: dict[str, Any] | None = None) -> list[Path]:
+    def save_adapters(
+        self, out_dir: str | os.PathLike, info: dict[str, Any] | list[dict[str, Any]] | None = None
+    ) -> list[Path]:
         """Write each generated adapter as a peft folder ``out_dir/sample-{i}`` (`igpg_hf.adapters.save_adapter`);
-        ``info`` (e.g. the instruction) goes into each folder's ``igpg_adapter.json``. ValueError if the call
-        generated whole networks, not adapters."""
+        ``info`` (one dict for all samples, or one per sample: instruction, accuracy, ...) goes into each folder's
+        ``igpg_adapter.json``. ValueError if the call generated whole networks, not adapters."""
         if self.adapter is None:
             raise ValueError(
                 "these samples are whole networks, not adapters: call the pipeline with adapter="
             )
+        infos = info if isinstance(info, list) else [info or {}] * len(self.state_dicts)
+        if len(infos) != len(self.state_dicts):
+            raise ValueError(f"info has {len(infos)} entries for {len(self.state_dicts)} samples")
         out = []
-        for i, sd in enumerate(self.state_dicts):
-            extra = {"sample": i, "is_copy": self.is_copy[i] if self.is_copy is not None else None}
-            out.append(
-                save_adapter(Path(out_dir) / f"sample-{i}", sd, self.adapter, {**(info or {}), **extra})
-            )
+        for i, (sd, extra) in enumerate(zip(self.state_dicts, infos, strict=True)):
+            record = {**extra, "sample": i, "is_copy": self.is_copy[i] if self.is_copy is not None else None}
+            out.append(save_adapter(Path(out_dir) / f"sample-{i}", sd, self.adapter, record))
         return out
 
 
