@@ -182,6 +182,15 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
         prior_training=PriorTrainingArgs(steps=1000, use_dataset_condition=False),
         n_positions=256,
     ),
+    # LoRA adapters of one base (the `lora` experiment's zoo, issue 11): 4,400 distinct chunks of near-random factors,
+    # more than the "demo" Gumbel VQ-VAE keeps (its codebook collapsed to ~31 codes, MSE 0.28 at step 1,500), so the
+    # FSQ VQ-VAE at lr 3e-3; factors enter as balanced SVD factors of each update (`igpg_hf.weights.lora`)
+    "lora": PipelineRecipe(
+        vqvae_preset="fsq",
+        vqvae_overrides={"lora_factors": "balanced"},
+        vqvae_training=VQVAETrainingArgs(lr=3e-3),
+        prior_training=PriorTrainingArgs(steps=1000),
+    ),
     # seconds, for tests and the smoke benchmark
     "smoke": PipelineRecipe(
         vqvae_preset="tiny",

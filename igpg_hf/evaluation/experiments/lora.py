@@ -58,8 +58,7 @@ COLORS = {
 
 
 def _default_recipe() -> PipelineRecipe:
-    # balanced SVD factors: one representative per update (the measured choice; README, "LoRA adapters")
-    return PipelineRecipe.from_preset("demo", vqvae_overrides={"lora_factors": "balanced"})
+    return PipelineRecipe.from_preset("lora")  # FSQ VQ-VAE, balanced SVD factors (README, "LoRA adapters")
 
 
 @dataclass
