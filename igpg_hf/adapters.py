@@ -46,6 +46,7 @@ __all__ = [
     "find_base_model",
     "is_base_model_folder",
     "adapter_specs_of",
+    "adapter_text",
     "load_adapter",
     "load_base_model",
     "read_adapter_folder",
@@ -189,6 +190,28 @@ def _jsonable(config: Any) -> dict[str, Any]:
     return conv(d)
 
 
+def adapter_text(
+    peft_config: dict[str, Any], base_model: str, base_arch: ArchSpec | dict | None = None
+) -> str:
+    """The description of an adapter that conditions the prior, e.g. ``"lora adapter: rank 4, alpha 8; on
+    features.conv2, head.fc1; trained in full head.fc2; base cnn: conv channels [16, 32], ..."`` (the base's
+    architecture text when known, else the start of its identity)."""
+    c = peft_config
+    targets = c.get("target_modules") or []
+    targets = sorted(targets) if isinstance(targets, list) else [str(targets)]
+    full = sorted(c.get("modules_to_save") or [])
+    if isinstance(base_arch, dict):
+        base_arch = ArchSpec.from_dict(base_arch)
+    base = base_arch.text() if base_arch is not None else str(base_model)[:19]
+    parts = [
+        f"{str(c.get('peft_type', 'adapter')).lower()} adapter: rank {c.get('r')}, alpha {c.get('lora_alpha')}"
+    ]
+    parts.append(f"on {', '.join(targets)}")
+    if full:
+        parts.append(f"trained in full {', '.join(full)}")
+    return "; ".join(parts) + f"; base {base}"
+
+
 @dataclass
 class AdapterSpec:
     """What an adapter is, without its values: peft config, state-dict layout, base identity (and architecture).
@@ -236,17 +259,8 @@ class AdapterSpec:
         return self.layout.num_float
 
     def text(self) -> str:
-        """Standardized description that conditions the prior (same spec -> same text)."""
-        c = self.peft_config
-        targets = c.get("target_modules") or []
-        targets = sorted(targets) if isinstance(targets, list) else [str(targets)]
-        full = sorted(c.get("modules_to_save") or [])
-        base = self.base_arch.text() if self.base_arch is not None else self.base_model[:19]
-        parts = [f"{self.peft_type.lower()} adapter: rank {c.get('r')}, alpha {c.get('lora_alpha')}"]
-        parts.append(f"on {', '.join(targets)}")
-        if full:
-            parts.append(f"trained in full {', '.join(full)}")
-        return "; ".join(parts) + f"; base {base}"
+        """Standardized description that conditions the prior (same spec -> same text); see `adapter_text`."""
+        return adapter_text(self.peft_config, self.base_model, self.base_arch)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (`from_dict` inverts it)."""
