@@ -1,4 +1,4 @@
-"""The benchmark: the smoke preset end to end (six parts, report, plots, resume) and the baselines it compares with."""
+"""The benchmark: the smoke preset end to end (seven parts, report, plots, resume) and the baselines it compares with."""
 
 import json
 import numbers
@@ -25,6 +25,7 @@ SECTIONS = (
     "## 4. Tokenizer fidelity",
     "## 5. Novelty",
     "## 6. Speed and memory",
+    "## 7. LoRA adapters",
     "## Headline",
     "Where the generator loses",
 )
@@ -57,7 +58,7 @@ def test_smoke_writes_six_parts_report_and_plots(smoke):
     assert "igpg-hf bench --preset smoke --out DIR" in report
     for section in SECTIONS:
         assert section in report, section
-    for png in ("seen", "unseen", "cross_arch", "fidelity", "novelty", "speed"):
+    for png in ("seen", "unseen", "cross_arch", "fidelity", "novelty", "speed", "lora"):
         assert (out / f"{png}.png").stat().st_size > 1000
 
 
@@ -119,6 +120,9 @@ def test_smoke_figures_are_numbers(smoke):
     ):
         if not path.endswith("architecture"):
             assert isinstance(v, numbers.Real) and v >= 0, path
+    lora = res["lora"]["summary"]
+    assert isinstance(lora["seen_ratio"], float) and isinstance(lora["mnist_rot45/head_start"], float)
+    assert isinstance(lora["mnist_rot45/gap_to_best_retrieval"], float) and lora["generated_samples"] > 0
     assert all(isinstance(v, float) for v in res["timings"].values())
 
 

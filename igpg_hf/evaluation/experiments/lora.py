@@ -290,7 +290,7 @@ class LoraExperiment(Experiment):
         s, cfg = r.summary(), r.settings
         tasks = list(r.seen)
         lines = [
-            f"## {self.title}",
+            f"## 7. {self.title}",
             "",
             f"Base: {r.base['architecture']} ({r.base['parameters']:,} parameters, trained on "
             f"{r.base.get('task')}, test accuracy {100 * r.base.get('test_acc', float('nan')):.1f} %; identity "
