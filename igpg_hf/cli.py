@@ -13,6 +13,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -56,6 +57,10 @@ def _setup(verbose: bool) -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # datasets' own bars ("Generating train split") say nothing to a user; the library's progress bars stay
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "datasets" in sys.modules:  # already imported (a caller in the same process)
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def _fail(e: Exception) -> typing.NoReturn:

@@ -1,4 +1,4 @@
-"""Run by test_training.py under `torchrun --nproc_per_node 2`: tokenizer and prior steps in 2 CPU processes."""
+"""Run by test_training.py under `torchrun --nproc_per_node 2`: VQ-VAE and prior steps in 2 CPU processes."""
 
 import json
 import sys

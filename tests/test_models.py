@@ -1,4 +1,4 @@
-"""VQ-VAE tokenizer and prior: shapes, losses, save/load round trips, sampling, clear errors."""
+"""VQ-VAE and prior: shapes, losses, save/load round trips, sampling, clear errors."""
 
 import pytest
 import torch

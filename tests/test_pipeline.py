@@ -97,7 +97,7 @@ def test_clear_errors(pipe):
         broken("Classify digits")
 
 
-def test_tokenizer_that_cannot_encode_the_layout(pipe):
+def test_vqvae_that_cannot_encode_the_layout(pipe):
     sd = get_architecture("mlp_small").build().state_dict()
     lay = WeightLayout.from_state_dict(sd)
     vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny", normalization="delta"))
