@@ -548,7 +548,10 @@ def bench_cmd(
         str, typer.Option(help="smoke (about a minute) | default (README figures, < 1 h on 2 cores) | gpu")
     ] = "default",
     parts: Annotated[
-        str | None, typer.Option(help="Comma-separated experiments to run, e.g. seen,speed (default: all).")
+        str | None,
+        typer.Option(
+            help="Comma-separated experiments to run, e.g. seen,speed (default: every default one)."
+        ),
     ] = None,
     pipeline: Annotated[
         str | None, typer.Option(help="Reuse a trained pipeline for the seen tasks (with --corpus).")
@@ -562,6 +565,13 @@ def bench_cmd(
     threads: Annotated[
         int | None, typer.Option(help="torch threads in the main process (default: the preset's).")
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Experiment config change, EXPERIMENT.FIELD=VALUE (repeatable), e.g. speed.samples=10.",
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Benchmark: the registered experiments (seen and unseen tasks, unseen architectures, VQ-VAE fidelity,
@@ -572,9 +582,8 @@ def bench_cmd(
     try:
         changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v is not None}
         selected = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
-        res = run_benchmark(
-            out, BenchConfig.from_preset(preset, **changes), pipeline=pipeline, corpus=corpus, parts=selected
-        )
+        config = BenchConfig.from_preset(preset, **changes).with_changes(_key_values(set_, "--set"))
+        res = run_benchmark(out, config, pipeline=pipeline, corpus=corpus, parts=selected)
     except ValueError as e:
         _fail(e)
     for line in res.summary_lines():

@@ -17,7 +17,7 @@ from igpg_hf.evaluation.baselines import (
     select_best,
 )
 from igpg_hf.evaluation.benchmark import BenchConfig, run_benchmark
-from igpg_hf.evaluation.experiments import EXPERIMENTS, Experiment, ExperimentResult
+from igpg_hf.evaluation.experiments import EXPERIMENTS, Experiment, ExperimentResult, default_parts
 from igpg_hf.zoo import architecture_for_task, get_task, load_task_data
 from igpg_hf.zoo.training import HyperParams, train_model
 
@@ -56,7 +56,11 @@ def _numbers(obj, path=""):
 
 def test_smoke_writes_six_parts_report_and_plots(smoke):
     out, res = smoke
-    assert tuple(EXPERIMENTS) == PARTS and set(PARTS) <= set(res)
+    assert (
+        tuple(default_parts()) == PARTS
+        and set(PARTS) <= set(res)
+        and not set(EXPERIMENTS) - set(PARTS) & set(res)
+    )
     assert all(isinstance(res[p]["summary"], dict) and res[p]["summary"] for p in PARTS)
     on_disk = json.loads((out / "results.json").read_text())
     assert set(PARTS) <= set(on_disk) and on_disk["seen"] == res["seen"]
@@ -194,6 +198,20 @@ def test_an_experiment_is_one_class_and_one_registry_line(smoke, monkeypatch):
     assert toy.results["seen"] == res["seen"]  # the other experiments' caches stay valid
     assert "## Toy" in (out / "report.md").read_text()
     assert json.loads((out / "results.json").read_text())["meta"]["parts"] == ["toy"]
+
+
+def test_opt_in_experiments_and_config_changes(smoke, tmp_path):
+    """quantizers and label_alignment run only when named; `with_changes` sets an experiment's field."""
+    out, _ = smoke
+    config = BenchConfig.from_preset("smoke").with_changes({"label_alignment.min_z": -100.0})
+    res = run_benchmark(out, config, parts=["quantizers", "label_alignment"], progress=False).results
+    q, la = res["quantizers"], res["label_alignment"]
+    assert set(q["variants"]) == {"gumbel", "fsq"} and q["variants"]["fsq"]["vocab_size"] == 16
+    assert la["min_z"] == -100.0 and la["summary"]["aligned_nets"] == 2 * 2 * 2 * 2
+    with pytest.raises(ValueError, match="no field 'min_zz'"):
+        config.with_changes({"label_alignment.min_zz": 1})
+    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+        config.with_changes({"nope.x": 1})
 
 
 # ------------------------------------------------------------------------------------------- baselines

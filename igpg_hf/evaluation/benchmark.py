@@ -28,7 +28,7 @@ import torch
 from ..files import atomic_write_json
 from ..training.pipeline import PipelineRecipe
 from ..training.zoo_builder import ZooConfig
-from .experiments import EXPERIMENTS, ExperimentResult, get_experiment
+from .experiments import EXPERIMENTS, ExperimentResult, default_parts, get_experiment
 from .settings import GenerationSettings
 from .zoos import Zoo, ZooSetup, load_zoo, record_build
 
@@ -133,6 +133,21 @@ class BenchConfig:
             experiments=_experiment_configs(name),
             **{**run[name], **changes},
         )
+
+    def with_changes(self, changes: dict[str, Any]) -> BenchConfig:
+        """A copy with experiment config fields changed: ``{"label_alignment.min_z": -100}``."""
+        new = copy.deepcopy(self)
+        for dotted, value in changes.items():
+            name, _, field_name = dotted.partition(".")
+            get_experiment(name)
+            config = new.experiments.get(name)
+            if config is None or not dataclasses.is_dataclass(config):
+                raise ValueError(f"experiment {name!r} has no config dataclass in this run")
+            if field_name not in {f.name for f in dataclasses.fields(config)}:
+                known = ", ".join(f.name for f in dataclasses.fields(config))
+                raise ValueError(f"{type(config).__name__} has no field {field_name!r}; fields: {known}")
+            new.experiments[name] = dataclasses.replace(config, **{field_name: value})
+        return new
 
 
 class _Pool:
@@ -291,7 +306,7 @@ def run_benchmark(
     parts: list[str] | None = None,
     progress: bool = True,
 ) -> BenchResult:
-    """Run the registered experiments (all by default, or ``parts``), reusing zoos, pipelines and finished parts.
+    """Run the registered experiments (the default ones, or ``parts``), reusing zoos, pipelines and finished parts.
 
     ``pipeline`` + ``corpus`` reuse a trained pipeline and its training corpus (e.g. ``igpg-hf demo``'s) for the
     seen zoo. Writes ``results.json``, ``report.md`` and plots of the parts run (and of parts an earlier run
@@ -299,7 +314,7 @@ def run_benchmark(
     """
     from .report import plot_all, write_report
 
-    cfg, parts = config or BenchConfig(), list(parts or EXPERIMENTS)
+    cfg, parts = config or BenchConfig(), list(parts or default_parts())
     for p in parts:
         get_experiment(p)
     if (pipeline is None) != (corpus is None):
