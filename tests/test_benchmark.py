@@ -200,6 +200,7 @@ def test_an_experiment_is_one_class_and_one_registry_line(smoke, monkeypatch):
     assert json.loads((out / "results.json").read_text())["meta"]["parts"] == ["toy"]
 
 
+@pytest.mark.slow
 def test_opt_in_experiments_and_config_changes(smoke, tmp_path):
     """quantizers and label_alignment run only when named; `with_changes` sets an experiment's field."""
     out, _ = smoke

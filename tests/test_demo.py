@@ -61,6 +61,7 @@ def test_readme_quickstart_runs(demo_dir, tmp_path):
     assert "accuracy" in proc.stdout
 
 
+@pytest.mark.slow
 def test_quickstart_example_runs(demo_dir):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), str(demo_dir / "pipeline")],

@@ -126,6 +126,7 @@ def test_prior_rejects_mismatched_vqvae(tmp_path, checkpoints):
         train_prior(checkpoints, vq, TinyText(), tiny_tokenizer, cfg, tmp_path / "prior", progress=False)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_training_step(tmp_path):
     script = Path(__file__).parent / "_ddp_train_step.py"
     proc = subprocess.run(
