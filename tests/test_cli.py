@@ -124,6 +124,20 @@ def test_train_vqvae_keeps_the_presets_quantizer(zoo, tmp_path):
         ],
     )  # the folder holds an fsq VQ-VAE of 2 steps: refused, not silently reused
     assert again.exit_code == 2 and "other settings" in again.output
+    typo = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "vqvae",
+            "--corpus",
+            str(zoo[0]),
+            "--out",
+            str(tmp_path / "t"),
+            "--vqvae-config",
+            "chunk_sise=3",
+        ],
+    )
+    assert typo.exit_code == 2 and "unknown IGPGVQVAEConfig field(s) ['chunk_sise']" in typo.output
 
 
 def test_training_ignores_the_corpus_order(zoo, run, tmp_path):

@@ -50,39 +50,45 @@ def _checkpoints(corpus_or_checkpoints: Any) -> list:
 
 
 def _check_stage(stage_dir: Path, recipe: PipelineRecipe, stage: str) -> None:
-    """Refuse to reuse or resume a stage trained with other settings; record the settings of a new one."""
+    """Refuse to reuse or resume a stage trained with other settings; record the settings of a stage to train.
+
+    Only a folder holding a trained model or a training checkpoint is checked: settings recorded for a run that
+    never got that far (it failed on a bad config) are simply replaced.
+    """
     path = stage_dir / "recipe.json"
     new = recipe.weights_key(stage)
-    if path.exists():
-        stored = json.loads(path.read_text())
-        changed = sorted(k for k in new if stored.get(k) != new[k])
-        if changed:
-            raise ValueError(
-                f"{stage_dir} holds a {stage} trained with other settings ({', '.join(changed)}: stored "
-                f"{ {k: stored.get(k) for k in changed} }, asked { {k: new[k] for k in changed} }); "
-                "use another output folder or delete this one"
-            )
+    trained = (stage_dir / "final" / "config.json").exists() or (stage_dir / "checkpoint").exists()
+    if not trained:
+        atomic_write_json(path, new)
         return
-    if (stage_dir / "final" / "config.json").exists() or (stage_dir / "checkpoint").exists():
+    if not path.exists():
         logger.warning("%s holds a %s but no recipe.json; reusing it unchecked", stage_dir, stage)
         return
-    atomic_write_json(path, new)
+    stored = json.loads(path.read_text())
+    changed = sorted(k for k in new if stored.get(k) != new[k])
+    if changed:
+        raise ValueError(
+            f"{stage_dir} holds a {stage} trained with other settings ({', '.join(changed)}: stored "
+            f"{ {k: stored.get(k) for k in changed} }, asked { {k: new[k] for k in changed} }); "
+            "use another output folder or delete this one"
+        )
 
 
 def train_pipeline_vqvae(
-    corpus_or_checkpoints: Any, recipe: PipelineRecipe, output_dir: str | os.PathLike, progress: bool = True
+    corpus_or_checkpoints: WeightCorpusLike,
+    recipe: PipelineRecipe,
+    output_dir: str | os.PathLike,
+    progress: bool = True,
 ) -> IGPGVQVAEModel:
     """The first stage of `train_pipeline` alone: the VQ-VAE in ``output_dir/vqvae`` (reused or resumed)."""
-    out = Path(output_dir)
-    _check_stage(out / "vqvae", recipe, "vqvae")
-    final = out / "vqvae" / "final"
-    if (final / "config.json").exists():
-        logger.info("reusing the VQ-VAE in %s", final)
-        return IGPGVQVAEModel.from_pretrained(final).eval()
+    stage = Path(output_dir) / "vqvae"
+    config = recipe.vqvae_config()  # a bad preset or field is a ValueError before anything is written
+    _check_stage(stage, recipe, "vqvae")
+    if (stage / "final" / "config.json").exists():
+        logger.info("reusing the VQ-VAE in %s", stage / "final")
+        return IGPGVQVAEModel.from_pretrained(stage / "final").eval()
     checkpoints = _checkpoints(corpus_or_checkpoints)
-    return train_vqvae(
-        checkpoints, recipe.vqvae_config(), out / "vqvae", recipe.vqvae_training, progress=progress
-    ).eval()
+    return train_vqvae(checkpoints, config, stage, recipe.vqvae_training, progress=progress).eval()
 
 
 def train_pipeline(
@@ -95,11 +101,11 @@ def train_pipeline(
     """Train (or reuse, or resume) the VQ-VAE and the prior of ``recipe`` on a corpus; return the pipeline.
 
     ``corpus_or_checkpoints``: a `WeightCorpus`, any iterable of its checkpoints (order does not matter), or a
-    corpus folder / Hub dataset id. Writes ``output_dir/vqvae/final`` and ``output_dir/prior/final`` (each stage
-    folder with its ``recipe.json``) (the pipeline itself is not saved: ``pipe.save_pretrained(dir)``). ``vqvae``: a
-    trained VQ-VAE (model or folder) to use instead of training ``output_dir/vqvae``. Raises ValueError on an
-    empty corpus, a recipe that disagrees with the one ``output_dir`` was trained with, or a VQ-VAE that cannot
-    encode the corpus.
+    corpus folder / Hub dataset id. Writes ``output_dir/vqvae/final`` and ``output_dir/prior/final``, each stage
+    folder with the ``recipe.json`` of its settings; the pipeline itself is not saved (``pipe.save_pretrained``).
+    ``vqvae``: a trained VQ-VAE (model or folder) to use instead of training ``output_dir/vqvae``. Raises
+    ValueError on an empty corpus, a bad preset or config field, a stage folder trained with other settings, or
+    a VQ-VAE that cannot encode the corpus.
     """
     out = Path(output_dir)
     checkpoints = _checkpoints(corpus_or_checkpoints)
