@@ -1,4 +1,4 @@
-"""Configurations of the IGPG tokenizer (VQ-VAE over weight chunks) and prior (conditioned GPT-2)."""
+"""Configurations of the IGPG VQ-VAE (weights <-> tokens, over weight chunks) and prior (conditioned GPT-2)."""
 
 from __future__ import annotations
 
