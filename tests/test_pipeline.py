@@ -196,3 +196,14 @@ def test_model_cpu_offload_moves_one_component_per_stage(pipe):
     finally:
         for n, orig in originals.items():
             getattr(pipe, n).to = orig
+
+
+def test_support_set_size_comes_from_the_prior_config(pipe):
+    """Inference draws as many samples per class as the prior was trained with (saved in its config)."""
+    _, y = pipe._labelled_samples("mnist")
+    assert len(y) == 10 * pipe.prior.config.support_per_class == 50
+    pipe.prior.config.support_per_class = 2
+    try:
+        assert len(pipe._labelled_samples("mnist")[1]) == 20
+    finally:
+        pipe.prior.config.support_per_class = 5

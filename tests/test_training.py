@@ -141,3 +141,32 @@ def test_two_process_cpu_training_step(tmp_path):
     # different data shards, same weights after the step: gradients were all-reduced
     assert ranks[0]["digest"] == pytest.approx(ranks[1]["digest"], rel=1e-6)
     assert torch.tensor(ranks[0]["digest"]).isfinite()
+
+
+def test_recipe_builds_the_configs_training_and_inference_share():
+    from types import SimpleNamespace
+
+    from igpg_hf.training import PipelineRecipe
+
+    vq = SimpleNamespace(config=SimpleNamespace(vocab_size=64, tokens_per_chunk=2))
+    smoke = PipelineRecipe.from_preset("smoke")
+    c = smoke.prior_config(vq, longest_sequence=300)
+    assert (c.n_positions, c.context_rule) == (304, "longest")  # the longest sequence + the 4-token prefix
+    assert c.text_encoder_name == "sentence-transformers/all-MiniLM-L6-v2" and c.support_per_class == 5
+    assert smoke.prior_config(vq, 10).n_positions == 128  # never below the preset's context
+    assert smoke.prior_config(vq, 5000).n_positions == 1024  # capped: longer models go block by block
+    fixed = smoke.with_changes({"n_positions": 96, "support_per_class": 3}, prior_training={"steps": 7})
+    c = fixed.prior_config(vq, 5000)
+    assert (c.n_positions, c.context_rule, c.support_per_class, fixed.prior_training.steps) == (
+        96,
+        "fixed",
+        3,
+        7,
+    )
+    assert smoke.prior_training.steps == 40  # with_changes copies
+    with pytest.raises(ValueError, match="may not set"):
+        PipelineRecipe(prior_overrides={"n_positions": 64})
+    with pytest.raises(ValueError, match="unknown pipeline recipe preset"):
+        PipelineRecipe.from_preset("huge")
+    with pytest.raises(ValueError, match="unknown IGPGPriorConfig field"):
+        PipelineRecipe(prior_overrides={"n_layers": 3}).prior_config(vq, 10)
