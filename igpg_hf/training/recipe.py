@@ -182,12 +182,12 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
         prior_training=PriorTrainingArgs(steps=1000, use_dataset_condition=False),
         n_positions=256,
     ),
-    # seconds, for tests and the smoke benchmark
+    # seconds, for tests and the smoke benchmark (no checkpoints mid-run: a killed run just starts over)
     "smoke": PipelineRecipe(
         vqvae_preset="tiny",
         prior_preset="tiny",
-        vqvae_training=VQVAETrainingArgs(steps=60, batch_size=64, checkpoint_every=30, log_every=20),
-        prior_training=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=20, log_every=10),
+        vqvae_training=VQVAETrainingArgs(steps=60, batch_size=64, checkpoint_every=1000, log_every=20),
+        prior_training=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=1000, log_every=10),
     ),
     # a GPU: larger VQ-VAE and prior, 20,000 steps each (never run to the end yet)
     "gpu": PipelineRecipe(
