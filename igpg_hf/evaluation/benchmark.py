@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..files import atomic_write_json
-from ..training.pipeline import PipelineRecipe
+from ..training.recipe import PipelineRecipe
 from ..training.zoo_builder import ZooConfig
 from .experiments import EXPERIMENTS, ExperimentResult, default_parts, get_experiment
 from .settings import GenerationSettings
@@ -41,10 +41,7 @@ _RESNET_GPU_BLOCKS = [[a, b, c] for a in (1, 2, 3) for b in (1, 2, 3) for c in (
 
 
 def _recipe(preset: str, prior_changes: dict | None = None, **changes: Any) -> PipelineRecipe:
-    recipe = PipelineRecipe.from_preset(preset, **changes)
-    if prior_changes:
-        recipe.prior_training = dataclasses.replace(recipe.prior_training, **prior_changes)
-    return recipe
+    return PipelineRecipe.from_preset(preset).with_changes(changes, prior_training=prior_changes)
 
 
 def _zoo_setups(preset: str) -> dict[str, ZooSetup]:

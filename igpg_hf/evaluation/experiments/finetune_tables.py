@@ -86,9 +86,11 @@ class FinetuneSettings:
 
     @classmethod
     def from_preset(cls, name: str) -> FinetuneSettings:
-        """ "smoke": two short schedules and two starts per method; otherwise the defaults."""
+        """ "smoke": two short schedules and two starts per method; "gpu": ten starts; "default": the defaults."""
         if name == "smoke":
             return cls(epochs=[1, 2], steps=[5, 10], samples=2, best_of=2)
+        if name == "gpu":
+            return cls(samples=10)
         return cls()
 
 
