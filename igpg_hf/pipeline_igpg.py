@@ -251,6 +251,15 @@ class IGPGPipeline(DiffusionPipeline):
         # 4. sample weight tokens autoregressively (block by block past the context)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         n_draw = num_samples * candidates_per_sample
+        positions = None
+        if self.prior.uses_structure:  # the place of every token, from the layout, as at training
+            pc, vc = self.prior.config, self.vqvae.config
+            if (pc.chunk_size, pc.chunk_mode) != (vc.chunk_size, vc.chunk_mode):
+                raise ValueError(
+                    f"the prior's chunking (chunk_size={pc.chunk_size}, chunk_mode={pc.chunk_mode!r}) differs "
+                    f"from the VQ-VAE's ({vc.chunk_size}, {vc.chunk_mode!r}): they were not trained together"
+                )
+            positions = self.prior.weight_positions(layout)
         with self._stage(self.prior):
             tokens, loglik = sample_weight_tokens(
                 self.prior,
@@ -261,6 +270,7 @@ class IGPGPipeline(DiffusionPipeline):
                 seed=seed,
                 use_cache=use_cache,
                 return_log_likelihood=True,
+                positions=positions,
             )
         known_set = set(known or ())
         copy_flags = [sequence_hash(t) in known_set for t in tokens] if known else None

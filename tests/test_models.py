@@ -128,7 +128,9 @@ def test_gumbel_temperature_anneals_and_cycles():
 
 
 def _prior(**kw):
+    # sequences without a layout: the absolute-position prior (structure priors: tests/test_structure.py)
     torch.manual_seed(0)
+    kw = {"position_scheme": "absolute", **kw}
     return IGPGPriorModel(
         IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16, **kw)
     )

@@ -23,7 +23,9 @@ def pipe():
     vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny"))
     vq.fit_normalization([(layout, layout.vectorize(sd))])
     prior = IGPGPriorModel(
-        IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16)
+        IGPGPriorConfig.from_preset(
+            "tiny", vocab_size=64, tokens_per_chunk=2, chunk_size=32, block_overlap=16
+        )
     )
     enc, tok = load_text_encoder()
     return IGPGPipeline(vqvae=vq.eval(), prior=prior.eval(), text_encoder=enc, tokenizer=tok)
@@ -120,6 +122,7 @@ def test_candidates_likelihood_and_copy_exclusion(pipe):
     emb = encode_text(["Classify handwritten digits", text], pipe.text_encoder, pipe.tokenizer)
     cond = IGPGConditions(text_embeds=emb[:1].expand(6, -1), arch_embeds=emb[1:].expand(6, -1))
     cfg, toks, total = pipe.prior.config, plain.token_ids, torch.zeros(6)
+    places = pipe.prior.weight_positions(pipe.resolve_architecture("tiny_cnn")[0])
     wins = block_windows(toks.shape[1], cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
     assert len(wins) > 1  # the tiny prior's context is shorter than the model: scored window by window
     with torch.no_grad():
@@ -127,7 +130,9 @@ def test_candidates_likelihood_and_copy_exclusion(pipe):
             cond.block_index = torch.full((6,), w.index, dtype=torch.long)
             pre = pipe.prior.build_prefix(cond, 6)
             logits = pipe.prior(
-                inputs_embeds=pipe.prior.embed_sequence(pre, toks[:, w.context_start : w.stop])
+                inputs_embeds=pipe.prior.embed_sequence(
+                    pre, toks[:, w.context_start : w.stop], places[w.context_start : w.stop]
+                )
             ).logits
             new = toks[:, w.start : w.stop]
             lp = torch.log_softmax(logits[:, -new.shape[1] - 1 : -1].float(), -1)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -31,6 +32,7 @@ from ..files import atomic_write_json
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..sampling import block_windows, sequence_hash
+from ..weights.structure import STRUCTURE_FIELDS
 from .args import PriorTrainingArgs
 from .loop import run_training
 from .vqvae import canonical_order
@@ -49,6 +51,8 @@ class EncodedCheckpoint:
     arch_text: str
     task: str
     model_id: str
+    layout: Any = None  # WeightLayout of the checkpoint
+    positions: torch.Tensor | None = None  # (N, F) token places (structure priors), set by train_prior
 
 
 def _instructions(meta) -> tuple[str, ...]:
@@ -69,7 +73,12 @@ def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedC
         m = c.metadata
         out.append(
             EncodedCheckpoint(
-                vqvae.encode(c.state_dict(), c.layout), _instructions(m), m.arch_text, m.task, m.model_id
+                vqvae.encode(c.state_dict(), c.layout),
+                _instructions(m),
+                m.arch_text,
+                m.task,
+                m.model_id,
+                c.layout,
             )
         )
     if not out:
@@ -109,6 +118,7 @@ class PriorExamples(Dataset):
         loss_mask = torch.arange(len(tokens)) >= (w.start - w.context_start)
         item = {
             "tokens": tokens,
+            "positions": None if s.positions is None else s.positions[w.context_start : w.stop],
             "loss_mask": loss_mask,
             "block": w.index,
             "text": self.text[rng.choice(s.instructions)],
@@ -123,11 +133,19 @@ class PriorExamples(Dataset):
         return item
 
 
-def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.Tensor, torch.Tensor]:
-    """Pad a batch: tokens (B, N), loss_mask (B, N) False on padding/context, conditions."""
+def collate(
+    items: list[dict], feature_dim: int
+) -> tuple[IGPGConditions, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pad a batch: conditions, tokens (B, N), loss_mask (B, N) False on padding/context, and the tokens' places
+    (B, N, F), -1 on padding (None for absolute priors)."""
     B, N = len(items), max(len(it["tokens"]) for it in items)
     tokens = torch.zeros(B, N, dtype=torch.long)
     mask = torch.zeros(B, N, dtype=torch.bool)
+    places = None
+    if items[0].get("positions") is not None:
+        places = torch.full((B, N, items[0]["positions"].shape[-1]), -1, dtype=torch.long)
+        for b, it in enumerate(items):
+            places[b, : len(it["positions"])] = it["positions"]
     S = max((len(it["labels"]) for it in items if "labels" in it), default=1)
     feats, labels, smask = (
         torch.zeros(B, S, feature_dim),
@@ -150,7 +168,29 @@ def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.
         block_index=torch.tensor([it["block"] for it in items]),
         drop={"text": drop[:, 0], "arch": drop[:, 1], "dataset": drop[:, 2] | ~smask.any(1)},
     )
-    return cond, tokens, mask
+    return cond, tokens, mask, places
+
+
+def _structure(model: IGPGPriorModel, seqs: list[EncodedCheckpoint], vqvae: IGPGVQVAEModel) -> None:
+    """Store the VQ-VAE's chunking in the prior's config, give every sequence its token places, and record the
+    largest value of every learned field (values past it at inference share its row)."""
+    cfg = model.config
+    cfg.chunk_size, cfg.chunk_mode = vqvae.config.chunk_size, vqvae.config.chunk_mode
+    if not model.uses_structure:
+        return
+    cache: dict[str, torch.Tensor] = {}
+    for s in seqs:
+        key = s.layout.to_json()
+        if key not in cache:
+            cache[key] = model.weight_positions(s.layout)
+        s.positions = cache[key]
+        if len(s.positions) != len(s.tokens):
+            raise ValueError(
+                f"checkpoint {s.model_id!r}: {len(s.tokens)} tokens but {len(s.positions)} token places "
+                "(the prior's chunking differs from the VQ-VAE's)"
+            )
+    seen = torch.stack([p.max(0).values for p in cache.values()]).max(0).values
+    cfg.structure_seen_max = {f: int(seen[STRUCTURE_FIELDS.index(f)]) for f in cfg.structure_tables}
 
 
 def _support_pool(tasks: set[str], args: PriorTrainingArgs, config: IGPGPriorConfig) -> dict:
@@ -200,6 +240,7 @@ def train_prior(
             f"prior tokens_per_chunk {cfg.tokens_per_chunk} != VQ-VAE's {vqvae.config.tokens_per_chunk}"
         )
     cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
+    _structure(model, seqs, vqvae)
     strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
@@ -218,9 +259,9 @@ def train_prior(
     t0 = time.perf_counter()
 
     def step_fn(m, batch, step):
-        cond, tokens, mask = batch
+        cond, tokens, mask, places = batch
         # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
-        embeds, labels = accelerator.unwrap_model(m).build_inputs(cond, tokens, mask)
+        embeds, labels = accelerator.unwrap_model(m).build_inputs(cond, tokens, mask, places)
         loss = m(inputs_embeds=embeds, labels=labels, use_cache=False).loss
         return loss, {"loss": loss.item()}, f"loss {loss.item():.3f}"
 

@@ -165,6 +165,9 @@ class Speed(Experiment):
                     SamplingConfig(temperature=z.settings.temperature),
                     0,
                     c,
+                    positions=pipe.prior.weight_positions(z.by_task[task][0].layout)
+                    if pipe.prior.uses_structure
+                    else None,
                 )
             )
             timings[f"prior_kv_cache_{str(cache).lower()}"] = {
