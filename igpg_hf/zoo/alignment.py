@@ -12,10 +12,13 @@ The result computes the same function up to float rounding (tests check it).
 
 Architectures of different depths are aligned to one reference through `reference_for`: every block of the
 target is matched to the reference's block at the same index (its last block past its depth).
+`align_checkpoints` aligns a whole zoo before its VQ-VAE and prior are trained.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -25,6 +28,8 @@ from scipy.optimize import linear_sum_assignment
 
 from .architectures import ArchSpec
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "PermutationSpec",
     "permutation_spec",
@@ -32,7 +37,11 @@ __all__ = [
     "apply_permutations",
     "align_state_dict",
     "reference_for",
+    "align_checkpoints",
+    "ALIGNABLE_FAMILIES",
 ]
+
+ALIGNABLE_FAMILIES = ("resnet", "mlp", "cnn", "cnn1d")
 
 
 @dataclass
@@ -216,3 +225,45 @@ def align_state_dict(
     ref = reference_for(spec, reference_spec or spec, reference, sd)
     ps = permutation_spec(spec, sd)
     return apply_permutations(ps, weight_matching(ps, ref, sd, seed=seed), sd)
+
+
+def align_checkpoints(checkpoints: list, seed: int = 0) -> list:
+    """Corpus checkpoints with their channels permuted to one reference per architecture family and task.
+
+    The reference of a group is its deepest, then largest, architecture's last-epoch checkpoint of the smallest
+    ``model_id``, so every block of every other depth has a counterpart. Checkpoints of a family
+    `permutation_spec` does not know, or without an architecture spec, come back unchanged; metadata and
+    layout are kept, only the weights change (same function). Order is kept.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(checkpoints):
+        spec = c.arch()
+        if spec is not None and spec.family in ALIGNABLE_FAMILIES:
+            key = (spec.family, c.metadata.task, spec.to_json() if spec.family != "resnet" else _widths(spec))
+            groups.setdefault(key, []).append(i)
+    out = list(checkpoints)
+    for members in groups.values():
+
+        def rank(i):
+            c = checkpoints[i]
+            return (
+                -sum(c.arch().params.get("blocks", [0])),
+                -c.layout.num_float,
+                -c.metadata.epoch,
+                c.metadata.model_id,
+            )
+
+        ref = checkpoints[min(members, key=rank)]
+        ref_spec, ref_sd = ref.arch(), ref.state_dict()
+        for i in members:
+            c = checkpoints[i]
+            if c is ref:
+                continue
+            sd = align_state_dict(c.arch(), c.state_dict(), ref_sd, ref_spec, seed=seed)
+            out[i] = dataclasses.replace(c, weights=c.layout.to_bytes(sd))
+        logger.info("aligned %d checkpoints to %s", len(members) - 1, ref.metadata.model_id)
+    return out
+
+
+def _widths(spec: ArchSpec) -> str:
+    return ArchSpec(spec.family, {k: v for k, v in spec.params.items() if k != "blocks"}).to_json()
