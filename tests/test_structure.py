@@ -150,3 +150,69 @@ def test_likelihood_of_a_sample_matches_the_training_loss():
     toks, ll = sample_weight_tokens(prior, _cond(), 60, 1, seed=3, positions=pos, return_log_likelihood=True)
     loss = prior.sequence_loss(_cond(), toks, positions=pos)
     assert ll.item() == pytest.approx(-loss.item(), abs=1e-4)
+
+
+def test_a_prior_trained_on_small_nets_samples_a_deeper_one(tmp_path):
+    """Trained on [1, 1, 1] / [1, 2, 1] ResNets, the prior samples a [4, 4, 4] one: more blocks (windows and ResNet
+    blocks) than it ever saw, past its absolute max_blocks; the weights load and are finite."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from igpg_hf import IGPGVQVAEConfig
+    from igpg_hf.sampling import block_windows
+    from igpg_hf.training import PriorTrainingArgs, TokenizerTrainingArgs, train_prior, train_tokenizer
+    from igpg_hf.zoo import architecture_for_task
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _ddp_train_step import TinyText, tiny_tokenizer
+
+    class Ck:
+        def __init__(self, blocks, seed):
+            torch.manual_seed(seed)
+            spec = architecture_for_task("digits", "resnet_small", blocks=blocks)
+            self.sd = spec.build().state_dict()
+            self.layout = WeightLayout.from_state_dict(self.sd)
+            self.metadata = SimpleNamespace(
+                model_id=f"{blocks}-{seed}", task="digits", instruction="", arch_text=spec.text()
+            )
+
+        def state_dict(self):
+            return self.sd
+
+        def vector(self):
+            return self.layout.vectorize(self.sd)
+
+    cks = [Ck(b, s) for b in ([1, 1, 1], [1, 2, 1]) for s in range(2)]
+    vq = train_tokenizer(
+        cks,
+        IGPGVQVAEConfig.from_preset("tiny"),
+        tmp_path / "vq",
+        TokenizerTrainingArgs(steps=4),
+        progress=False,
+    )
+    cfg = IGPGPriorConfig.from_preset(
+        "tiny", vocab_size=64, tokens_per_chunk=2, n_positions=68, block_overlap=16, max_blocks=2
+    )
+    prior = train_prior(
+        cks,
+        vq,
+        TinyText(),
+        tiny_tokenizer,
+        cfg,
+        tmp_path / "prior",
+        PriorTrainingArgs(steps=4, batch_size=4, use_dataset_condition=False),
+        progress=False,
+    ).eval()
+    assert prior.config.structure_seen_max["block"] == 1 and prior.config.chunk_size == 32
+    deep = architecture_for_task("digits", "resnet_small", blocks=[4, 4, 4])
+    layout = WeightLayout.from_module(deep.build())
+    n = vq.num_tokens(layout)
+    windows = lambda k: len(block_windows(k, cfg.max_weight_tokens, cfg.block_overlap, 2))  # noqa: E731
+    assert windows(n) > max(windows(vq.num_tokens(c.layout)) for c in cks) and windows(n) > cfg.max_blocks
+    cond = IGPGConditions(text_embeds=torch.randn(1, 384), arch_embeds=torch.randn(1, 384))
+    tokens = sample_weight_tokens(prior, cond, n, 1, seed=0, positions=prior.weight_positions(layout))
+    assert tokens.shape == (1, n)
+    for sd in (vq.decode(t, layout, fill=deep.build().state_dict()) for t in tokens):
+        assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+        deep.build().load_state_dict(sd, strict=True)
