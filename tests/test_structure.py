@@ -161,7 +161,7 @@ def test_a_prior_trained_on_small_nets_samples_a_deeper_one(tmp_path):
 
     from igpg_hf import IGPGVQVAEConfig
     from igpg_hf.sampling import block_windows
-    from igpg_hf.training import PriorTrainingArgs, TokenizerTrainingArgs, train_prior, train_tokenizer
+    from igpg_hf.training import PriorTrainingArgs, VQVAETrainingArgs, train_prior, train_vqvae
     from igpg_hf.zoo import architecture_for_task
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -184,11 +184,11 @@ def test_a_prior_trained_on_small_nets_samples_a_deeper_one(tmp_path):
             return self.layout.vectorize(self.sd)
 
     cks = [Ck(b, s) for b in ([1, 1, 1], [1, 2, 1]) for s in range(2)]
-    vq = train_tokenizer(
+    vq = train_vqvae(
         cks,
         IGPGVQVAEConfig.from_preset("tiny"),
         tmp_path / "vq",
-        TokenizerTrainingArgs(steps=4),
+        VQVAETrainingArgs(steps=4),
         progress=False,
     )
     cfg = IGPGPriorConfig.from_preset(

@@ -23,6 +23,8 @@ __all__ = ["PipelineRecipe", "RECIPE_PRESETS", "STAGE_FIELDS"]
 DERIVED_PRIOR_FIELDS = (
     "vocab_size",
     "tokens_per_chunk",
+    "chunk_size",
+    "chunk_mode",
     "n_positions",
     "text_encoder_name",
     "support_per_class",
@@ -32,8 +34,9 @@ DERIVED_PRIOR_FIELDS = (
 _BOOKKEEPING = ("checkpoint_every", "log_every")
 # the recipe fields each training stage depends on
 STAGE_FIELDS = {
-    "vqvae": ("vqvae_preset", "vqvae_overrides", "vqvae_training"),
+    "vqvae": ("vqvae_preset", "vqvae_overrides", "vqvae_training", "align_checkpoints"),
     "prior": (
+        "align_checkpoints",
         "prior_preset",
         "prior_overrides",
         "prior_training",
@@ -59,7 +62,10 @@ class PipelineRecipe:
       (None: the prior config's default);
     - context: ``n_positions=None`` fits the longest training sequence plus the prefix (at least the prior
       preset's context, at most ``max_n_positions``; longer models are generated block by block), an integer
-      fixes it; the prior's config records which (``context_rule``).
+      fixes it; the prior's config records which (``context_rule``);
+    - ``align_checkpoints``: permute every checkpoint's hidden channels to one reference per family and task
+      before both stages (`igpg_hf.zoo.alignment.align_checkpoints`: weight matching; same functions, seeds in
+      comparable coordinates).
     """
 
     vqvae_preset: str = "demo"
@@ -72,6 +78,7 @@ class PipelineRecipe:
     support_per_class: int | None = None
     n_positions: int | None = None
     max_n_positions: int = 1024
+    align_checkpoints: bool = False
 
     def __post_init__(self):
         if isinstance(self.vqvae_training, dict):
@@ -150,6 +157,8 @@ class PipelineRecipe:
             **support,
             vocab_size=vqvae.config.vocab_size,
             tokens_per_chunk=vqvae.config.tokens_per_chunk,
+            chunk_size=vqvae.config.chunk_size,
+            chunk_mode=vqvae.config.chunk_mode,
             n_positions=n_positions,
             text_encoder_name=self.text_encoder or DEFAULT_TEXT_ENCODER,
             context_rule=rule,
