@@ -230,7 +230,7 @@ def _sample_structured(
                 use_cache=use_cache,
                 logits_to_keep=1,
             )
-            past, logits = o.past_key_values, o.logits[:, -1].float()
+            past, logits = getattr(o, _CACHE_ARG), o.logits[:, -1].float()
             for t in range(w.stop - w.start):
                 tok = _pick(logits, sampling, warpers)
                 out[:, w.start + t] = tok
@@ -245,7 +245,7 @@ def _sample_structured(
                         use_cache=True,
                         **{_CACHE_ARG: past},
                     )
-                    past = o.past_key_values
+                    past = getattr(o, _CACHE_ARG)
                 else:
                     embeds = prior.embed_sequence(prefix, out[:, w.context_start : w.start + t + 1], places)
                     o = prior(inputs_embeds=embeds, use_cache=False, logits_to_keep=1)
