@@ -28,8 +28,10 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     # "layer": each layer padded to a multiple of K on its own (chunks never straddle layers);
     # "model": the whole vector padded once (the paper's architecture-wise mode).
     chunk_mode: str = "layer"
-    # chunk position (index within the model, modulo max_positions) is fed to encoder and decoder
+    # chunk position (modulo max_positions) is fed to encoder and decoder: its index within the model
+    # (position_mode "model") or within its layer ("layer": the same for a layer at any depth of a family)
     use_position: bool = True
+    position_mode: str = "model"
     max_positions: int = 1024
     # "gumbel" (the paper's), or from vector-quantize-pytorch: "vq" (EMA VQ), "fsq"
     quantizer: str = "gumbel"
@@ -52,6 +54,8 @@ class IGPGVQVAEConfig(PreTrainedConfig):
             raise ValueError(f"chunk_mode must be 'layer' or 'model', got {self.chunk_mode!r}")
         if self.quantizer not in ("gumbel", "vq", "fsq"):
             raise ValueError(f"quantizer must be 'gumbel', 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.position_mode not in ("model", "layer"):
+            raise ValueError(f"position_mode must be 'model' or 'layer', got {self.position_mode!r}")
         if self.normalization not in ("layer", "delta", "none"):
             raise ValueError(f"normalization must be 'layer', 'delta' or 'none', got {self.normalization!r}")
         if self.chunk_size < 1 or self.tokens_per_chunk < 1:

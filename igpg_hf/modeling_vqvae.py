@@ -24,12 +24,14 @@ from transformers.utils import ModelOutput
 from .configuration_igpg import IGPGVQVAEConfig
 from .quantizers import build_quantizer
 from .weights import (
+    STRUCTURE_FIELDS,
     WeightLayout,
     chunk_vector,
     denormalize_vector,
     fit_weight_stats,
     normalize_vector,
     num_chunks,
+    token_structure,
     unchunk_vector,
 )
 
@@ -206,7 +208,16 @@ class IGPGVQVAEModel(PreTrainedModel):
         if self.config.normalization != "none":
             v = normalize_vector(v, layout, self.config.weight_stats, self._base(layout))
         chunks, mask = chunk_vector(v, layout, self.config.chunk_size, self.config.chunk_mode)
-        return chunks, mask, torch.arange(chunks.shape[0])
+        return chunks, mask, self.chunk_positions(layout)
+
+    def chunk_positions(self, layout: WeightLayout) -> torch.Tensor:
+        """The position (M,) int64 of every chunk of a layout: its index in the model, or in its layer."""
+        cfg = self.config
+        if cfg.position_mode == "layer":
+            return token_structure(layout, cfg.chunk_size, 1, cfg.chunk_mode)[
+                :, STRUCTURE_FIELDS.index("chunk")
+            ]
+        return torch.arange(num_chunks(layout, cfg.chunk_size, cfg.chunk_mode))
 
     def restore(self, chunks: torch.Tensor, layout: WeightLayout) -> torch.Tensor:
         """Normalized chunks (M, K) -> raw weight vector (D,)."""
@@ -242,8 +253,7 @@ class IGPGVQVAEModel(PreTrainedModel):
         if token_ids.numel() != n:
             raise ValueError(f"layout needs {n} tokens, got {token_ids.numel()}")
         idx = token_ids.reshape(-1, self.config.tokens_per_chunk).to(self.device)  # (M, l)
-        pos = torch.arange(idx.shape[0], device=self.device)
-        chunks = self.decode_indices(idx, pos)
+        chunks = self.decode_indices(idx, self.chunk_positions(layout).to(self.device))
         return layout.devectorize(self.restore(chunks, layout), fill=fill)
 
     @torch.no_grad()

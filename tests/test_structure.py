@@ -216,3 +216,18 @@ def test_a_prior_trained_on_small_nets_samples_a_deeper_one(tmp_path):
     for sd in (vq.decode(t, layout, fill=deep.build().state_dict()) for t in tokens):
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
         deep.build().load_state_dict(sd, strict=True)
+
+
+def test_vqvae_layer_positions_are_the_same_at_every_depth():
+    from igpg_hf import IGPGVQVAEConfig, IGPGVQVAEModel
+
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny", position_mode="layer")).eval()
+    small, deep = _layout("resnet_small", blocks=[1, 1, 1]), _layout("resnet_small", blocks=[3, 1, 1])
+    ps, pd = vq.chunk_positions(small), vq.chunk_positions(deep)
+    assert len(pd) > len(ps) and ps.max() == pd.max()  # chunk index inside a layer, whatever the depth
+    sd = get_architecture("resnet_small", blocks=[3, 1, 1]).build().state_dict()
+    vq.fit_normalization([(deep, deep.vectorize(sd))])
+    back = vq.decode(vq.encode(sd), deep, fill=sd)
+    assert all(back[k].shape == v.shape for k, v in sd.items())
+    with pytest.raises(ValueError, match="position_mode"):
+        IGPGVQVAEConfig(position_mode="stage")
