@@ -187,9 +187,12 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
     # are generated block by block, as in the paper); the benchmark's cross-architecture zoo
     "resnet": PipelineRecipe(
         vqvae_preset="fsq",
+        # a chunk's position inside its layer: the same at every depth (its index in the model shifts with depth)
+        vqvae_overrides={"position_mode": "layer"},
         vqvae_training=VQVAETrainingArgs(lr=3e-3),
         prior_training=PriorTrainingArgs(steps=1000, use_dataset_condition=False),
         n_positions=256,
+        align_checkpoints=True,  # seeds in comparable coordinates (weight matching), before both stages
     ),
     # seconds, for tests and the smoke benchmark (no checkpoints mid-run: a killed run just starts over)
     "smoke": PipelineRecipe(
