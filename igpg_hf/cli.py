@@ -183,8 +183,15 @@ PriorConfig = Annotated[
     list[str] | None,
     typer.Option(help="IGPGPriorConfig field change, FIELD=VALUE (repeatable), e.g. n_layer=6."),
 ]
-_VQVAE_RECIPE = ("vqvae_preset",)
-_PRIOR_RECIPE = ("prior_preset", "text_encoder", "support_per_class", "n_positions", "max_n_positions")
+_VQVAE_RECIPE = ("vqvae_preset", "align_checkpoints")
+_PRIOR_RECIPE = (
+    "prior_preset",
+    "text_encoder",
+    "support_per_class",
+    "n_positions",
+    "max_n_positions",
+    "align_checkpoints",
+)
 
 
 # --------------------------------------------------------------------------------------- listings
