@@ -167,7 +167,9 @@ def sample_weight_tokens(
 
 
 # transformers renamed GPT-2's ``past_key_values`` argument to ``cache`` (5.24 warns on the old name)
-_CACHE_ARG = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
+_CACHE_ARG = (
+    "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
+)
 
 
 def _pick(logits: torch.Tensor, sampling: SamplingConfig, warpers: list) -> torch.Tensor:

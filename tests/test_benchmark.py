@@ -111,7 +111,9 @@ def test_smoke_figures_are_numbers(smoke):
     assert isinstance(res["unseen"]["all_meet_20_points_aligned"], bool)
     for r in res["cross_arch"]["configs"].values():
         for m in ("trained", "generated", "transplant", "random_init"):
-            assert all(isinstance(r["methods"][m][k], float) for k in ("recalibrated_mean", "finetuned_mean")), m
+            assert all(
+                isinstance(r["methods"][m][k], float) for k in ("recalibrated_mean", "finetuned_mean")
+            ), m
         assert r["parameters"] > 0 and r["kind"] in ("trained", "interior", "exterior")
     s = res["cross_arch"]["summary"]
     for k in ("in_distribution_ratio", "held_out_interior_ratio", "held_out_exterior_ratio"):
