@@ -50,15 +50,16 @@ _ROTATIONS = [
     "mnist_rot270",
 ]
 
+
+def resnet_depth_grid(lo: int, hi: int, held_out: tuple[list[int], ...]) -> list[list[int]]:
+    """Every ResNet block configuration [n1, n2, n3] with each n in lo..hi, except ``held_out``."""
+    r = range(lo, hi + 1)
+    return [[a, b, c] for a in r for b in r for c in r if [a, b, c] not in held_out]
+
+
 # the cross-architecture zoo's depths: n in 2..4 per stage, minus the interior configurations held out
 RESNET_HELD_OUT_INTERIOR = ([3, 3, 3], [2, 4, 3], [4, 3, 2])
-RESNET_DEPTHS = [
-    [a, b, c]
-    for a in (2, 3, 4)
-    for b in (2, 3, 4)
-    for c in (2, 3, 4)
-    if [a, b, c] not in RESNET_HELD_OUT_INTERIOR
-]
+RESNET_DEPTHS = resnet_depth_grid(2, 4, RESNET_HELD_OUT_INTERIOR)
 
 PRESETS = {
     "tiny": lambda: dict(

@@ -76,6 +76,21 @@ class CrossArchConfig:
                 ablations=["absolute"],
                 ablation_blocks=[[2, 2, 2]],
             )
+        if name == "gpu":  # the gpu zoo trains n in 2..5 per stage
+            return cls(
+                held_out=[
+                    [3, 3, 3],
+                    [2, 4, 3],
+                    [4, 3, 2],
+                    [4, 5, 3],
+                    [1, 1, 1],
+                    [2, 1, 2],
+                    [6, 6, 6],
+                    [5, 7, 5],
+                ],
+                trained_shown=[[2, 2, 2], [3, 4, 3], [5, 5, 5]],
+                ablation_blocks=[[3, 4, 3], [3, 3, 3], [1, 1, 1], [6, 6, 6]],
+            )
         return cls()
 
 
