@@ -38,6 +38,7 @@ __all__ = [
     "align_state_dict",
     "reference_for",
     "align_checkpoints",
+    "reference_checkpoint",
     "ALIGNABLE_FAMILIES",
 ]
 
@@ -243,17 +244,7 @@ def align_checkpoints(checkpoints: list, seed: int = 0) -> list:
             groups.setdefault(key, []).append(i)
     out = list(checkpoints)
     for members in groups.values():
-
-        def rank(i):
-            c = checkpoints[i]
-            return (
-                -sum(c.arch().params.get("blocks", [0])),
-                -c.layout.num_float,
-                -c.metadata.epoch,
-                c.metadata.model_id,
-            )
-
-        ref = checkpoints[min(members, key=rank)]
+        ref = reference_checkpoint([checkpoints[i] for i in members])
         ref_spec, ref_sd = ref.arch(), ref.state_dict()
         for i in members:
             c = checkpoints[i]
@@ -263,6 +254,17 @@ def align_checkpoints(checkpoints: list, seed: int = 0) -> list:
             out[i] = dataclasses.replace(c, weights=c.layout.to_bytes(sd))
         logger.info("aligned %d checkpoints to %s", len(members) - 1, ref.metadata.model_id)
     return out
+
+
+def reference_checkpoint(checkpoints: list):
+    """The checkpoint `align_checkpoints` aligns a group to: the deepest, then largest, architecture's
+    last-epoch checkpoint of the smallest ``model_id`` (so every block of every other depth has a counterpart)."""
+
+    def rank(c):
+        blocks = c.arch().params.get("blocks", [0])
+        return (-sum(blocks), -c.layout.num_float, -c.metadata.epoch, c.metadata.model_id)
+
+    return min(checkpoints, key=rank)
 
 
 def _widths(spec: ArchSpec) -> str:
