@@ -46,7 +46,7 @@ class CrossArchConfig:
     to report. ``reference_seeds``: the zoo's first seeds, trained on every held-out depth as its reference.
     ``finetune_epochs``: fine-tuning after generation (the zoo's optimizer and learning rate, batch 64).
     ``ablations``: pipelines retrained on the same zoo with one lever changed ("absolute", "unaligned"), measured
-    on ``ablation_blocks`` (default: every row).
+    on ``ablation_blocks`` (None: every row).
     """
 
     zoo: str = "resnet"
@@ -472,7 +472,7 @@ class CrossArch(Experiment):
             "trained": "#4c72b0",
         }
         order = ("random_init", "transplant", "generated", "trained")
-        fig, axes = plt.subplots(2, 1, figsize=(1.1 * len(rows) + 2, 6.4), sharex=True)
+        fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 1.1 * len(rows) + 2), 6.6), sharex=True)
         for ax, (st, title) in zip(
             axes, (("recalibrated", "epoch 0"), ("finetuned", "after one epoch")), strict=True
         ):
@@ -490,9 +490,9 @@ class CrossArch(Experiment):
                     ax.scatter([pos] * len(vals), vals, color="k", s=5, zorder=3)
             ax.set_ylabel(f"test accuracy (%), {title}", fontsize=8)
             ax.set_ylim(0, 100)
-        axes[0].legend(fontsize=7, ncol=4, loc="lower left")
-        axes[0].set_title(
-            "ResNet depths: trained, held out inside the grid, and outside it (BN recalibrated)", fontsize=9
+        axes[0].legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+        fig.suptitle(
+            "ResNet depths: trained, held out inside and outside the grid (BN recalibrated)", fontsize=9
         )
         axes[1].set_xticks(range(len(rows)), [f"{x['blocks']}\n{x['where']}" for x in rows], fontsize=7)
         return save_figure(fig, out_dir / "cross_arch.png")
