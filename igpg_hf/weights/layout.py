@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LayoutEntry", "WeightLayout", "layer_name"]
+__all__ = ["LayoutEntry", "WeightLayout", "check_tensor", "layer_name"]
 
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -33,6 +33,29 @@ _DTYPES = {
         torch.bool,
     )
 }
+
+
+def check_tensor(name: str, value: Any) -> None:
+    """TypeError naming ``name`` unless ``value`` is a dense tensor with data and a supported dtype.
+
+    Meta tensors (no data), sparse or quantized layouts and unsupported dtypes would otherwise fail later inside
+    torch with errors that name no entry.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor")
+    if value.is_meta:
+        raise TypeError(
+            f"state dict entry {name!r} is a meta tensor (shape only, no values); load real weights"
+        )
+    if value.layout != torch.strided or value.is_quantized:
+        raise TypeError(
+            f"state dict entry {name!r} has layout {value.layout}{' (quantized)' if value.is_quantized else ''}; "
+            "only dense tensors are supported (convert with .to_dense() / .dequantize())"
+        )
+    if str(value.dtype).removeprefix("torch.") not in _DTYPES:
+        raise TypeError(
+            f"state dict entry {name!r} has unsupported dtype {value.dtype}; supported: {', '.join(_DTYPES)}"
+        )
 
 
 def layer_name(entry_name: str) -> str:
@@ -79,14 +102,11 @@ class WeightLayout:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> WeightLayout:
+        """The layout of a state dict, in its key order; TypeError naming an entry that is not plain tensor data."""
         entries = []
         for k, v in state_dict.items():
-            if not isinstance(v, torch.Tensor):
-                raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
-            dt = str(v.dtype).removeprefix("torch.")
-            if dt not in _DTYPES:
-                raise TypeError(f"state dict entry {k!r} has unsupported dtype {v.dtype}")
-            entries.append(LayoutEntry(k, tuple(v.shape), dt))
+            check_tensor(k, v)
+            entries.append(LayoutEntry(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")))
         return cls(entries)
 
     @classmethod
@@ -138,6 +158,7 @@ class WeightLayout:
             )
         for e in self.entries:
             t = state_dict[e.name]
+            check_tensor(e.name, t)
             if tuple(t.shape) != e.shape:
                 raise ValueError(
                     f"state dict entry {e.name!r} has shape {tuple(t.shape)}, layout expects {e.shape}"
@@ -157,13 +178,18 @@ class WeightLayout:
         return torch.cat(parts).numpy().tobytes()
 
     def from_bytes(self, data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+        """Inverse of ``to_bytes``, bit for bit, whatever the entries' sizes and alignment."""
         if len(data) != self.nbytes:
             raise ValueError(f"weight bytes have length {len(data)}, layout expects {self.nbytes}")
-        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         out, off = {}, 0
         for e in self.entries:
             n = e.nbytes
-            out[e.name] = buf[off : off + n].view(e.torch_dtype).reshape(e.shape).clone()
+            # each entry gets its own buffer: a view at an offset that is not a multiple of the element size
+            # fails (an fp16 entry of 3 values before an fp32 one), so entries are never viewed in place
+            raw = torch.empty(n, dtype=torch.uint8)
+            if n:
+                raw.numpy()[:] = memoryview(data)[off : off + n]
+            out[e.name] = raw.view(e.torch_dtype).reshape(e.shape)
             off += n
         return out
 
