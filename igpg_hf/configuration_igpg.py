@@ -46,6 +46,9 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     weight_stats: dict[str, list[float]] | None = None
     base_size: int = 0
     base_layout: str = ""
+    # the layouts ([name, shape, dtype] lists, in storage order) normalization was fitted on: the pipeline decodes a
+    # known architecture in the order it was trained in and matches entries by name (`igpg_hf.weights.match_layout`)
+    trained_layouts: list | None = None
 
     def __post_init__(self, **kwargs: Any):
         if self.chunk_mode not in ("layer", "model"):
@@ -151,6 +154,9 @@ class IGPGPriorConfig(GPT2Config):
     # fingerprints (`igpg_hf.sampling.sequence_hash`) of every training token sequence, so that the
     # pipeline can tell a sample that copies a training checkpoint token for token (set by train_prior)
     training_sequence_hashes: list[str] | None = None
+    # the layouts of the training sequences ([name, shape, dtype] lists, in the order their tokens run; set by
+    # train_prior), so generation decodes in that order and maps entries by name
+    trained_layouts: list | None = None
 
     def __post_init__(self, **kwargs: Any):
         # weight tokens have no BOS/EOS: sequences have a known length

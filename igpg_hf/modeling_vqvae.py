@@ -199,10 +199,14 @@ class IGPGVQVAEModel(PreTrainedModel):
         return self.base_vector.float().cpu()
 
     def prepare(
-        self, vector: torch.Tensor, layout: WeightLayout
+        self, vector: torch.Tensor, layout: WeightLayout, name: str = "weights"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw weight vector (D,) -> normalized chunks (M, K), mask (M, K), positions (M,)."""
+        """Raw weight vector (D,) -> normalized chunks (M, K), mask (M, K), positions (M,).
+
+        ValueError naming ``name`` and the entries if the vector holds NaN or infinite values.
+        """
         v = vector.float().cpu()
+        layout.check_finite(v, name)
         if self.config.normalization != "none":
             v = normalize_vector(v, layout, self.config.weight_stats, self._base(layout))
         chunks, mask = chunk_vector(v, layout, self.config.chunk_size, self.config.chunk_mode)
@@ -216,11 +220,17 @@ class IGPGVQVAEModel(PreTrainedModel):
         return v
 
     @torch.no_grad()
-    def encode(self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None) -> torch.Tensor:
-        """A state dict -> its token ids (M*l,) int64."""
+    def encode(
+        self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None, name: str = "weights"
+    ) -> torch.Tensor:
+        """A state dict -> its token ids (M*l,) int64.
+
+        TypeError naming the entry for meta or sparse tensors; ValueError naming ``name`` (e.g. the checkpoint's
+        id) and the entries for NaN or infinite values, which would otherwise become ordinary tokens.
+        """
         layout = layout or WeightLayout.from_state_dict(state_dict)
         self.check_layout(layout)
-        chunks, _, pos = self.prepare(layout.vectorize(state_dict), layout)
+        chunks, _, pos = self.prepare(layout.vectorize(state_dict), layout, name)
         return self.encode_chunks(chunks.to(self.device), pos.to(self.device)).reshape(-1).cpu()
 
     @torch.no_grad()
@@ -247,11 +257,23 @@ class IGPGVQVAEModel(PreTrainedModel):
         layout = layout or WeightLayout.from_state_dict(state_dict)
         return self.decode(self.encode(state_dict, layout), layout, fill=state_dict)
 
-    def fit_normalization(self, items: Iterable[tuple[WeightLayout, torch.Tensor]]) -> None:
-        """Measure normalization statistics (and the base in delta mode) from (layout, raw vector) pairs."""
+    def fit_normalization(self, items: Iterable[tuple]) -> None:
+        """Measure normalization statistics (and the base in delta mode) from (layout, raw vector) pairs.
+
+        Items may carry a name, ``(layout, vector, name)``, used in errors: a vector with NaN or infinite values
+        is a ValueError naming it and its entries. The distinct layouts are recorded in
+        ``config.trained_layouts``.
+        """
         items = list(items)
         if not items:
             raise ValueError("fit_normalization needs at least one checkpoint")
+        for i, item in enumerate(items):
+            item[0].check_finite(item[1], item[2] if len(item) > 2 else f"checkpoint {i}")
+        items = [(item[0], item[1]) for item in items]
+        seen: dict[str, list] = {}
+        for lay, _ in items:
+            seen.setdefault(lay.to_json(), lay.to_list())
+        self.config.trained_layouts = list(seen.values())
         if self.config.normalization == "delta":
             layouts = {lay.to_json() for lay, _ in items}
             if len(layouts) != 1:

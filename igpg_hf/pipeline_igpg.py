@@ -36,7 +36,7 @@ from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
 from .modeling_vqvae import IGPGVQVAEModel
 from .sampling import SamplingConfig, sample_weight_tokens, sequence_hash
-from .weights import WeightLayout
+from .weights import WeightLayout, match_layout
 from .zoo.architectures import ArchSpec, get_architecture
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,9 @@ class IGPGPipeline(DiffusionPipeline):
             if getattr(self, name, None) is None:
                 raise ValueError(f"pipeline component {name!r} is missing; load a complete pipeline folder")
         # 2. resolve the architecture into the exact layout to produce
-        layout, arch_text, spec, template = self.resolve_architecture(architecture, architecture_text)
+        target, arch_text, spec, template = self.resolve_architecture(architecture, architecture_text)
+        # decode in the order the models were trained on (entries matched by name; issue 12)
+        layout = match_layout(target, self.prior.config.trained_layouts, self.vqvae.config.trained_layouts)
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
         # 3. encode the conditions (one row, expanded over samples by the sampler)
@@ -280,6 +282,7 @@ class IGPGPipeline(DiffusionPipeline):
         fill = template.state_dict() if template is not None else None
         with self._stage(self.vqvae):
             state_dicts = self.vqvae.decode(tokens.to(self.vqvae.device), layout, fill=fill)
+        state_dicts = [target.arrange(sd) for sd in state_dicts]  # keyed in the module's order
         # 6. optionally reorder each sample's output units to the labelled samples
         alignments = None
         if align_labels:

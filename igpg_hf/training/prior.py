@@ -11,6 +11,7 @@ tokenizer trainer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -62,6 +63,7 @@ class EncodedCheckpoint:
     arch_text: str
     task: str
     model_id: str
+    layout: list | None = None  # WeightLayout.to_list() of the checkpoint: the order its tokens run in
 
 
 def _instructions(meta) -> tuple[str, ...]:
@@ -80,10 +82,15 @@ def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedC
     out = []
     for c in checkpoints:
         m = c.metadata
-        out.append(
-            EncodedCheckpoint(
-                vqvae.encode(c.state_dict(), c.layout), _instructions(m), m.arch_text, m.task, m.model_id
+        if not (m.arch_text or "").strip():
+            raise ValueError(
+                f"checkpoint {m.model_id!r} has no architecture text (arch_text), which conditions the prior: "
+                "store it with an arch_spec (arch_text is derived from it) or an arch_text when it is written or "
+                "ingested"
             )
+        tokens = vqvae.encode(c.state_dict(), c.layout, f"checkpoint {m.model_id!r}")
+        out.append(
+            EncodedCheckpoint(tokens, _instructions(m), m.arch_text, m.task, m.model_id, c.layout.to_list())
         )
     if not out:
         raise ValueError("the corpus has no checkpoints to train the prior on")
@@ -210,6 +217,7 @@ def train_prior(
             f"prior tokens_per_chunk {cfg.tokens_per_chunk} != tokenizer's {vqvae.config.tokens_per_chunk}"
         )
     cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
+    cfg.trained_layouts = list({json.dumps(s.layout): s.layout for s in seqs}.values())
     strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))

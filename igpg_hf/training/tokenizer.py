@@ -57,12 +57,12 @@ def gumbel_temperature(
 
 def collect_chunks(model: IGPGVQVAEModel, checkpoints: Iterable, fit: bool = True):
     """(chunks (M, K), masks (M, K), positions (M,)) of every checkpoint; fits normalization first if asked."""
-    items = [(c.layout, c.vector()) for c in checkpoints]
+    items = [(c.layout, c.vector(), f"checkpoint {c.metadata.model_id!r}") for c in checkpoints]
     if not items:
         raise ValueError("the corpus has no checkpoints to train the tokenizer on")
     if fit:
         model.fit_normalization(items)
-    parts = [model.prepare(vec, layout) for layout, vec in items]
+    parts = [model.prepare(vec, layout, name) for layout, vec, name in items]
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 

@@ -1,13 +1,14 @@
 """Weights as data: exact layout, chunking with masks, normalization."""
 
 from .chunking import chunk_segments, chunk_vector, num_chunks, unchunk_vector
-from .layout import LayoutEntry, WeightLayout, layer_name
+from .layout import LayoutEntry, WeightLayout, layer_name, match_layout
 from .normalization import denormalize_vector, fit_weight_stats, normalize_vector, stats_key_candidates
 
 __all__ = [
     "LayoutEntry",
     "WeightLayout",
     "layer_name",
+    "match_layout",
     "chunk_segments",
     "chunk_vector",
     "num_chunks",

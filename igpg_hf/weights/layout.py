@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LayoutEntry", "WeightLayout", "check_tensor", "layer_name"]
+__all__ = ["LayoutEntry", "WeightLayout", "check_tensor", "layer_name", "match_layout"]
 
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -193,6 +193,24 @@ class WeightLayout:
             off += n
         return out
 
+    def arrange(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of ``state_dict`` in this layout's order, matched by name (ValueError naming missing keys)."""
+        missing = [e.name for e in self.entries if e.name not in state_dict]
+        if missing:
+            raise ValueError(f"state dict lacks the layout's entries {missing[:5]}")
+        return {e.name: state_dict[e.name] for e in self.entries}
+
+    def check_finite(self, vector: torch.Tensor, what: str = "weights") -> None:
+        """ValueError naming ``what`` and every entry of the vector (D,) that holds NaN or infinite values."""
+        if torch.isfinite(vector).all():
+            return
+        bad = [
+            f"{e.name!r} ({int((~torch.isfinite(vector[s])).sum())} of {e.numel})"
+            for e, s in self.entry_slices()
+            if not torch.isfinite(vector[s]).all()
+        ]
+        raise ValueError(f"{what}: NaN or infinite values in {', '.join(bad[:5])}")
+
     # -- float vector ---------------------------------------------------------------------------
     def vectorize(self, state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
         """Floating-point entries concatenated in state-dict order as one float32 vector (D,)."""
@@ -236,3 +254,36 @@ class WeightLayout:
             else:
                 out.append((name, s))
         return out
+
+
+def match_layout(target: WeightLayout, *trained: list | None) -> WeightLayout:
+    """The layout to encode or decode ``target``'s weights in, given the layouts a model was trained on.
+
+    Entries are matched by name, never by position. ``trained`` are lists of layouts (`WeightLayout` or
+    ``to_list()`` form; None or empty lists are skipped), e.g. ``prior.config.trained_layouts``:
+
+    - a trained layout with the same entry names gives the order (safetensors files store keys sorted, so a
+      model trained on them learned that order); shapes and dtypes come from ``target``;
+    - a trained layout with the same shapes and dtypes under other names is a ValueError naming the differing
+      keys (a wrapper prefix such as DDP's ``module.``, or renamed layers: decoding by position would scramble);
+    - otherwise ``target`` itself: a new architecture, in its module's order.
+    """
+    layouts = [
+        t if isinstance(t, WeightLayout) else WeightLayout.from_list(t) for lst in trained for t in lst or ()
+    ]
+    names = {e.name for e in target.entries}
+    by_name = {e.name: e for e in target.entries}
+    for lay in layouts:
+        if {e.name for e in lay.entries} == names:
+            return WeightLayout([by_name[e.name] for e in lay.entries])
+    signature = sorted((e.shape, e.dtype) for e in target.entries)
+    for lay in layouts:
+        if sorted((e.shape, e.dtype) for e in lay.entries) == signature:
+            ours = [e.name for e in target.entries if e.name not in {x.name for x in lay.entries}]
+            theirs = [e.name for e in lay.entries if e.name not in names]
+            raise ValueError(
+                "the architecture's entries have the shapes of a layout the model was trained on but other "
+                f"names: {ours[:5]} here, {theirs[:5]} in training. Weights are matched by name: rename the "
+                "entries (or re-ingest the training checkpoints without wrapper prefixes such as 'module.')"
+            )
+    return target
