@@ -30,7 +30,10 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .card_templates import read_card_template
 from .conditioning import encode_text, prepare_support_set
+from .files import atomic_write_text
+from .integrity import verify_checksums, write_checksums
 from .label_alignment import LabelAlignment
 from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
@@ -42,8 +45,6 @@ from .zoo.architectures import ArchSpec, get_architecture
 logger = logging.getLogger(__name__)
 
 __all__ = ["IGPGPipeline", "IGPGPipelineOutput"]
-
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md"
 
 
 @dataclass
@@ -310,13 +311,23 @@ class IGPGPipeline(DiffusionPipeline):
         )
 
     # ------------------------------------------------------------------ saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> IGPGPipeline:
+        """diffusers' load; a local folder is first checked against the checksums written when it was saved."""
+        if os.path.isdir(pretrained_model_name_or_path):
+            verify_checksums(
+                pretrained_model_name_or_path
+            )  # IntegrityError naming each damaged file (issue 12)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
-        """diffusers' save (model_index.json + one folder per component) plus a model card README.md."""
+        """diffusers' save (model_index.json + one folder per component), a model card README.md, checksums."""
         repo_id = kwargs.pop("repo_id", None)
         token, private = kwargs.pop("token", None), kwargs.pop("private", None)
         commit_message = kwargs.pop("commit_message", "Upload IGPG pipeline")
         super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         write_model_card(save_directory, self)
+        write_checksums(save_directory)  # verified by from_pretrained (issue 12)
         if push_to_hub:
             from huggingface_hub import HfApi
 
@@ -345,11 +356,7 @@ def write_model_card(save_directory: str | os.PathLike, pipe: IGPGPipeline) -> P
         "corpus": summary.get("corpus", "unknown"),
         "training_summary": json.dumps(summary, indent=2, default=str),
     }
-    text = CARD_TEMPLATE.read_text() if CARD_TEMPLATE.exists() else "# IGPG pipeline\n\n{training_summary}\n"
+    text = read_card_template("model_card.md")
     for k, v in values.items():
         text = text.replace("{" + k + "}", str(v))
-    path = Path(save_directory) / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(save_directory) / "README.md", text)

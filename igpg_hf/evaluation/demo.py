@@ -22,6 +22,7 @@ import torch
 from ..conditioning import load_text_encoder
 from ..configuration_igpg import IGPGPriorConfig, IGPGVQVAEConfig
 from ..corpus import WeightCorpus
+from ..files import atomic_directory, atomic_path
 from ..modeling_prior import IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..pipeline_igpg import IGPGPipeline
@@ -289,7 +290,8 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         "corpus": f"igpg_hf zoo preset {config.zoo_preset!r}",
         "demo_results": results["summary"],
     }
-    pipe.save_pretrained(out / "pipeline")
+    with atomic_directory(out / "pipeline") as tmp:  # whole or not at all: a kill leaves no half pipeline
+        pipe.save_pretrained(tmp)
     atomic_write_json(out / "results.json", results)
     plot_demo(results, out / "results.png")
     return results
@@ -339,8 +341,7 @@ def plot_demo(results: dict, path: str | os.PathLike) -> Path:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

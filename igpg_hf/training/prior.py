@@ -18,18 +18,17 @@ import random
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..conditioning import encode_text, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..sampling import block_windows, sequence_hash
-from .checkpointing import atomic_write_json
+from .checkpointing import RunFolder, data_fingerprint, run_settings
 from .loop import run_training
 
 logger = logging.getLogger(__name__)
@@ -98,7 +97,11 @@ def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedC
 
 
 class PriorExamples(Dataset):
-    """Map-style dataset: item i is a random block window of checkpoint i with sampled conditions."""
+    """Map-style dataset: item i is a random block window of checkpoint i with sampled conditions.
+
+    The draw is a pure function of (seed, epoch, i) (`draw`), never of a generator's running state, so a resumed
+    run draws exactly what the interrupted one would have.
+    """
 
     def __init__(
         self,
@@ -116,13 +119,18 @@ class PriorExamples(Dataset):
             support,
             dropout,
         )
-        self.rng = random.Random(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def __getitem__(self, i: int) -> dict:
-        s, cfg, rng = self.seqs[i], self.cfg, self.rng
+        return self.draw(i, 0)
+
+    def draw(self, i: int, epoch: int) -> dict:
+        """Example ``i`` as drawn in ``epoch``: window, instruction wording, dropped conditions, support set."""
+        s, cfg = self.seqs[i], self.cfg
+        rng = random.Random(f"{self.seed}|{epoch}|{i}")  # str seeds hash with SHA-512: same in every process
         wins = block_windows(len(s.tokens), cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
         w = rng.choice(wins)
         tokens = s.tokens[w.context_start : w.stop]
@@ -202,7 +210,14 @@ def train_prior(
     """Train (or resume) the prior on the corpus's token sequences; saves it to ``output_dir/final``."""
     args = args or PriorTrainingArgs()
     accelerator = accelerator or Accelerator()
-    out = Path(output_dir)
+    with RunFolder(output_dir, accelerator) as run:  # writable, locked, before any work
+        return _train_prior(
+            checkpoints, vqvae, text_encoder, tokenizer, config, run, args, accelerator, progress
+        )
+
+
+def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args, accelerator, progress):
+    out = run.path
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
     seqs = encode_corpus(vqvae, checkpoints)
@@ -222,17 +237,17 @@ def train_prior(
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
     support = _support_pool({s.task for s in seqs}, args, cfg.dataset_feature_dim)
-    data = PriorExamples(
-        seqs, cfg, text_table, support, args.condition_dropout, args.seed + accelerator.process_index
+    settings = run_settings(
+        args,
+        cfg,
+        data_fingerprint(
+            *(s.tokens for s in seqs), [[s.model_id, s.instructions, s.arch_text, s.task] for s in seqs]
+        ),
     )
-    loader = DataLoader(
-        data,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=len(data) >= args.batch_size,
-        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    done = run.finished(IGPGPriorModel, settings)
+    if done is not None:
+        return done
+    data = PriorExamples(seqs, cfg, text_table, support, args.condition_dropout, args.seed)
     t0 = time.perf_counter()
 
     def step_fn(m, batch, step):
@@ -245,10 +260,14 @@ def train_prior(
     model, history = run_training(
         accelerator,
         model,
-        loader,
+        data,
         step_fn,
         out,
         steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
+        settings=settings,
         lr=args.lr,
         weight_decay=args.weight_decay,
         log_every=args.log_every,
@@ -264,15 +283,14 @@ def train_prior(
             "prior_final_loss": history[-1]["loss"] if history else None,
             "num_sequences": len(seqs),
         }
-        model.save_pretrained(out / "final")
-        atomic_write_json(
-            out / "final" / "training_log.json",
-            {
-                "args": asdict(args),
-                "history": history,
-                "num_sequences": len(seqs),
-                "seconds": time.perf_counter() - t0,
-            },
-        )
-    accelerator.wait_for_everyone()
+    run.save_final(
+        model,
+        {
+            "args": asdict(args),
+            "history": history,
+            "num_sequences": len(seqs),
+            "seconds": time.perf_counter() - t0,
+            "settings": settings,
+        },
+    )
     return model

@@ -15,15 +15,14 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..configuration_igpg import IGPGVQVAEConfig
 from ..modeling_vqvae import IGPGVQVAEModel
-from .checkpointing import atomic_write_json
+from .checkpointing import RunFolder, data_fingerprint, run_settings
 from .loop import run_training
 
 logger = logging.getLogger(__name__)
@@ -77,18 +76,20 @@ def train_tokenizer(
     """Train (or resume training) a tokenizer; saves it with ``save_pretrained`` to ``output_dir/final``."""
     args = args or TokenizerTrainingArgs()
     accelerator = accelerator or Accelerator()
-    out = Path(output_dir)
+    with RunFolder(output_dir, accelerator) as run:  # writable, locked, before any work
+        return _train_tokenizer(checkpoints, config, run, args, accelerator, progress)
+
+
+def _train_tokenizer(checkpoints, config, run, args, accelerator, progress):
+    out = run.path
     torch.manual_seed(args.seed)
     model = config if isinstance(config, IGPGVQVAEModel) else IGPGVQVAEModel(config)
     chunks, masks, positions = collect_chunks(model, checkpoints)
     logger.info("tokenizer: %d chunks of %d values from the corpus", chunks.shape[0], chunks.shape[1])
-    loader = DataLoader(
-        TensorDataset(chunks, masks, positions),
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=chunks.shape[0] >= args.batch_size,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    settings = run_settings(args, model.config, data_fingerprint(chunks, masks, positions))
+    done = run.finished(IGPGVQVAEModel, settings)
+    if done is not None:
+        return done
     cfg = model.config
     t0 = time.perf_counter()
 
@@ -109,10 +110,13 @@ def train_tokenizer(
     model, history = run_training(
         accelerator,
         model,
-        loader,
+        TensorDataset(chunks, masks, positions),
         step_fn,
         out,
         steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        settings=settings,
         lr=args.lr,
         weight_decay=args.weight_decay,
         log_every=args.log_every,
@@ -120,16 +124,14 @@ def train_tokenizer(
         name="tokenizer",
         progress=progress,
     )
-    if accelerator.is_main_process:
-        model.save_pretrained(out / "final")
-        atomic_write_json(
-            out / "final" / "training_log.json",
-            {
-                "args": asdict(args),
-                "history": history,
-                "num_chunks": int(chunks.shape[0]),
-                "seconds": time.perf_counter() - t0,
-            },
-        )
-    accelerator.wait_for_everyone()
+    run.save_final(
+        model,
+        {
+            "args": asdict(args),
+            "history": history,
+            "num_chunks": int(chunks.shape[0]),
+            "seconds": time.perf_counter() - t0,
+            "settings": settings,
+        },
+    )
     return model
