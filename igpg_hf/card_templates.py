@@ -12,14 +12,16 @@ from pathlib import Path
 
 __all__ = ["read_card_template"]
 
-_SOURCE_DIR = Path(__file__).resolve().parent.parent / "hub_cards"  # a checkout or an editable install
+_HERE = Path(__file__).resolve().parent
+# the installed package data (a wheel), then the top-level folder of a checkout or an editable install
+_FOLDERS = (_HERE / "hub_cards", _HERE.parent / "hub_cards")
 
 
 def read_card_template(name: str) -> str:
     """The text of the template ``hub_cards/<name>`` (e.g. ``"model_card.md"``); FileNotFoundError if missing."""
-    path = _SOURCE_DIR / name
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
+    for folder in _FOLDERS:
+        if (folder / name).is_file():
+            return (folder / name).read_text(encoding="utf-8")
     try:
         resource = resources.files("igpg_hf.hub_cards") / name
         if resource.is_file():
@@ -27,6 +29,6 @@ def read_card_template(name: str) -> str:
     except ModuleNotFoundError:
         pass
     raise FileNotFoundError(
-        f"card template {name!r} is missing: looked in {_SOURCE_DIR} and the installed package data "
+        f"card template {name!r} is missing: looked in {', '.join(map(str, _FOLDERS))} and the package data "
         "igpg_hf.hub_cards; reinstall igpg_hf (the wheel ships hub_cards/)"
     )

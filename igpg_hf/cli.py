@@ -116,6 +116,12 @@ def zoo_ingest(
     ],
     out: Annotated[Path, typer.Option(help="Output corpus folder.")],
     metadata_file: Annotated[str, typer.Option(help="Metadata file inside FOLDER.")] = "metadata.json",
+    on_error: Annotated[
+        str,
+        typer.Option(
+            help="raise | skip: skip unreadable or non-finite checkpoints, listed in ingest_report.json"
+        ),
+    ] = "raise",
     verbose: Verbose = False,
 ) -> None:
     """Turn a folder of existing checkpoints into a corpus (bit-exact)."""
@@ -123,7 +129,7 @@ def zoo_ingest(
     from .corpus import ingest_folder
 
     try:
-        corpus = ingest_folder(folder, out, metadata_file=metadata_file)
+        corpus = ingest_folder(folder, out, metadata_file=metadata_file, on_error=on_error)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     _print_summary(corpus.summary())

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -314,11 +315,18 @@ class IGPGPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> IGPGPipeline:
         """diffusers' load; a local folder is first checked against the checksums written when it was saved."""
-        if os.path.isdir(pretrained_model_name_or_path):
-            verify_checksums(
-                pretrained_model_name_or_path
-            )  # IntegrityError naming each damaged file (issue 12)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if os.path.isdir(pretrained_model_name_or_path):  # IntegrityError naming each damaged file (issue 12)
+            verify_checksums(pretrained_model_name_or_path)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (RuntimeError, SafetensorError) as e:  # damaged files, size mismatches: long, name no folder
+            lines = str(e).strip().splitlines()
+            more = f" (+{len(lines) - 3} lines)" if len(lines) > 3 else ""
+            raise ValueError(
+                f"cannot load the pipeline {pretrained_model_name_or_path}: "
+                + " ".join(lines[:3])[:500]
+                + more
+            ) from None
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
         """diffusers' save (model_index.json + one folder per component), a model card README.md, checksums."""

@@ -276,3 +276,14 @@ def test_damaged_pipeline_files_are_named(tmp_path):
     weights.unlink()
     with pytest.raises(IntegrityError, match=rf"vqvae/{weights.name}: missing"):
         IGPGPipeline.from_pretrained(tmp_path)
+    # saved before checksums existed: library errors still name the folder, in a few lines
+    (tmp_path / "checksums.json").unlink()
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises((ValueError, OSError), match=str(tmp_path)):
+        IGPGPipeline.from_pretrained(tmp_path)
+    vq.save_pretrained(tmp_path / "vqvae")
+    cfg = json.loads((tmp_path / "vqvae" / "config.json").read_text())
+    (tmp_path / "vqvae" / "config.json").write_text(json.dumps({**cfg, "hidden_size": 48}))
+    with pytest.raises(ValueError, match=rf"cannot load the pipeline {tmp_path}") as err:
+        IGPGPipeline.from_pretrained(tmp_path)
+    assert len(str(err.value)) < 800

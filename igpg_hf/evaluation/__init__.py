@@ -1,0 +1,1 @@
+"""Evaluation: metrics, baselines, novelty, the demo, the benchmark and its report."""
