@@ -22,7 +22,7 @@ import torch
 from ..conditioning import load_text_encoder
 from ..configuration_igpg import IGPGPriorConfig, IGPGVQVAEConfig
 from ..corpus import WeightCorpus
-from ..files import atomic_directory, atomic_path
+from ..files import FolderLock, atomic_directory, atomic_path, recover_directory, remove_stale_temporaries
 from ..modeling_prior import IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..pipeline_igpg import IGPGPipeline
@@ -136,7 +136,9 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
     """Build zoo -> train tokenizer and prior -> generate for every zoo task -> evaluate; returns the results."""
     config = config or DemoConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "demo output folder").acquire()  # one demo per folder; checks it is writable
+    recover_directory(out / "pipeline")  # a kill between the two renames of the pipeline save
+    remove_stale_temporaries(out)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -294,6 +296,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, progr
         pipe.save_pretrained(tmp)
     atomic_write_json(out / "results.json", results)
     plot_demo(results, out / "results.png")
+    lock.release()
     return results
 
 
