@@ -184,23 +184,32 @@ def reference_vqvae(checkpoints, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "target,nth",
+    "target,nth,resumed_at",
     [
-        ("checkpoint", 2),  # the 2nd checkpoint save, between its two renames (old moved aside, new not in)
-        pytest.param("final", 1, marks=pytest.mark.slow),  # while the final model is swapped in
+        ("trainer_state.json", 2, 4),  # during the 2nd checkpoint save: the 1st is complete
+        (
+            "checkpoint",
+            2,
+            4,
+        ),  # the 2nd checkpoint save, between its two renames (old moved aside, new not in)
+        pytest.param("final", 1, 8, marks=pytest.mark.slow),  # while the final model is swapped in
     ],
-    ids=["between-checkpoint-renames", "final-save"],
+    ids=["after-a-checkpoint", "between-checkpoint-renames", "final-save"],
 )
-def test_vqvae_killed_then_resumed_is_bit_identical(tmp_path, checkpoints, reference_vqvae, target, nth):
+def test_vqvae_killed_then_resumed_is_bit_identical(
+    tmp_path, checkpoints, reference_vqvae, caplog, target, nth, resumed_at
+):
     killed(lambda: _vqvae(checkpoints, tmp_path), target, nth)
     assert not (tmp_path / "final").exists()
-    model = _vqvae(checkpoints, tmp_path)
+    with caplog.at_level("INFO", logger="igpg_hf.training"):
+        model = _vqvae(checkpoints, tmp_path)
+    assert f"resumed from step {resumed_at}" in caplog.text  # not restarted from 0: no work lost
     log = json.loads((tmp_path / "final" / "training_log.json").read_text())
     assert same_weights(weights_of(model), reference_vqvae[0])
     assert log["history"] == reference_vqvae[1]["history"] and stale(tmp_path) == []
 
 
-def test_prior_killed_then_resumed_is_bit_identical(tmp_path, checkpoints):
+def test_prior_killed_then_resumed_is_bit_identical(tmp_path, checkpoints, caplog):
     vq = _vqvae(checkpoints, tmp_path / "vq", TokenizerTrainingArgs(steps=2, batch_size=16))
     cfg = IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, n_positions=168)
 
@@ -208,8 +217,10 @@ def test_prior_killed_then_resumed_is_bit_identical(tmp_path, checkpoints):
         return train_prior(checkpoints, vq, TinyText(), tiny_tokenizer, cfg, out, PRIOR_ARGS, progress=False)
 
     ref = weights_of(run(tmp_path / "ref"))
-    killed(lambda: run(tmp_path / "p"), "checkpoint", 2)
-    assert same_weights(weights_of(run(tmp_path / "p")), ref)
+    killed(lambda: run(tmp_path / "p"), "trainer_state.json", 2)  # during the 2nd save: step 3 is on disk
+    with caplog.at_level("INFO", logger="igpg_hf.training"):
+        resumed = run(tmp_path / "p")
+    assert "resumed from step 3" in caplog.text and same_weights(weights_of(resumed), ref)
 
 
 def test_finished_run_is_not_retrained_and_changed_settings_are_refused(tmp_path, checkpoints, monkeypatch):
