@@ -319,7 +319,12 @@ class IGPGPipeline(DiffusionPipeline):
             verify_checksums(pretrained_model_name_or_path)
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except (RuntimeError, SafetensorError) as e:  # damaged files, size mismatches: long, name no folder
+        except (
+            RuntimeError,
+            SafetensorError,
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+        ) as e:  # name no folder
             lines = str(e).strip().splitlines()
             more = f" (+{len(lines) - 3} lines)" if len(lines) > 3 else ""
             raise ValueError(

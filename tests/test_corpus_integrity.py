@@ -217,3 +217,19 @@ def test_two_writers_on_one_folder_are_refused(tmp_path):
     with CorpusWriter(tmp_path / "c") as second:  # released by close
         second.add({"w": torch.zeros(2)}, {"model_id": "b"})
     assert len(WeightCorpus.from_folder(tmp_path / "c")) == 2
+
+
+def test_damage_without_a_manifest_is_named_not_raw(tmp_path):
+    """Library errors of damaged files (UnicodeDecodeError, thrift, decompression) name the corpus."""
+    path = _small_corpus(tmp_path / "c")
+    (path / "corpus.json").write_bytes(b"\xff\xfe{not json")
+    with pytest.raises(ValueError, match=r"corpus.json is damaged"):
+        WeightCorpus.from_folder(path)
+    (path / "corpus.json").unlink()  # as a corpus copied without it
+    shard = path / "data" / "shard-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    for i in range(8, len(data) // 2):  # the data pages, not the footer
+        data[i] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"({path}|'m1')"):
+        list(WeightCorpus.from_folder(path))
