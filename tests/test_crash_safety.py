@@ -32,10 +32,11 @@ from igpg_hf.zoo.builder import ZooConfig, build_zoo
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _ddp_train_step import FakeCheckpoint, TinyText, tiny_tokenizer  # noqa: E402
+from _tiny_text import tiny_text_encoder  # noqa: E402
 
 ZOO = ZooConfig.from_preset("tiny", tasks=["iris"], seeds=[0, 1, 2])  # 3 runs of 2 kept epochs
 VQ_ARGS = TokenizerTrainingArgs(steps=12, batch_size=16, checkpoint_every=4, log_every=2)
-PRIOR_ARGS = PriorTrainingArgs(steps=9, batch_size=4, checkpoint_every=3, log_every=1)
+PRIOR_ARGS = PriorTrainingArgs(steps=6, batch_size=4, checkpoint_every=2, log_every=1)
 
 
 @pytest.fixture(autouse=True)
@@ -211,16 +212,18 @@ def test_vqvae_killed_then_resumed_is_bit_identical(
 
 def test_prior_killed_then_resumed_is_bit_identical(tmp_path, checkpoints, caplog):
     vq = _vqvae(checkpoints, tmp_path / "vq", TokenizerTrainingArgs(steps=2, batch_size=16))
-    cfg = IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, n_positions=168)
+    cfg = IGPGPriorConfig.from_preset(
+        "tiny", vocab_size=64, tokens_per_chunk=2, n_positions=64, block_overlap=16
+    )
 
     def run(out):
         return train_prior(checkpoints, vq, TinyText(), tiny_tokenizer, cfg, out, PRIOR_ARGS, progress=False)
 
     ref = weights_of(run(tmp_path / "ref"))
-    killed(lambda: run(tmp_path / "p"), "trainer_state.json", 2)  # during the 2nd save: step 3 is on disk
+    killed(lambda: run(tmp_path / "p"), "trainer_state.json", 2)  # during the 2nd save: step 2 is on disk
     with caplog.at_level("INFO", logger="igpg_hf.training"):
         resumed = run(tmp_path / "p")
-    assert "resumed from step 3" in caplog.text and same_weights(weights_of(resumed), ref)
+    assert "resumed from step 2" in caplog.text and same_weights(weights_of(resumed), ref)
 
 
 def test_finished_run_is_not_retrained_and_changed_settings_are_refused(tmp_path, checkpoints, monkeypatch):
@@ -272,11 +275,10 @@ def test_output_folder_checked_before_work(tmp_path, checkpoints, monkeypatch):
 
 def test_damaged_pipeline_files_are_named(tmp_path):
     from igpg_hf import IGPGPriorModel
-    from igpg_hf.conditioning import load_text_encoder
 
     vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny"))
     prior = IGPGPriorModel(IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2))
-    enc, tok = load_text_encoder()
+    enc, tok = tiny_text_encoder()
     IGPGPipeline(vqvae=vq, prior=prior, text_encoder=enc, tokenizer=tok).save_pretrained(tmp_path)
     weights = next((tmp_path / "vqvae").glob("*.safetensors"))
     data = bytearray(weights.read_bytes())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import datasets
 import pytest
@@ -25,10 +27,12 @@ from igpg_hf import (
     IGPGVQVAEModel,
     WeightLayout,
 )
-from igpg_hf.conditioning import load_text_encoder
 from igpg_hf.corpus import ingest_folder
 from igpg_hf.weights import match_layout
 from igpg_hf.zoo.architectures import get_architecture
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_text import tiny_text_encoder  # noqa: E402
 
 TINY = get_architecture("tiny_cnn")
 
@@ -64,9 +68,10 @@ def test_generated_copy_comes_back_by_name(safetensors_corpus, monkeypatch):
     vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny")).eval()
     vq.fit_normalization([(c.layout, c.vector()) for c in ck])
     assert "features.conv1.weight" in vq.config.weight_stats  # per-layer statistics find their layer
-    prior = IGPGPriorModel(IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2)).eval()
+    cfg = IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, text_embed_dim=32)
+    prior = IGPGPriorModel(cfg).eval()
     prior.config.trained_layouts = [c.layout.to_list() for c in ck]  # as train_prior records them
-    enc, tok = load_text_encoder()
+    enc, tok = tiny_text_encoder()
     pipe = IGPGPipeline(vqvae=vq, prior=prior, text_encoder=enc, tokenizer=tok)
     copied = vq.encode(ck[1].state_dict(), ck[1].layout)
     real = pipeline_module.sample_weight_tokens
