@@ -4,13 +4,17 @@
     pipe = IGPGPipeline.from_pretrained("path/or/repo")
     out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=5, seed=0)
 
-Names are imported lazily (transformers and diffusers take seconds to import), so the CLI starts fast.
+Names are imported lazily (transformers and diffusers take seconds to import), so the CLI starts fast. Importing
+the package registers the IGPG configs and models with transformers' Auto classes, also lazily (`igpg_hf._auto`):
+``AutoModelForCausalLM.from_pretrained(prior_dir)`` then returns an `IGPGPriorModel`.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from . import _auto
 
 __version__ = "0.1.0"
 
@@ -60,6 +64,9 @@ if TYPE_CHECKING:  # pragma: no cover
         list_architectures,
         list_tasks,
     )
+
+
+_auto.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from transformers import GPT2Config, PreTrainedConfig
 
 __all__ = ["IGPGVQVAEConfig", "IGPGPriorConfig"]
+
+
+def _register_auto_models() -> None:
+    """The first IGPG config of a process registers the models with transformers' Auto classes (see `_auto`)."""
+    from . import _auto
+
+    try:
+        _auto.register_models()
+    except Exception:  # a config must load even where the model classes cannot be registered
+        logging.getLogger(__name__).warning(
+            "could not register the IGPG models with AutoModel", exc_info=True
+        )
 
 
 class IGPGVQVAEConfig(PreTrainedConfig):
@@ -63,6 +76,7 @@ class IGPGVQVAEConfig(PreTrainedConfig):
         if self.weight_stats is None:
             self.weight_stats = {}
         super().__post_init__(**kwargs)
+        _register_auto_models()
 
     @property
     def vocab_size(self) -> int:
@@ -159,6 +173,7 @@ class IGPGPriorConfig(GPT2Config):
         if self.pad_token_id is None:
             self.pad_token_id = 0
         super().__post_init__(**kwargs)
+        _register_auto_models()
 
     @property
     def num_prefix_tokens(self) -> int:
