@@ -79,10 +79,12 @@ class IGPGVQVAEModel(PreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> IGPGVQVAEModel:
-        model = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, *args, **kwargs) -> IGPGVQVAEModel | tuple[IGPGVQVAEModel, dict]:
+        """transformers' ``from_pretrained`` (``output_loading_info=True`` gives ``(model, info)`` as usual)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         model._restore_quantizer_buffers()
-        return model
+        return loaded
 
     @torch.no_grad()
     def _restore_quantizer_buffers(self) -> None:
@@ -107,7 +109,7 @@ class IGPGVQVAEModel(PreTrainedModel):
         return positions % self.config.max_positions
 
     def _encode_latents(self, chunks: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        x = chunks  # (B, K)
+        x = chunks.to(self.dtype)  # (B, K); normalized weights arrive as float32 whatever the model's dtype
         if self.enc_pos is not None:
             x = x + self.enc_pos(self._positions(positions))
         z = self.encoder(x)  # (B, l*d)
@@ -125,9 +127,14 @@ class IGPGVQVAEModel(PreTrainedModel):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         tau: float = 1.0,
-        return_dict: bool = True,
-    ) -> IGPGVQVAEOutput:
-        """Reconstruct chunks (B, K); the loss is masked MSE on real values plus quantizer terms."""
+        return_dict: bool | None = None,
+    ) -> IGPGVQVAEOutput | tuple[torch.Tensor, ...]:
+        """Reconstruct chunks (B, K); the loss is masked MSE on real values plus quantizer terms.
+
+        ``return_dict=False`` (or ``config.return_dict=False``) gives the fields of `IGPGVQVAEOutput` as a tuple:
+        (loss, recon_loss, aux_loss, reconstruction, indices, perplexity), transformers' convention.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if positions is None:
             positions = torch.zeros(chunks.shape[0], dtype=torch.long, device=chunks.device)
         z = self._encode_latents(chunks, positions)
@@ -137,7 +144,7 @@ class IGPGVQVAEModel(PreTrainedModel):
             mask = torch.ones_like(chunks, dtype=torch.bool)
         m = mask.to(recon.dtype)
         recon_loss = ((recon - chunks) ** 2 * m).sum() / m.sum().clamp_min(1)
-        return IGPGVQVAEOutput(
+        out = IGPGVQVAEOutput(
             loss=recon_loss + q.aux_loss,
             recon_loss=recon_loss,
             aux_loss=q.aux_loss,
@@ -145,6 +152,7 @@ class IGPGVQVAEModel(PreTrainedModel):
             indices=q.indices,
             perplexity=q.perplexity,
         )
+        return out if return_dict else out.to_tuple()
 
     @torch.no_grad()
     def encode_chunks(

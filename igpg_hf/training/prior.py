@@ -28,6 +28,7 @@ from ..configuration_igpg import IGPGPriorConfig
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..sampling import block_windows, sequence_hash
+from .accelerator import make_accelerator
 from .checkpointing import atomic_write_json
 from .loop import run_training
 
@@ -194,7 +195,7 @@ def train_prior(
 ) -> IGPGPriorModel:
     """Train (or resume) the prior on the corpus's token sequences; saves it to ``output_dir/final``."""
     args = args or PriorTrainingArgs()
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     out = Path(output_dir)
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
@@ -229,9 +230,8 @@ def train_prior(
 
     def step_fn(m, batch, step):
         cond, tokens, mask = batch
-        # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
-        embeds, labels = accelerator.unwrap_model(m).build_inputs(cond, tokens, mask)
-        loss = m(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+        # the prefix is built inside forward, so the (possibly DDP-wrapped) model sees every parameter it trains
+        loss = m(conditions=cond, weight_tokens=tokens, loss_mask=mask, use_cache=False).loss
         return loss, {"loss": loss.item()}, f"loss {loss.item():.3f}"
 
     model, history = run_training(

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..configuration_igpg import IGPGVQVAEConfig
 from ..modeling_vqvae import IGPGVQVAEModel
+from .accelerator import make_accelerator
 from .checkpointing import atomic_write_json
 from .loop import run_training
 
@@ -76,7 +77,7 @@ def train_tokenizer(
 ) -> IGPGVQVAEModel:
     """Train (or resume training) a tokenizer; saves it with ``save_pretrained`` to ``output_dir/final``."""
     args = args or TokenizerTrainingArgs()
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     out = Path(output_dir)
     torch.manual_seed(args.seed)
     model = config if isinstance(config, IGPGVQVAEModel) else IGPGVQVAEModel(config)
