@@ -343,17 +343,18 @@ def generate_cmd(
 @app.command("push")
 def push_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline folder.")],
-    repo_id: Annotated[str, typer.Argument(help="Hub model repo id.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo id (without a namespace: yours).")],
     private: bool = False,
 ) -> None:
-    """Upload a trained pipeline (all components, model_index.json, model card) to the Hub."""
+    """Upload a saved pipeline folder as it is (components, model_index.json, model card); it must load first."""
     _setup(False)
-    from .pipeline_igpg import IGPGPipeline
+    from .hub import push_pipeline_folder
 
-    IGPGPipeline.from_pretrained(pipeline).save_pretrained(
-        pipeline, push_to_hub=True, repo_id=repo_id, private=private
-    )
-    console.print(f"pushed {pipeline} to {repo_id}")
+    try:
+        commit = push_pipeline_folder(pipeline, repo_id, private=private)
+    except (ValueError, OSError) as e:
+        _fail(e)
+    console.print(f"pushed {pipeline} to {commit.repo_url.repo_id}: {commit}")
 
 
 # --------------------------------------------------------------------------------------- demo

@@ -59,6 +59,8 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     weight_stats: dict[str, list[float]] | None = None
     base_size: int = 0
     base_layout: str = ""
+    # what the VQ-VAE was trained on and what it measured (filled by the training loop; goes into the model card)
+    training_summary: dict | None = None
 
     def __post_init__(self, **kwargs: Any):
         if self.chunk_mode not in ("layer", "model"):

@@ -4,8 +4,8 @@ Sequence (one block): ``[text, architecture, dataset, block offset] + weight tok
 (P = 4 embeddings) goes in through ``inputs_embeds``; its last position predicts the first weight
 token, so there is no BOS. ``forward(conditions=..., weight_tokens=...)`` builds that input itself, so
 code that only calls the model (a plain loop, ``Trainer``) trains the conditioning modules too. The class subclasses `GPT2LMHeadModel`, so ``generate()`` (KV cache,
-temperature, top-k/top-p, ``num_return_sequences``), ``save_pretrained`` and ``push_to_hub`` are
-transformers' own. Sampling helpers, including block-wise generation for models longer than the
+temperature, top-k/top-p, ``num_return_sequences``) and ``from_pretrained`` are transformers' own;
+``save_pretrained`` / ``push_to_hub`` add the project's model card and push through `igpg_hf.hub`. Sampling helpers, including block-wise generation for models longer than the
 context, live in `igpg_hf.sampling`.
 """
 
@@ -19,6 +19,7 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 
 from .conditioning.dataset import DatasetSetEncoder
 from .configuration_igpg import IGPGPriorConfig
+from .hub import HubMixin
 
 # diffusers' loader looks up PreTrainedModel *in this module* to find the load method of a
 # pipeline component stored as ["igpg_hf.modeling_prior", "IGPGPriorModel"]: keep the name here.
@@ -76,10 +77,15 @@ class IGPGConditions:
         )
 
 
-class IGPGPriorModel(GPT2LMHeadModel):
+class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
     """GPT-2 prior over weight tokens, conditioned by a prefix of instruction, architecture and dataset embeddings."""
 
     config_class = IGPGPriorConfig
+
+    def _hub_card(self):
+        from .cards import prior_card
+
+        return prior_card(self)
 
     def __init__(self, config: IGPGPriorConfig):
         super().__init__(config)

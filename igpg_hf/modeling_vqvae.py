@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_igpg import IGPGVQVAEConfig
+from .hub import HubMixin
 from .quantizers import build_quantizer
 from .weights import (
     WeightLayout,
@@ -57,12 +58,17 @@ def _mlp(n_in: int, hidden: int, n_out: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-class IGPGVQVAEModel(PreTrainedModel):
+class IGPGVQVAEModel(HubMixin, PreTrainedModel):
     """VQ-VAE that tokenizes neural-network weights: chunks of K values -> l codes each, and back."""
 
     config_class = IGPGVQVAEConfig
     base_model_prefix = "vqvae"
     main_input_name = "chunks"
+
+    def _hub_card(self):
+        from .cards import vqvae_card
+
+        return vqvae_card(self)
 
     def __init__(self, config: IGPGVQVAEConfig):
         super().__init__(config)

@@ -1,8 +1,9 @@
 """IGPGPipeline: an instruction (+ architecture, + a few data samples) -> loadable state dicts.
 
-    pipe = IGPGPipeline.from_pretrained("path/or/repo")
+    pipe = IGPGPipeline.from_pretrained("user/repo")  # a Hub repo id (revision= too) or a local folder
     out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=5, seed=0)
     model.load_state_dict(out.state_dicts[0], strict=True)
+    pipe.push_to_hub("my-pipeline")  # -> your-name/my-pipeline, with the project's model card
 
 The pipeline owns no weights of its own: components are the tokenizer (`IGPGVQVAEModel`), the
 prior (`IGPGPriorModel`) and a Hugging Face text encoder with its tokenizer. Device placement is
@@ -16,9 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .cards import component_cards_disabled, pipeline_card, write_card
 from .conditioning import encode_text, prepare_support_set
+from .hub import push_folder, snapshot
 from .label_alignment import LabelAlignment
 from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
@@ -42,8 +45,6 @@ from .zoo.architectures import ArchSpec, get_architecture
 logger = logging.getLogger(__name__)
 
 __all__ = ["IGPGPipeline", "IGPGPipelineOutput"]
-
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md"
 
 
 @dataclass
@@ -306,47 +307,82 @@ class IGPGPipeline(DiffusionPipeline):
             label_alignments=alignments,
         )
 
-    # ------------------------------------------------------------------ saving
-    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
-        """diffusers' save (model_index.json + one folder per component) plus a model card README.md."""
-        repo_id = kwargs.pop("repo_id", None)
-        token, private = kwargs.pop("token", None), kwargs.pop("private", None)
-        commit_message = kwargs.pop("commit_message", "Upload IGPG pipeline")
-        super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
-        write_model_card(save_directory, self)
+    # ------------------------------------------------------------------ Hub
+    @classmethod
+    def download(cls, pretrained_model_name: str, **kwargs) -> str:
+        """A local copy of a pipeline repo on the Hub (all files), for ``from_pretrained("user/repo")``.
+
+        diffusers' own ``download`` refuses, before downloading anything, components whose library it does not
+        know (``["igpg_hf", "IGPGPriorModel"]``); the repo is fetched whole with ``snapshot_download`` instead,
+        then loaded exactly as a local folder. Honours ``revision``, ``cache_dir``, ``token``, ``force_download``
+        and ``local_files_only``; FileNotFoundError if no such repo (or revision) can be reached.
+        """
+        return snapshot(
+            pretrained_model_name,
+            revision=kwargs.get("revision"),
+            cache_dir=kwargs.get("cache_dir"),
+            token=kwargs.get("token"),
+            force_download=bool(kwargs.get("force_download")),
+            local_files_only=bool(kwargs.get("local_files_only")),
+        )
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        push_to_hub: bool = False,
+        *,
+        repo_id: str | None = None,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        revision: str | None = None,
+        **kwargs,
+    ):
+        """diffusers' save (model_index.json + one folder per component) plus the project's card (README.md).
+
+        ``push_to_hub=True`` then uploads the folder to ``repo_id`` (default: the folder's name, in your
+        namespace) exactly as `push_to_hub` does; returns the commit in that case.
+        """
+        with component_cards_disabled():  # one card, the pipeline's, not one per component folder
+            super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        write_card(pipeline_card(self), save_directory)
         if push_to_hub:
-            from huggingface_hub import HfApi
+            return push_folder(
+                save_directory,
+                repo_id or Path(save_directory).resolve().name,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+                commit_message=commit_message or "Upload IGPG pipeline",
+            )
+        return None
 
-            api = HfApi(token=token)
-            repo_id = repo_id or Path(save_directory).name
-            api.create_repo(repo_id, exist_ok=True, private=private)
-            api.upload_folder(repo_id=repo_id, folder_path=str(save_directory), commit_message=commit_message)
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        revision: str | None = None,
+    ):
+        """Save the pipeline (components, model_index.json, the project's card) and upload it to ``repo_id``.
 
-
-def write_model_card(save_directory: str | os.PathLike, pipe: IGPGPipeline) -> Path:
-    """Fill hub_cards/model_card.md with the components' settings and the recorded training summary."""
-    summary = dict(getattr(pipe.prior.config, "training_summary", None) or {})
-    vq, pr = pipe.vqvae.config, pipe.prior.config
-    values = {
-        "prior_params": f"{sum(p.numel() for p in pipe.prior.parameters()) / 1e6:.2f} M",
-        "prior_layers": pr.n_layer,
-        "prior_width": pr.n_embd,
-        "prior_context": pr.n_positions,
-        "vqvae_params": f"{sum(p.numel() for p in pipe.vqvae.parameters()) / 1e6:.2f} M",
-        "chunk_size": vq.chunk_size,
-        "tokens_per_chunk": vq.tokens_per_chunk,
-        "codebook_size": vq.vocab_size,
-        "quantizer": vq.quantizer,
-        "normalization": vq.normalization,
-        "text_encoder": pr.text_encoder_name or type(pipe.text_encoder).__name__,
-        "corpus": summary.get("corpus", "unknown"),
-        "training_summary": json.dumps(summary, indent=2, default=str),
-    }
-    text = CARD_TEMPLATE.read_text() if CARD_TEMPLATE.exists() else "# IGPG pipeline\n\n{training_summary}\n"
-    for k, v in values.items():
-        text = text.replace("{" + k + "}", str(v))
-    path = Path(save_directory) / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+        ``repo_id`` without a namespace goes to yours; returns the commit (a str: its URL; ``.repo_url.repo_id``
+        is the namespaced id). Load it back with ``IGPGPipeline.from_pretrained(repo_id)``.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, safe_serialization=safe_serialization, variant=variant)
+            return push_folder(
+                tmp,
+                repo_id,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+                commit_message=commit_message or "Upload IGPG pipeline",
+            )

@@ -44,7 +44,9 @@ def hub(hub_server, monkeypatch, tmp_path):
     import datasets.config
     import huggingface_hub.constants as hf_constants
 
-    if hf_constants.ENDPOINT != hub_server.url:  # imported before this conftest: the clients would go elsewhere
+    if (
+        hf_constants.ENDPOINT != hub_server.url
+    ):  # imported before this conftest: the clients would go elsewhere
         pytest.fail(f"huggingface_hub points at {hf_constants.ENDPOINT}, not the test Hub {hub_server.url}")
     hub_server.reset()
     cache = tmp_path / "hf_cache"

@@ -66,6 +66,22 @@ def _git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _front_matter(readme: str) -> dict | str | None:
+    """The YAML block a README starts with (``---`` lines around it): a dict, None if absent, or an error text."""
+    lines = readme.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return None
+    try:
+        end = next(i for i, line in enumerate(lines[1:], 1) if line.strip() == "---")
+    except StopIteration:
+        return "the YAML front matter is not closed by a '---' line"
+    try:
+        meta = yaml.safe_load("\n".join(lines[1:end]))
+    except yaml.YAMLError as e:
+        return f"invalid YAML: {e}"
+    return meta if isinstance(meta, dict) or meta is None else "the YAML front matter must be a mapping"
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
 
@@ -150,7 +166,8 @@ class HubServer:
         self.repos: dict[tuple[str, str], _Repo] = {}
         self.blobs: dict[str, bytes] = {}
         self.lfs_uploads: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests to inspect
+        # (method, path, Range header or None) of every request, for tests to inspect
+        self.requests: list[tuple[str, str, str | None]] = []
         self._counter = itertools.count()
         self.user, self.orgs, self.token = USER, [ORG], TOKEN
 
@@ -263,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
-            self.send_header(k, str(v))
+            self.send_header(k, " ".join(str(v).split()))  # header values are one line
         self.end_headers()
         if self.command != "HEAD" and body:
             self.wfile.write(body)
@@ -290,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.query = parse_qs(url.query)
         with self.hub.lock:
-            self.hub.requests.append((self.command, url.path))
+            self.hub.requests.append((self.command, url.path, self.headers.get("Range")))
         body = self._body() if self.command in ("POST", "PUT", "DELETE") else b""
         try:
             self._route(url.path, body)
@@ -397,14 +414,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200)
 
     def _validate_yaml(self, payload: dict) -> None:
-        try:
-            meta = yaml.safe_load(payload.get("content") or "")
-        except yaml.YAMLError as e:
-            raise HubError(400, f"Invalid YAML: {e}") from e
-        if meta is not None and not isinstance(meta, dict):
-            raise HubError(400, "YAML metadata must be a mapping")
-        errors = []
-        if isinstance(meta, dict) and "model-index" in meta:
+        """The README's YAML front matter must parse to a mapping, and a model-index must have the Hub's shape."""
+        meta, errors = _front_matter(payload.get("content") or ""), []
+        if isinstance(meta, str):
+            errors.append(meta)
+        elif isinstance(meta, dict) and "model-index" in meta:
             try:
                 from huggingface_hub.repocard_data import model_index_to_eval_results
 
@@ -412,8 +426,9 @@ class _Handler(BaseHTTPRequestHandler):
             except (KeyError, TypeError, ValueError, IndexError) as e:
                 errors.append(f"model-index: {e!r}")
         if errors:
-            raise HubError(400, "; ".join(errors))
-        self._json(200, {"errors": [], "warnings": []})
+            raise HubError(400, "invalid metadata", body={"errors": [{"message": m} for m in errors]})
+        warnings = [] if meta else [{"message": "Empty or missing yaml metadata in repo card"}]
+        self._json(200, {"errors": [], "warnings": warnings})
 
     # ------------------------------------------------------------------ /api/{type}s/{ns}/{name}/...
     def _api(self, path: str, body: bytes) -> None:
@@ -458,12 +473,8 @@ class _Handler(BaseHTTPRequestHandler):
             siblings.append(s)
         card = {}
         if "README.md" in commit.files:
-            text = self.hub.blobs[commit.files["README.md"].blob].decode("utf-8", "replace")
-            if text.startswith("---"):
-                try:
-                    card = yaml.safe_load(text.split("---", 2)[1]) or {}
-                except yaml.YAMLError:
-                    card = {}
+            meta = _front_matter(self.hub.blobs[commit.files["README.md"].blob].decode("utf-8", "replace"))
+            card = meta if isinstance(meta, dict) else {}
         ns = repo.id.split("/")[0]
         info = {
             "_id": hashlib.md5(repo.id.encode()).hexdigest()[:24],

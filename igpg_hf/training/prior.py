@@ -31,6 +31,7 @@ from ..sampling import block_windows, sequence_hash
 from .accelerator import make_accelerator
 from .checkpointing import atomic_write_json
 from .loop import run_training
+from .provenance import base_model_summary, corpus_summary, track_sources
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +200,10 @@ def train_prior(
     out = Path(output_dir)
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
-    seqs = encode_corpus(vqvae, checkpoints)
+    sources: set = set()
+    seqs = encode_corpus(vqvae, track_sources(checkpoints, sources))
     model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
+    provenance = {**corpus_summary(sources), **base_model_summary(model)}
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
         raise ValueError(
@@ -252,6 +255,7 @@ def train_prior(
     if accelerator.is_main_process:
         model.config.training_summary = {
             **(model.config.training_summary or {}),
+            **provenance,
             "prior_steps": args.steps,
             "prior_final_loss": history[-1]["loss"] if history else None,
             "num_sequences": len(seqs),

@@ -26,6 +26,7 @@ from ..modeling_vqvae import IGPGVQVAEModel
 from .accelerator import make_accelerator
 from .checkpointing import atomic_write_json
 from .loop import run_training
+from .provenance import corpus_summary, track_sources
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def train_tokenizer(
     out = Path(output_dir)
     torch.manual_seed(args.seed)
     model = config if isinstance(config, IGPGVQVAEModel) else IGPGVQVAEModel(config)
-    chunks, masks, positions = collect_chunks(model, checkpoints)
+    sources: set = set()
+    chunks, masks, positions = collect_chunks(model, track_sources(checkpoints, sources))
     logger.info("tokenizer: %d chunks of %d values from the corpus", chunks.shape[0], chunks.shape[1])
     loader = DataLoader(
         TensorDataset(chunks, masks, positions),
@@ -122,6 +124,15 @@ def train_tokenizer(
         progress=progress,
     )
     if accelerator.is_main_process:
+        last = history[-1] if history else {}
+        model.config.training_summary = {
+            **(model.config.training_summary or {}),
+            **corpus_summary(sources),
+            "vqvae_steps": args.steps,
+            "final_recon_mse": last.get("recon_mse"),
+            "final_perplexity": last.get("perplexity"),
+            "num_chunks": int(chunks.shape[0]),
+        }
         model.save_pretrained(out / "final")
         atomic_write_json(
             out / "final" / "training_log.json",
