@@ -183,18 +183,6 @@ def test_pipeline_loads_by_repo_id_and_revision(hub, pipe, tmp_path):
     assert all(
         torch.equal(a[k], b[k]) for a, b in zip(out.state_dicts, ref.state_dicts, strict=True) for k in a
     )
-    # the project's card, not diffusers' generic one, and the same one a local save writes
-    pipe.save_pretrained(tmp_path / "local")
-    assert hub.read(f"{USER}/pipe", "README.md") == (tmp_path / "local" / "README.md").read_bytes()
-    assert not any(
-        f.endswith("README.md") and "/" in f for f in hub.files(f"{USER}/pipe")
-    )  # no component cards
-    # save_pretrained(push_to_hub=True) without repo_id: the folder's name, in the user's namespace
-    pipe.save_pretrained(tmp_path / "pipe-from-save", push_to_hub=True)
-    assert (
-        IGPGPipeline.from_pretrained(f"{USER}/pipe-from-save").prior.config.n_layer
-        == pipe.prior.config.n_layer
-    )
     # a revision loads the pipeline as it was
     first = hub.repo(f"{USER}/pipe").branches["main"]
     changed = IGPGPipeline(
@@ -208,6 +196,19 @@ def test_pipeline_loads_by_repo_id_and_revision(hub, pipe, tmp_path):
     assert same_weights(IGPGPipeline.from_pretrained(f"{USER}/pipe", revision=first).prior, pipe.prior)
     with pytest.raises(FileNotFoundError, match="neither a local folder nor a Hub model repo"):
         IGPGPipeline.from_pretrained(f"{USER}/no-such-pipeline")
+
+
+def test_pipeline_push_paths_agree(hub, pipe, tmp_path):
+    # the project's card, not diffusers' generic one, and the same one a local save writes
+    pipe.push_to_hub("pipe")
+    pipe.save_pretrained(tmp_path / "local")
+    assert hub.read(f"{USER}/pipe", "README.md") == (tmp_path / "local" / "README.md").read_bytes()
+    components = [f for f in hub.files(f"{USER}/pipe") if "/" in f]
+    assert components and not any(f.endswith("README.md") for f in components)  # one card, the pipeline's
+    # save_pretrained(push_to_hub=True) without repo_id: the folder's name, in the user's namespace
+    pipe.save_pretrained(tmp_path / "pipe-from-save", push_to_hub=True)
+    assert hub.files(f"{USER}/pipe-from-save") == hub.files(f"{USER}/pipe")
+    assert hub.read(f"{USER}/pipe-from-save", "README.md") == hub.read(f"{USER}/pipe", "README.md")
 
 
 def test_namespace_rules(hub, pipe):
@@ -252,16 +253,24 @@ def test_cards_carry_real_metadata(hub, pipe, zoo, tmp_path):
 
 
 # --------------------------------------------------------------------------------------- CLI
-def test_cli_push_corpus_and_generate_by_repo_id(hub, pipe, zoo, tmp_path):
+def test_cli_corpus_push_and_streaming_info(hub, zoo):
+    from typer.testing import CliRunner
+
+    from igpg_hf.cli import app
+
+    res = CliRunner().invoke(app, ["corpus", "push", str(zoo), "zoo-cli"])
+    assert res.exit_code == 0 and f"{USER}/zoo-cli" in res.output, res.output
+    res = CliRunner().invoke(app, ["corpus", "info", f"{USER}/zoo-cli", "--streaming"])
+    assert res.exit_code == 0 and "streamed 6 checkpoints" in res.output, res.output
+
+
+def test_cli_push_leaves_its_source_and_generate_loads_by_repo_id(hub, pipe, zoo, tmp_path):
+    from safetensors.torch import load_file
     from typer.testing import CliRunner
 
     from igpg_hf.cli import app
 
     run = CliRunner().invoke
-    res = run(app, ["corpus", "push", str(zoo), "zoo-cli"])
-    assert res.exit_code == 0, res.output
-    res = run(app, ["corpus", "info", f"{USER}/zoo-cli", "--streaming"])
-    assert res.exit_code == 0 and "streamed 6 checkpoints" in res.output, res.output
     pipe.save_pretrained(tmp_path / "pipeline")
     before = folder_digest(tmp_path / "pipeline")
     res = run(app, ["push", str(tmp_path / "pipeline"), "pipe-cli"])
@@ -274,10 +283,23 @@ def test_cli_push_corpus_and_generate_by_repo_id(hub, pipe, zoo, tmp_path):
         app, ["generate", "Classify handwritten digits", "--pipeline", f"{USER}/pipe-cli", "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
-    from safetensors.torch import load_file
-
     TINY.build().load_state_dict(load_file(str(out)), strict=True)
     # a folder that is not a pipeline is refused before anything is uploaded
     n = len(hub.repos)
     res = run(app, ["push", str(zoo), "not-a-pipeline"])
     assert res.exit_code != 0 and "model_index.json" in res.output and len(hub.repos) == n
+
+
+def test_readme_hub_section_runs(hub, pipe, zoo):
+    """The README's Hub snippet, executed against the in-process Hub (the user is "igpg-tester")."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## The Hub: push, and load by repo id", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    ns = {"pipe": pipe, "corpus": WeightCorpus.from_folder(zoo)}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["zoo"] == f"{USER}/mnist-zoo" and ns["repo"] == f"{USER}/igpg-mnist"
+    assert isinstance(ns["prior"], IGPGPriorModel) and same_weights(ns["prior"], pipe.prior)
+    assert len(list(ns["streamed"])) == 6 and isinstance(ns["pipe"], IGPGPipeline)
+    # the README's commands name the same verbs the CLI test runs
+    bash = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert [line.split()[1] for line in bash.splitlines()] == ["corpus", "corpus", "push", "generate"]
