@@ -190,6 +190,8 @@ class HubMixin:
         is_main_process: bool = True,
         state_dict: dict | None = None,
         push_to_hub: bool = False,
+        max_shard_size: int | str = "50GB",
+        variant: str | None = None,
         *,
         repo_id: str | None = None,
         commit_message: str | None = None,
@@ -203,8 +205,15 @@ class HubMixin:
         ``repo_id`` (default: the folder's name, in your namespace) and returns the commit."""
         from .cards import component_cards_enabled, write_card
 
+        # max_shard_size and variant are named here (not left in **kwargs) because diffusers passes a component's
+        # save options only when its signature names them (a pipeline saved with variant="fp16" names its files so)
         super().save_pretrained(
-            save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs
+            save_directory,
+            is_main_process=is_main_process,
+            state_dict=state_dict,
+            max_shard_size=max_shard_size,
+            variant=variant,
+            **kwargs,
         )
         if not is_main_process:
             return None

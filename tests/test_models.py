@@ -237,3 +237,15 @@ def test_models_save_their_own_card(tmp_path):
     data = ModelCard.load(tmp_path / "prior" / "README.md").data
     assert data.library_name == "igpg_hf" and [r.metric_value for r in data.eval_results] == [2.5]
     assert data.datasets is None  # no Hub corpus recorded: no dataset link invented
+
+
+def test_save_options_reach_transformers(tmp_path):
+    """diffusers passes variant/max_shard_size to a component only if its save_pretrained names them."""
+    import inspect
+
+    prior = _prior()
+    assert {"variant", "max_shard_size"} <= set(inspect.signature(prior.save_pretrained).parameters)
+    prior.save_pretrained(tmp_path, variant="fp16")
+    assert (tmp_path / "model.fp16.safetensors").exists()
+    again = IGPGPriorModel.from_pretrained(tmp_path, variant="fp16")
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), prior.parameters(), strict=True))
