@@ -108,15 +108,22 @@ def eval_results(summary: dict | None, kind: str) -> list[EvalResult]:
     for key, metric_type, metric_name, split in _TRAINING_METRICS.get(kind, []):
         value = _number(summary.get(key))
         if value is not None:
-            out.append(EvalResult(**TASK, **data, dataset_split=split, metric_type=metric_type,
-                                  metric_name=metric_name, metric_value=value))  # fmt: skip
+            result = dict(
+                dataset_split=split, metric_type=metric_type, metric_name=metric_name, metric_value=value
+            )
+            out.append(EvalResult(**TASK, **data, **result))
     tasks = {**data, "dataset_name": f"test splits of the tasks in {data['dataset_name']}"}
     for block, split in _RESULT_BLOCKS.items():
         for key, raw in (summary.get(block) or {}).items():
             value = _number(raw)
             if value is not None:
-                out.append(EvalResult(**TASK, **tasks, dataset_split=split, metric_type=key,
-                                      metric_name=key.replace("_", " "), metric_value=value))  # fmt: skip
+                result = dict(
+                    dataset_split=split,
+                    metric_type=key,
+                    metric_name=key.replace("_", " "),
+                    metric_value=value,
+                )
+                out.append(EvalResult(**TASK, **tasks, **result))
     return out
 
 

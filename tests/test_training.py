@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,3 +166,16 @@ def test_accelerate_launch_two_cpu_processes_train_one_model(tmp_path, checkpoin
     epoch = [Counter(d for b in r["vqvae_batches"][:per_rank_epoch] for d in b) for r in ranks]
     assert all(sum(e.values()) == per_rank_epoch * batch for e in epoch)
     assert not (epoch[0] + epoch[1]) - rows  # together at most once each: no row trained twice in the epoch
+
+
+def test_training_records_which_corpus_it_read(tmp_path):
+    from igpg_hf.training.provenance import corpus_summary, track_sources
+
+    seen: set = set()
+    items = [SimpleNamespace(source="user/zoo"), SimpleNamespace(source="user/zoo")]
+    assert list(track_sources(iter(items), seen)) == items and seen == {"user/zoo"}  # one pass
+    assert corpus_summary(seen) == {"corpus": "user/zoo", "corpus_repo_id": "user/zoo"}
+    # a local folder is named, never published with its path; mixed or unknown sources link no dataset
+    assert corpus_summary({str(tmp_path / "zoo")}) == {"corpus": "local folder 'zoo'"}
+    assert corpus_summary({"user/zoo", None}) == {"corpus": "user/zoo and checkpoints of unknown origin"}
+    assert corpus_summary({None}) == {}

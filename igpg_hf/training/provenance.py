@@ -20,6 +20,11 @@ def track_sources(checkpoints: Iterable, sources: set) -> Iterator:
         yield c
 
 
+def _name(source: str) -> str:
+    # a local folder by its name only: a card must not publish the trainer's file system
+    return f"local folder {os.path.basename(source.rstrip(os.sep))!r}" if os.path.isabs(source) else source
+
+
 def corpus_summary(sources: set) -> dict:
     """``{"corpus": ..., "corpus_repo_id": ...}`` for the training summary (the repo id only if every checkpoint
     came from one Hub dataset repo)."""
@@ -28,8 +33,9 @@ def corpus_summary(sources: set) -> dict:
         return {}
     if len(known) == 1 and None not in sources:
         src = known[0]
-        return {"corpus": src, **({} if os.path.isabs(src) else {"corpus_repo_id": src})}
-    return {"corpus": ", ".join(known) + (" and checkpoints of unknown origin" if None in sources else "")}
+        return {"corpus": _name(src), **({} if os.path.isabs(src) else {"corpus_repo_id": src})}
+    names = ", ".join(_name(s) for s in known)
+    return {"corpus": names + (" and checkpoints of unknown origin" if None in sources else "")}
 
 
 def base_model_summary(model) -> dict:
