@@ -196,6 +196,15 @@ def test_pipeline_loads_by_repo_id_and_revision(hub, pipe, tmp_path):
     assert same_weights(IGPGPipeline.from_pretrained(f"{USER}/pipe", revision=first).prior, pipe.prior)
     with pytest.raises(FileNotFoundError, match="neither a local folder nor a Hub model repo"):
         IGPGPipeline.from_pretrained(f"{USER}/no-such-pipeline")
+    # diffusers' loading options keep working by repo id
+    bf16 = IGPGPipeline.from_pretrained(
+        f"{USER}/pipe", torch_dtype=torch.bfloat16, cache_dir=tmp_path / "cache"
+    )
+    assert bf16.prior.dtype == torch.bfloat16 and any((tmp_path / "cache").rglob("model_index.json"))
+    offline = IGPGPipeline.from_pretrained(
+        f"{USER}/pipe", cache_dir=tmp_path / "cache", local_files_only=True
+    )
+    assert same_weights(offline.prior, changed.prior)
 
 
 def test_pipeline_push_paths_agree(hub, pipe, tmp_path):
