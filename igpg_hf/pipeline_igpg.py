@@ -21,7 +21,8 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from .label_alignment import LabelAlignment
 from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
 from .modeling_vqvae import IGPGVQVAEModel
-from .sampling import SamplingConfig, sample_weight_tokens, sequence_hash
+from .sampling import SamplingConfig, sample_weight_tokens
 from .weights import WeightLayout
 from .zoo.architectures import ArchSpec, get_architecture
 
@@ -82,6 +83,7 @@ class IGPGPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(vqvae=vqvae, prior=prior, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.set_progress_bar_config(disable=None)  # tqdm: a bar on a terminal, quiet elsewhere
 
     # ------------------------------------------------------------------ devices
     _offload_device: torch.device | None = None
@@ -171,6 +173,30 @@ class IGPGPipeline(DiffusionPipeline):
         }
 
     # ------------------------------------------------------------------ call
+    _TEXT_CACHE_SIZE = 256
+
+    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """(len(texts), E) float32 embeddings on the CPU; a text seen before reuses its embedding.
+
+        Each text is encoded on its own (no padding to a batch partner), so a cached embedding is exactly what
+        encoding it again would give; the cache is keyed by encoder and device, and keeps the last 256 texts.
+        """
+        cache: OrderedDict = self.__dict__.setdefault("_text_cache", OrderedDict())
+        dev = self._offload_device or self.text_encoder.device
+        owner = (id(self.text_encoder), id(self.tokenizer), str(dev), self.text_encoder.dtype)
+        missing = [t for t in dict.fromkeys(texts) if (owner, t) not in cache]
+        if missing:
+            with self._stage(self.text_encoder):
+                for text in missing:
+                    cache[(owner, text)] = encode_text([text], self.text_encoder, self.tokenizer)[0].cpu()
+        out = []
+        for text in texts:
+            cache.move_to_end((owner, text))
+            out.append(cache[(owner, text)])
+        while len(cache) > self._TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+        return torch.stack(out)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -190,14 +216,22 @@ class IGPGPipeline(DiffusionPipeline):
         align_labels: bool = False,
         alignment_samples: tuple[torch.Tensor, torch.Tensor] | str | None = None,
         alignment_min_z: float = 2.0,
-    ) -> IGPGPipelineOutput:
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> IGPGPipelineOutput | tuple:
         """Generate ``num_samples`` state dicts for ``architecture`` following ``instruction``.
 
-        ``candidates_per_sample=k`` draws ``k * num_samples`` sequences and keeps the ``num_samples`` the
-        prior finds most likely (mean log-probability per token; no labels or data are used). With
-        ``exclude_copies=True`` sequences that repeat a training checkpoint token for token are ranked
-        last, so the result holds new weights whenever enough candidates are new (a warning says when
-        not). Kept samples stay in the order they were drawn.
+        Randomness, diffusers' way: ``generator`` is one ``torch.Generator`` for the whole batch, or a list with
+        one per sample, so that a sample does not depend on the batch (sample 0 of ``num_samples=3`` with
+        ``[g0, g1, g2]`` is the sample of ``num_samples=1`` with ``[g0]``). ``seed=s`` is a shortcut for the
+        generators ``s, s + 1, ...`` (sample i of ``num_samples=n, seed=s`` equals ``num_samples=1,
+        seed=s + i``). Neither: torch's global generator.
+
+        ``candidates_per_sample=k`` draws ``k * num_samples`` sequences (sample i's k candidates from its
+        generator) and keeps the ``num_samples`` the prior finds most likely (mean log-probability per token; no
+        labels or data are used). With ``exclude_copies=True`` sequences that repeat a training checkpoint token
+        for token are ranked last, so the result holds new weights whenever enough candidates are new (a warning
+        says when not). Kept samples stay in the order they were drawn.
 
         ``align_labels=True`` reorders each sample's output units (rows of the last ``nn.Linear``) to fit
         labelled samples: ``alignment_samples`` (a (samples, labels) pair or a task name), else the
@@ -205,6 +239,10 @@ class IGPGPipeline(DiffusionPipeline):
         reaches ``alignment_min_z``; see
         `igpg_hf.label_alignment`. It fixes heads whose classes are in another order than the task's
         (label-permuted tasks the prior never saw); it cannot fix features.
+
+        Progress over decode steps goes through ``self.progress_bar`` (quiet off a terminal; see diffusers'
+        ``set_progress_bar_config``). Returns an `IGPGPipelineOutput`, or with ``return_dict=False`` the tuple
+        of its fields in order (``[0]`` the state dicts; absent fields are None, so the length never changes).
         """
         t0 = time.perf_counter()
         # 1. check inputs
@@ -212,16 +250,6 @@ class IGPGPipeline(DiffusionPipeline):
             raise ValueError("instruction must be a non-empty string, e.g. 'Classify handwritten digits 0-9'")
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-        if candidates_per_sample < 1:
-            raise ValueError(f"candidates_per_sample must be at least 1, got {candidates_per_sample}")
-        known = (
-            getattr(self.prior.config, "training_sequence_hashes", None) if self.prior is not None else None
-        )
-        if exclude_copies and not known:
-            raise ValueError(
-                "exclude_copies=True needs a prior that stores its training-sequence fingerprints "
-                "(priors trained by igpg_hf >= 0.2 do); retrain the prior or pass exclude_copies=False"
-            )
         align_xy = (
             self._labelled_samples(
                 alignment_samples if alignment_samples is not None else dataset, "alignment_samples"
@@ -242,45 +270,27 @@ class IGPGPipeline(DiffusionPipeline):
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
         # 3. encode the conditions (one row, expanded over samples by the sampler)
-        with self._stage(self.text_encoder):
-            emb = encode_text([instruction, arch_text], self.text_encoder, self.tokenizer)  # (2, E)
+        emb = self._text_embeddings([instruction, arch_text])  # (2, E)
         cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **self._dataset_condition(dataset, 1))
-        # 4. sample weight tokens autoregressively (block by block past the context)
-        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        n_draw = num_samples * candidates_per_sample
-        with self._stage(self.prior):
-            tokens, loglik = sample_weight_tokens(
+        # 4. sample weight tokens (block by block past the context) and keep the best candidates
+        with self._stage(self.prior), self.progress_bar(total=n_tokens) as bar:
+            sampled = sample_weight_tokens(
                 self.prior,
                 cond,
                 n_tokens,
-                n_draw,
-                sampling,
-                seed=seed,
-                use_cache=use_cache,
-                return_log_likelihood=True,
+                num_samples,
+                SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
+                seed,
+                use_cache,
+                generator=generator,
+                candidates_per_sample=candidates_per_sample,
+                exclude_copies=exclude_copies,
+                progress=bar.update,
             )
-        known_set = set(known or ())
-        copy_flags = [sequence_hash(t) in known_set for t in tokens] if known else None
-        if n_draw > num_samples:  # keep the most likely (new ones first if asked), in drawing order
-            rank = sorted(range(n_draw), key=lambda i: (exclude_copies and copy_flags[i], -float(loglik[i])))
-            keep = sorted(rank[:num_samples])
-        else:
-            keep = list(range(n_draw))
-        if exclude_copies and any(copy_flags[i] for i in keep):
-            logger.warning(
-                "only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
-                "samples are copies: raise candidates_per_sample",
-                n_draw - sum(copy_flags),
-                n_draw,
-                sum(copy_flags[i] for i in keep),
-            )
-        candidate_copies = sum(copy_flags) if copy_flags is not None else None
-        tokens, loglik = tokens[keep], loglik[keep]
-        copy_flags = [copy_flags[i] for i in keep] if copy_flags is not None else None
         # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
         fill = template.state_dict() if template is not None else None
         with self._stage(self.vqvae):
-            state_dicts = self.vqvae.decode(tokens.to(self.vqvae.device), layout, fill=fill)
+            state_dicts = self.vqvae.decode(sampled.tokens.to(self.vqvae.device), layout, fill=fill)
         # 6. optionally reorder each sample's output units to the labelled samples
         alignments = None
         if align_labels:
@@ -295,17 +305,20 @@ class IGPGPipeline(DiffusionPipeline):
                 m = spec.build() if spec is not None else copy.deepcopy(template)
                 m.load_state_dict(sd, strict=True)
                 modules.append(m.eval())
-        return IGPGPipelineOutput(
+        output = IGPGPipelineOutput(
             state_dicts,
             modules,
-            tokens.cpu(),
+            sampled.tokens.cpu(),
             time.perf_counter() - t0,
-            log_likelihood=loglik.cpu().tolist(),
-            is_copy=copy_flags,
-            num_candidates=n_draw,
-            candidate_copies=candidate_copies,
+            log_likelihood=sampled.log_likelihood.cpu().tolist(),
+            is_copy=sampled.is_copy,
+            num_candidates=sampled.num_candidates,
+            candidate_copies=sampled.candidate_copies,
             label_alignments=alignments,
         )
+        if not return_dict:
+            return tuple(getattr(output, f.name) for f in fields(output))
+        return output
 
     # ------------------------------------------------------------------ Hub
     @classmethod

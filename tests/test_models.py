@@ -144,14 +144,13 @@ def test_prior_loss_and_absent_conditions():
 
 def test_prior_sampling_is_seeded_and_survives_save_load(tmp_path):
     prior = _prior()
-    a = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0)
-    b = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0)
+    a = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0).tokens
+    b = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0).tokens
     assert a.shape == (3, 40) and torch.equal(a, b)
-    assert torch.equal(a, sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0, use_cache=False))
     prior.save_pretrained(tmp_path)
     again = IGPGPriorModel.from_pretrained(tmp_path)
-    assert torch.equal(sample_weight_tokens(again, _cond(1), 40, num_samples=3, seed=0), a)
-    greedy = sample_weight_tokens(prior, _cond(1), 10, sampling=SamplingConfig(do_sample=False))
+    assert torch.equal(sample_weight_tokens(again, _cond(1), 40, num_samples=3, seed=0).tokens, a)
+    greedy = sample_weight_tokens(prior, _cond(1), 10, sampling=SamplingConfig(do_sample=False)).tokens
     assert greedy.shape == (1, 10)
 
 
@@ -161,7 +160,7 @@ def test_block_wise_generation_past_the_context():
     wins = block_windows(n, prior.config.max_weight_tokens, prior.config.block_overlap, 2)
     assert wins[0].start == 0 and wins[-1].stop == n and len(wins) > 3
     assert all(w.start - w.context_start == 16 for w in wins[1:])
-    out = sample_weight_tokens(prior, _cond(1), n, num_samples=2, seed=1)
+    out = sample_weight_tokens(prior, _cond(1), n, num_samples=2, seed=1).tokens
     assert out.shape == (2, n)
 
 
