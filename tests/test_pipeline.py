@@ -202,3 +202,68 @@ def test_model_cpu_offload_moves_one_component_per_stage(pipe):
     finally:
         for n, orig in originals.items():
             getattr(pipe, n).to = orig
+
+
+def _g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_generators_make_samples_batch_independent(pipe):
+    text, kw = "Classify handwritten digits", dict(architecture="tiny_cnn", top_k=20)
+    three = pipe(text, num_samples=3, generator=[_g(0), _g(1), _g(2)], **kw)
+    one = pipe(text, num_samples=1, generator=[_g(0)], **kw)
+    assert torch.equal(three.token_ids[0], one.token_ids[0])
+    assert all(torch.equal(three.state_dicts[0][k], one.state_dicts[0][k]) for k in one.state_dicts[0])
+    # seed=s is the shortcut for the generators s, s + 1, ...: sample 2 of seed=0 is the sample of seed=2
+    assert torch.equal(pipe(text, num_samples=3, seed=0, **kw).token_ids, three.token_ids)
+    assert torch.equal(pipe(text, num_samples=1, seed=2, **kw).token_ids[0], three.token_ids[2])
+    # one generator for the whole batch (generate()'s stream): reproducible, and it advances
+    g = _g(4)
+    first, second = pipe(text, num_samples=2, generator=g, **kw), pipe(text, num_samples=2, generator=g, **kw)
+    assert torch.equal(first.token_ids, pipe(text, num_samples=2, generator=_g(4), **kw).token_ids)
+    assert not torch.equal(first.token_ids, second.token_ids)
+    with pytest.raises(ValueError, match="one per sample"):
+        pipe(text, num_samples=2, generator=[_g(0)], **kw)
+
+
+def test_return_dict_false_gives_the_fields_as_a_tuple(pipe):
+    from dataclasses import fields
+
+    from igpg_hf import IGPGPipelineOutput
+
+    out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=1)
+    tup = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=1, return_dict=False)
+    assert isinstance(tup, tuple) and len(tup) == len(fields(IGPGPipelineOutput))  # None fields kept
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(tup[0], out.state_dicts, strict=True) for k in a)
+    assert torch.equal(tup[2], out.token_ids) and tup[1] is None
+
+
+def test_progress_bar_counts_decode_steps(pipe):
+    import io
+
+    buf = io.StringIO()
+    pipe.set_progress_bar_config(file=buf, disable=False)
+    try:
+        out = pipe("Classify handwritten digits", architecture="resnet_small", seed=0)  # block by block
+    finally:
+        pipe.set_progress_bar_config(disable=None)
+    n = out.token_ids.shape[1]
+    assert f"{n}/{n}" in buf.getvalue()
+
+
+def test_repeated_instructions_reuse_their_text_embedding(pipe):
+    from igpg_hf.conditioning import encode_text
+
+    calls = []
+    hook = pipe.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        a = pipe("Recognise a digit from its outline", architecture="tiny_cnn", seed=0)
+        assert len(calls) >= 1
+        calls.clear()
+        b = pipe("Recognise a digit from its outline", architecture="tiny_cnn", seed=0)
+        assert calls == [] and torch.equal(a.token_ids, b.token_ids)
+    finally:
+        hook.remove()
+    # the cached embedding is the text encoded on its own
+    fresh = encode_text(["Recognise a digit from its outline"], pipe.text_encoder, pipe.tokenizer)[0]
+    assert torch.equal(pipe._text_embeddings(["Recognise a digit from its outline"])[0], fresh)
