@@ -291,15 +291,34 @@ def generate_cmd(
         str | None,
         typer.Option(help="Registered task whose samples decide --align-labels (default: --dataset)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch threads (default: $IGPG_NUM_THREADS, else 1: one generation is small work, and more "
+            "threads beside another busy process made it several times slower).",
+        ),
+    ] = None,
 ) -> None:
     """Generate weights for an architecture from an instruction and save them as safetensors."""
     _setup(False)
+    import torch
+    from diffusers.utils import logging as diffusers_logging
     from safetensors.torch import save_file
 
     from .pipeline_igpg import IGPGPipeline
+    from .sampling import THREADS_ENV, generation_num_threads
 
     try:
+        threads = threads or generation_num_threads(0.0)  # $IGPG_NUM_THREADS, else 1
+    except ValueError as e:
+        _fail(e)
+    os.environ[THREADS_ENV] = str(threads)  # the sampler's setting too
+    torch.set_num_threads(threads)
+    diffusers_logging.disable_progress_bar()
+    try:
         pipe = IGPGPipeline.from_pretrained(pipeline)
+        pipe.set_progress_bar_config(disable=True)
         res = pipe(
             instruction,
             architecture=architecture,
