@@ -35,7 +35,9 @@ def _one(args: tuple[int, int]) -> tuple[float, float]:
 
     i, epochs = args
     cpu = time.process_time()
-    acc = train_model(_spec(), "mnist", HyperParams(seed=i, lr=3e-3, epochs=epochs), [epochs])[-1][2]["test_acc"]
+    acc = train_model(_spec(), "mnist", HyperParams(seed=i, lr=3e-3, epochs=epochs), [epochs])[-1][2][
+        "test_acc"
+    ]
     return acc, time.process_time() - cpu
 
 
@@ -64,7 +66,9 @@ def run_mode(mode: str, n: int, epochs: int, procs: int, device: str) -> dict:
     assert _spec().num_parameters() == 2464, _spec().num_parameters()
     data = load_task_data("mnist")  # loaded before the clock (and before forking workers)
     if device == "cuda":
-        train_models_batched(_spec(), data, [HyperParams(seed=i, epochs=1) for i in range(8)], [1], device="cuda")
+        train_models_batched(
+            _spec(), data, [HyperParams(seed=i, epochs=1) for i in range(8)], [1], device="cuda"
+        )
         torch.cuda.synchronize()
     t, cpu = time.perf_counter(), time.process_time()
     if mode == "one-by-one":
@@ -95,7 +99,9 @@ def _child(mode: str, args, device: str, n: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--device", device, "--models", str(n)]
     cmd += ["--epochs", str(args.epochs), "--procs", str(args.procs)]
     t = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["process_seconds"] = time.perf_counter() - t  # imports and data loading included
     return row
@@ -129,7 +135,9 @@ def main() -> None:
     for r in range(args.repeats):
         order = runs[r % len(runs) :] + runs[: r % len(runs)]  # rotate: each mode runs first equally often
         for mode, device, n in order:
-            times[(mode, device)].append(_child(mode, args, device, n) | {"load_avg_before": os.getloadavg()[0]})
+            times[(mode, device)].append(
+                _child(mode, args, device, n) | {"load_avg_before": os.getloadavg()[0]}
+            )
     rows = []
     for (mode, device), rs in times.items():
         secs = [x["seconds"] for x in rs]
@@ -138,7 +146,9 @@ def main() -> None:
             {
                 "mode": mode,
                 "device": device,
-                "layout": {"all-cores": f"{args.procs} processes x 1 thread"}.get(mode, "1 process x 1 thread"),
+                "layout": {"all-cores": f"{args.procs} processes x 1 thread"}.get(
+                    mode, "1 process x 1 thread"
+                ),
                 "models": n,
                 "repeats": len(rs),
                 "min_seconds": min(secs),
@@ -155,7 +165,9 @@ def main() -> None:
     for r in rows:
         if base:
             r["speedup_vs_one_by_one"] = r["models_per_second"] / base["models_per_second"]
-            r["median_speedup_vs_one_by_one"] = r["median_models_per_second"] / base["median_models_per_second"]
+            r["median_speedup_vs_one_by_one"] = (
+                r["median_models_per_second"] / base["median_models_per_second"]
+            )
         if base and r["mode"] == "all-cores":
             r["share_of_ideal"] = r["speedup_vs_one_by_one"] / args.procs  # ideal: N x one-by-one
 

@@ -232,7 +232,9 @@ def test_return_dict_false_gives_the_fields_as_a_tuple(pipe):
     from igpg_hf import IGPGPipelineOutput
 
     out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=1)
-    tup = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=1, return_dict=False)
+    tup = pipe(
+        "Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=1, return_dict=False
+    )
     assert isinstance(tup, tuple) and len(tup) == len(fields(IGPGPipelineOutput))  # None fields kept
     assert all(torch.equal(a[k], b[k]) for a, b in zip(tup[0], out.state_dicts, strict=True) for k in a)
     assert torch.equal(tup[2], out.token_ids) and tup[1] is None

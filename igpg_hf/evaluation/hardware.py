@@ -59,6 +59,12 @@ def _best(fn: Callable[[], Any], repeats: int, inner: int = 1) -> float:
     return best
 
 
+def _best_copy(nbytes: int, repeats: int) -> float:
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    return _best(lambda: dst.copy_(src), repeats)
+
+
 def measure_machine_bounds(
     threads: tuple[int, ...] = (1, 2),
     matmul_size: int = 1024,
@@ -79,10 +85,7 @@ def measure_machine_bounds(
     for n in threads:
         with torch_threads(n):
             gflops[n] = flops / _best(lambda: torch.mm(a, b), repeats) / 1e9
-    src = torch.ones(copy_bytes // 4)
-    dst = torch.empty_like(src)
-    copy = copy_bytes / _best(lambda: dst.copy_(src), repeats) / 1e9
-    del src, dst
+    copy = copy_bytes / _best_copy(copy_bytes, repeats) / 1e9
     weights = torch.ones(max(read_bytes // 4, 1))
     read = weights.numel() * 4 / _best(lambda: weights.sum(), repeats, inner=10) / 1e9
     x = torch.zeros(1)
@@ -95,7 +98,11 @@ def measure_machine_bounds(
         op_latency_us=latency,
         cpu_count=os.cpu_count() or 1,
         load_average=load,
-        settings={"matmul_size": matmul_size, "copy_bytes": copy_bytes, "torch_threads": torch.get_num_threads()},
+        settings={
+            "matmul_size": matmul_size,
+            "copy_bytes": copy_bytes,
+            "torch_threads": torch.get_num_threads(),
+        },
     )
 
 
@@ -110,11 +117,18 @@ def peak_memory(fn: Callable[[], Any]) -> tuple[Any, float, float, str]:
     """(result, seconds, peak resident memory above the start in MB, method) of calling ``fn``."""
     try:  # Linux: reset the high-water mark, so VmHWM - VmRSS is this call's peak growth
         Path("/proc/self/clear_refs").write_text("5")
-        start, method = _rss_mb("VmRSS"), "peak RSS (VmHWM after a reset via /proc/self/clear_refs) minus RSS at start"
+        start, method = (
+            _rss_mb("VmRSS"),
+            "peak RSS (VmHWM after a reset via /proc/self/clear_refs) minus RSS at start",
+        )
     except OSError:
         start, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss growth"
     t = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - t
-    peak = _rss_mb("VmHWM") if method.startswith("peak") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        _rss_mb("VmHWM")
+        if method.startswith("peak")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     return out, seconds, max(0.0, peak - start), method

@@ -53,7 +53,9 @@ def _null_condition() -> IGPGConditions:
 def prior_flops_per_token(prior: IGPGPriorModel, context: int = 0) -> float:
     """Matrix-product FLOPs of one decode step per row: 2 x (block and head weights) + attention over ``context``."""
     cfg = prior.config
-    weights = sum(p.numel() for n, p in prior.transformer.h.named_parameters() if n.endswith("weight") and p.ndim == 2)
+    weights = sum(
+        p.numel() for n, p in prior.transformer.h.named_parameters() if n.endswith("weight") and p.ndim == 2
+    )
     return 2.0 * (weights + prior.lm_head.weight.numel()) + 4.0 * cfg.n_layer * cfg.n_embd * context
 
 
@@ -125,7 +127,9 @@ def sampling_speed_summary(
     (read bandwidth / weight bytes per step) at one sample, the FLOP bound (matmul GFLOP/s at ``num_threads``
     / FLOPs per token) at many.
     """
-    weight_bytes = 4 * sum(p.numel() for p in prior.transformer.h.parameters()) + 4 * prior.lm_head.weight.numel()
+    weight_bytes = (
+        4 * sum(p.numel() for p in prior.transformer.h.parameters()) + 4 * prior.lm_head.weight.numel()
+    )
     bounds = bounds or measure_machine_bounds(threads=(num_threads,), read_bytes=weight_bytes)
     flops = prior_flops_per_token(prior, context=prior.config.num_prefix_tokens + num_tokens // 2)
     out: dict[str, Any] = {"bounds": bounds.to_dict(), "flops_per_token": flops, "weight_bytes": weight_bytes}
@@ -212,13 +216,17 @@ def generation_cost_by_size(
         row: dict[str, Any] = {"architecture": spec.text(), "parameters": layout.num_float, "tokens": n_tok}
         try:
             sampled, s_sec, s_mb, method = peak_memory(
-                lambda n=n_tok: sample_weight_tokens(prior, _null_condition(), n, num_samples, sampling, seed=0)
+                lambda n=n_tok: sample_weight_tokens(
+                    prior, _null_condition(), n, num_samples, sampling, seed=0
+                )
             )
         except ValueError as e:  # more blocks than the prior can produce
             rows.append(row | {"skipped": str(e)})
             continue
         fill = module.state_dict()
-        _, d_sec, d_mb, _ = peak_memory(lambda t=sampled.tokens: vqvae.decode(t, layout, fill=fill))
+        _, d_sec, d_mb, _ = peak_memory(
+            lambda t=sampled.tokens, lay=layout, f=fill: vqvae.decode(t, lay, fill=f)
+        )
         rows.append(
             row
             | {
