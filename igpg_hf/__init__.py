@@ -29,6 +29,7 @@ _EXPORTS = {
     "IGPGPipelineOutput": "pipeline_igpg",
     "LabelAlignment": "label_alignment",
     "align_labels": "label_alignment",
+    "SampledTokens": "sampling",
     "SamplingConfig": "sampling",
     "sample_weight_tokens": "sampling",
     "WeightLayout": "weights",
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .modeling_prior import IGPGConditions, IGPGPriorModel  # noqa: F401
     from .modeling_vqvae import IGPGVQVAEModel, IGPGVQVAEOutput  # noqa: F401
     from .pipeline_igpg import IGPGPipeline, IGPGPipelineOutput  # noqa: F401
-    from .sampling import SamplingConfig, sample_weight_tokens  # noqa: F401
+    from .sampling import SampledTokens, SamplingConfig, sample_weight_tokens  # noqa: F401
     from .weights import WeightLayout  # noqa: F401
     from .zoo import (  # noqa: F401
         ArchSpec,

@@ -58,10 +58,13 @@ __all__ = [
 ]
 
 THREADS_ENV = "IGPG_NUM_THREADS"
-# Below this many FLOPs per decode step (2 x prior parameters x rows) a step is bound by per-op overhead, not
-# arithmetic: a second thread buys nothing on quiet cores and, beside one busy process, made small-model
-# generation 3.3x slower (once 40x). Above it the matrix products are large enough to share.
-SMALL_STEP_FLOPS = 5e7
+# Below this many FLOPs per decode step (2 x prior parameters x rows) generation runs on one thread. Small steps
+# are bound by per-op overhead, where a second thread buys little on quiet cores, and threads that wait for each
+# other lose badly when the cores are shared: beside one busy process 2 threads made small-model generation 3.3x
+# slower (once 40x); on 2 cores shared with other jobs (load average 15) the demo prior (1.07 M parameters) was
+# 18x slower at 1 sample and 15x at 100 with 2 threads than with 1. 1 GFLOP is the small preset at about 100
+# samples, the paper-size prior at about 19.
+SMALL_STEP_FLOPS = 1e9
 # Pre-drawn exponential variates per chunk of decode steps (CPU generators): bounded, independent of the batch.
 _DRAW_CHUNK_VALUES = 1 << 21
 
@@ -153,9 +156,10 @@ def sequence_hash(tokens: torch.Tensor) -> str:
 def generation_num_threads(flops_per_step: float) -> int | None:
     """Torch threads for a decode loop doing ``flops_per_step`` FLOPs per step; None: leave torch's setting.
 
-    ``IGPG_NUM_THREADS`` (a positive integer) decides when set. Otherwise one thread when a step is small
-    (``SMALL_STEP_FLOPS``; every preset prior at one sample): such steps are bound by per-op overhead,
-    where a second thread is no faster on quiet cores and much slower beside another busy process.
+    ``IGPG_NUM_THREADS`` (a positive integer) decides when set. Otherwise one thread when a step is below
+    ``SMALL_STEP_FLOPS`` (every preset prior at one sample, the demo prior at any batch): such steps are bound by
+    per-op overhead, where more threads buy little on quiet cores and lose several times over when the cores
+    are shared with other busy processes.
     """
     env = os.environ.get(THREADS_ENV, "").strip()
     if env:
@@ -257,51 +261,52 @@ class _TopP:
     """Top-p filtering with the result of `_top_p_sorted` bit for bit, from a partial sort where it can.
 
     transformers keeps token i unless the probability mass of the tokens ranked above it reaches ``top_p``.
-    Here the ``m`` best tokens come from ``torch.topk``; their masses above (in float64) decide every token
-    whose mass lies farther from ``top_p`` than float32 rounding of a ``V``-term softmax and cumulative sum can
-    move it (``margin``), when the cut falls inside the ``m`` and does not split tied logits. Any row that
-    fails a check sends the step to the full sort. ``m`` follows the number of tokens kept.
+    Here the ``m`` best tokens of each row come from ``torch.topk``; their masses above (in float64) decide every
+    token whose mass lies farther from ``top_p`` than float32 rounding of a ``V``-term softmax and cumulative
+    sum can move it (``margin``), when the cut falls inside the ``m`` and does not split tied logits. Rows that
+    fail a check are sorted in full (rows are independent, so the result stays transformers'). ``m`` follows the
+    median number of tokens kept. Below ``min_rows`` rows the full sort is cheaper than the checks.
     """
+
+    min_rows = 16
 
     def __init__(self, top_p: float, vocab: int):
         self.top_p, self.vocab = top_p, vocab
         self.margin = 8 * vocab * 2.0**-24 + 1e-6
         self.m = min(16, vocab)
-        self.sorted_steps = 0
-
-    def _sorted(self, scores: torch.Tensor) -> torch.Tensor:
-        self.sorted_steps += 1
-        out = _top_p_sorted(scores, self.top_p)
-        self._resize(int(torch.isfinite(out).sum(-1).max()), scores.shape[-1])
-        return out
+        self.rows = self.sorted_rows = 0
 
     def _resize(self, kept: int, V: int) -> None:
-        # the next window: twice the most tokens any row kept, a power of two
+        # the next window: twice the tokens a typical row kept, a power of two
         self.m = min(V, max(16, 1 << (2 * kept - 1).bit_length()))
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
-        V = scores.shape[-1]
-        if self.top_p >= 1.0:
-            return scores
-        if 2 * self.m >= V or self.top_p <= self.margin:
-            return self._sorted(scores)
-        vals, idx = torch.topk(scores, self.m)  # (B, m) descending
+        B, V = scores.shape
+        self.rows += B
+        if B < self.min_rows or 2 * self.m >= V or self.top_p <= self.margin:
+            self.sorted_rows += B
+            out = _top_p_sorted(scores, self.top_p)
+            self._resize(int(torch.isfinite(out).sum(-1).median()), V)
+            return out
+        m = self.m
+        vals, idx = torch.topk(scores, m)  # (B, m) descending
         probs = scores.softmax(-1).gather(-1, idx).double()  # (B, m)
         above = probs.cumsum(-1) - probs  # mass ranked above each of the m tokens
         keep = above < self.top_p
         finite = torch.isfinite(vals)
         kept = keep.sum(-1)  # (B,) >= 1: the best token's mass above is 0
-        cut = kept.clamp_max(self.m - 1)
-        inside = (kept < self.m) | ~finite[:, -1]  # the cut, or the last finite token, lies within the m
-        near = ((above - self.top_p).abs() <= self.margin) & finite
-        tie = (vals.gather(-1, (cut - 1).clamp_min(0)[:, None]) == vals.gather(-1, cut[:, None])).squeeze(-1)
-        tie &= (kept < self.m) & finite.gather(-1, cut[:, None]).squeeze(-1)
-        ok = bool(inside.all()) and not bool(near.any()) and not bool(tie.any())
-        self._resize(int(kept.max()), V)
-        if not ok:
-            return self._sorted(scores)
-        out = torch.full_like(scores, -math.inf)
-        return out.scatter_(1, idx, vals.masked_fill(~keep, -math.inf))
+        cut = kept.clamp_max(m - 1)[:, None]
+        ok = (kept < m) | ~finite[:, -1]  # the cut, or the last finite token, lies within the m
+        ok &= ~(((above - self.top_p).abs() <= self.margin) & finite).any(-1)
+        tie = (vals.gather(-1, (cut - 1).clamp_min(0)) == vals.gather(-1, cut)).squeeze(-1)
+        ok &= ~(tie & (kept < m) & finite.gather(-1, cut).squeeze(-1))
+        out = torch.full_like(scores, -math.inf).scatter_(1, idx, vals.masked_fill(~keep, -math.inf))
+        bad = (~ok).nonzero().squeeze(-1)
+        if bad.numel():
+            self.sorted_rows += bad.numel()
+            out[bad] = _top_p_sorted(scores[bad], self.top_p)
+        self._resize(int(kept.median()), V)
+        return out
 
 
 class _Processor:
@@ -628,10 +633,10 @@ def sample_weight_tokens(
                 )
                 out[:, w.start : w.stop] = block_tok
                 logp += block_lp.sum(1)
-            if proc.top_p is not None and proc.top_p.sorted_steps:
-                logger.debug("top-p: %d steps needed the full sort", proc.top_p.sorted_steps)
+            if proc.top_p is not None:
+                logger.debug("top-p: %d of %d rows sorted in full", proc.top_p.sorted_rows, proc.top_p.rows)
         else:
-            size = B // len(groups)
+            size, done = B // len(groups), 0  # progress: steps of the whole batch, in equal shares per stream
             for j, g in enumerate(groups):  # each stream generates its rows on its own
                 rows = slice(j * size, (j + 1) * size)
                 sub = _rows(cond, rows)
@@ -645,7 +650,9 @@ def sample_weight_tokens(
                         out[rows, w.start : w.stop] = new
                         logp[rows] += lp.sum(1)
                         if progress is not None:
-                            progress(w.stop - w.start)
+                            now = (j * num_tokens + w.stop) // len(groups)
+                            progress(now - done)
+                            done = now
     logp /= num_tokens
     if not bool(torch.isfinite(logp).all()):
         raise ValueError("the prior produced non-finite logits (NaN or inf weights?); cannot sample from it")
