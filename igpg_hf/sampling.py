@@ -67,6 +67,8 @@ THREADS_ENV = "IGPG_NUM_THREADS"
 SMALL_STEP_FLOPS = 1e9
 # Pre-drawn exponential variates per chunk of decode steps (CPU generators): bounded, independent of the batch.
 _DRAW_CHUNK_VALUES = 1 << 21
+# Raw logits kept per block (B x tokens x V floats) to score them at the block's end, as generate() does
+_RAW_LOGITS_VALUES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -402,13 +404,11 @@ class _Decoder:
         dt, dev = self.wte.dtype, self.wte.device
         # (layer, k/v, B, H, T, hd): one write per step for keys and values together, no concatenation
         self.kv = torch.empty(len(self.layers), 2, rows, self.H, max_len, self.hd, dtype=dt, device=dev)
+        self.k, self.v = [kv[0] for kv in self.kv], [kv[1] for kv in self.kv]
         self.t = 0
 
-    def _attend(self, i: int, q, k, v, causal: bool) -> torch.Tensor:
-        if not self.eager:
-            return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None, is_causal=causal, scale=self.scalings[i]
-            )
+    def _eager(self, i: int, q, k, v, causal: bool) -> torch.Tensor:
+        """transformers' eager_attention_forward (B, H, T, hd) with its additive causal mask for a prefill."""
         w = torch.matmul(q, k.transpose(-1, -2)) * self.scalings[i]
         if causal:
             T = q.shape[2]
@@ -423,36 +423,40 @@ class _Decoder:
         """Hidden states (B, T, d) of positions [t, t+T) (embeddings, positions added) -> logits (B, V) of the last.
 
         With ``cache`` the keys and values go to the cache after position ``t`` (T > 1 is a prefill, causal);
-        without, x holds the whole sequence and nothing is kept (the no-cache reference).
+        without, x holds the whole sequence and nothing is kept (the no-cache reference). The residual stream
+        stays (B*T, d): layer norms and products are row-wise, so this changes no value, only the op count.
         """
         B, T, d, H, hd = x.shape[0], x.shape[1], self.d, self.H, self.hd
         t0 = self.t if cache else 0
+        x = x.reshape(B * T, d)
         for i, L in enumerate(self.layers):
-            h = F.layer_norm(x, *L.ln1)
-            qkv = torch.addmm(L.attn_b, h.view(-1, d), L.attn_w).view(B, T, 3 * d)
-            q = qkv[..., :d].view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd), as transformers' split gives
+            h = torch.layer_norm(x, *L.ln1)
+            qkv = torch.addmm(L.attn_b, h, L.attn_w).view(B, T, 3, H, hd)
+            q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, hd), the strides transformers' split gives
             if cache:
-                kv = self.kv[i]
-                kv[:, :, :, t0 : t0 + T].copy_(qkv.view(B, T, 3, H, hd)[:, :, 1:].permute(2, 0, 3, 1, 4))
-                k, v = kv[0, :, :, : t0 + T], kv[1, :, :, : t0 + T]
+                self.kv[i][:, :, :, t0 : t0 + T].copy_(qkv[:, :, 1:].permute(2, 0, 3, 1, 4))
+                k, v = self.k[i][:, :, : t0 + T], self.v[i][:, :, : t0 + T]
             else:
-                k = qkv[..., d : 2 * d].view(B, T, H, hd).transpose(1, 2)
-                v = qkv[..., 2 * d :].view(B, T, H, hd).transpose(1, 2)
-            a = self._attend(i, q, k, v, T > 1)  # (B, H, T, hd)
-            a = a.transpose(1, 2).contiguous().reshape(B, T, d).contiguous()
-            x = torch.addmm(L.proj_b, a.view(-1, d), L.proj_w).view(B, T, d) + x
-            h = F.layer_norm(x, *L.ln2)
-            h = torch.addmm(L.fc_b, h.view(-1, d), L.fc_w)
-            h = L.act(h.view(B, T, -1))
-            x = torch.addmm(L.out_b, h.view(B * T, -1), L.out_w).view(B, T, d) + x
+                k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+            if self.eager:
+                a = self._eager(i, q, k, v, T > 1)
+            else:  # transformers' sdpa path: no mask, causal only for a prefill
+                a = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=None, is_causal=T > 1, scale=self.scalings[i]
+                )
+            # (B, T, H*hd): one step's (B, H, 1, hd) already lies in that order
+            a = a.view(B, d) if T == 1 else a.transpose(1, 2).reshape(B * T, d)
+            x = torch.addmm(L.proj_b, a, L.proj_w).add_(x)
+            h = L.act(torch.addmm(L.fc_b, torch.layer_norm(x, *L.ln2), L.fc_w))
+            x = torch.addmm(L.out_b, h, L.out_w).add_(x)
         if cache:
             self.t = t0 + T
-        x = F.layer_norm(x, *self.lnf)
-        return F.linear(x[:, -1:, :], self.head_w)[:, -1].to(copy=True, dtype=torch.float32)
+        x = torch.layer_norm(x, *self.lnf).view(B, T, d)
+        return F.linear(x[:, -1:, :], self.head_w)[:, -1].float()
 
     def embed(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """Tokens (B,) at ``position`` -> (B, 1, d) input embeddings."""
-        return F.embedding(tokens[:, None], self.wte) + self.wpe[position : position + 1]
+        return torch.embedding(self.wte, tokens[:, None]) + self.wpe[position : position + 1]
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -469,26 +473,31 @@ def _loop_block(
     progress: Callable[[int], None] | None,
 ) -> None:
     """Generate ``n_new`` tokens after ``embeds`` (B, T0, d) into ``out`` (B, n_new); log-probs into ``logp``."""
-    T0 = embeds.shape[1]
+    B, T0 = embeds.shape[:2]
     dec.t = 0
     pos = dec.wpe[:T0]
+    # raw logits of the block, for transformers' log_softmax over (B, n, V) at its end (one op, not four a step)
+    raw = logits_buf = None
+    if B * n_new * dec.head_w.shape[0] <= _RAW_LOGITS_VALUES:
+        raw = logits_buf = torch.empty(B, n_new, dec.head_w.shape[0], device=embeds.device)
     if use_cache:
         logits = dec.forward(embeds + pos)
     else:  # the no-cache reference: the whole sequence again at every step
-        seq = torch.empty(
-            embeds.shape[0], T0 + n_new, embeds.shape[2], dtype=embeds.dtype, device=embeds.device
-        )
+        seq = torch.empty(B, T0 + n_new, embeds.shape[2], dtype=embeds.dtype, device=embeds.device)
         seq[:, :T0] = embeds + pos
         logits = dec.forward(seq[:, :T0], cache=False)
     for s in range(n_new):
-        lp = torch.log_softmax(logits, -1)
+        if raw is not None:
+            logits_buf[:, s] = logits
+        else:
+            lp = torch.log_softmax(logits, -1)
         if sampling.do_sample:
-            scores = proc(logits)
-            tok = torch.div(F.softmax(scores, dim=-1), draws.next(n_new - s)).argmax(-1)
+            tok = torch.div(torch.softmax(proc(logits), -1), draws.next(n_new - s)).argmax(-1)
         else:
             tok = logits.argmax(-1)
         out[:, s] = tok
-        logp[:, s] = lp.gather(-1, tok[:, None]).squeeze(-1)
+        if raw is None:
+            logp[:, s] = lp.gather(-1, tok[:, None]).squeeze(-1)
         if progress is not None:
             progress(1)
         if s + 1 == n_new:
@@ -496,8 +505,10 @@ def _loop_block(
         if use_cache:
             logits = dec.forward(dec.embed(tok, T0 + s))
         else:
-            seq[:, T0 + s : T0 + s + 1] = dec.embed(tok, T0 + s)
+            seq[:, T0 + s] = dec.embed(tok, T0 + s)[:, 0]
             logits = dec.forward(seq[:, : T0 + s + 1], cache=False)
+    if raw is not None:
+        logp.copy_(torch.log_softmax(raw, -1).gather(-1, out[..., None]).squeeze(-1))
 
 
 def _generate_block(

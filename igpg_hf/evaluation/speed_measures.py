@@ -75,16 +75,18 @@ def compare_sampling(
 ) -> dict[str, Any]:
     """Time ``sample_weight_tokens`` in each mode of ``MODES``, interleaved, from the same seeded stream.
 
-    Returns {mode: {min_seconds, median_seconds, repeats, tokens_per_second (best)}, "tokens_identical": bool
+    Returns {mode: {min_seconds, median_seconds, repeats, tokens_per_second (best), min/median_cpu_seconds (this
+    process's CPU time: on a shared machine a steadier measure of the work than wall time)}, "tokens_identical": bool
     (every mode drew the same tokens), "num_tokens", "num_samples", "threads", "load_average"}.
     """
     cond = cond or _null_condition()
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     tokens: dict[str, torch.Tensor] = {}
     load = os.getloadavg()[0]
     for _ in range(repeats):
         for m in modes:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = sample_weight_tokens(
                 prior,
                 cond,
@@ -96,10 +98,17 @@ def compare_sampling(
                 **MODES[m],
             )
             times[m].append(time.perf_counter() - t)
+            cpu[m].append(time.process_time() - c)
             tokens.setdefault(m, out.tokens)
     res: dict[str, Any] = {}
     for m in modes:
-        res[m] = _stats(times[m]) | {"tokens_per_second": num_tokens * num_samples / min(times[m])}
+        res[m] = _stats(times[m]) | {
+            "tokens_per_second": num_tokens * num_samples / min(times[m]),
+            "min_cpu_seconds": min(
+                cpu[m]
+            ),  # this process's CPU time: less moved by other jobs than wall time
+            "median_cpu_seconds": statistics.median(cpu[m]),
+        }
     first = tokens[modes[0]]
     res["tokens_identical"] = all(torch.equal(first, t) for t in tokens.values())
     res.update(
@@ -141,6 +150,9 @@ def sampling_speed_summary(
             out[f"samples_{n}"] = r
             loop = r["loop"]["tokens_per_second"]
             summary[f"sampling_speedup_{n}"] = r["generate"]["min_seconds"] / r["loop"]["min_seconds"]
+            summary[f"sampling_cpu_speedup_{n}"] = (
+                r["generate"]["min_cpu_seconds"] / r["loop"]["min_cpu_seconds"]
+            )
             summary[f"loop_tokens_per_second_{n}"] = loop
             summary[f"generate_tokens_per_second_{n}"] = r["generate"]["tokens_per_second"]
             if "no_cache" in r:
