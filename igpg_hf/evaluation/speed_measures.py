@@ -255,3 +255,48 @@ def generation_cost_by_size(
             }
         )
     return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m igpg_hf.evaluation.speed_measures``: the issue-15 sampling figures, for a rerun on idle cores."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(
+        description="Sampling speed of the decode loop vs generate(), against bounds."
+    )
+    ap.add_argument("--pipeline", help="a pipeline folder (default: a random prior of the 'demo' preset)")
+    ap.add_argument("--tokens", type=int, default=164, help="tokens per model (164: the demo's tiny CNN)")
+    ap.add_argument("--samples", default="1,100", help="the two batch sizes")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--busy-repeats", type=int, default=5, help="0: skip the busy-neighbour measurement")
+    ap.add_argument("--out", help="write everything as JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.pipeline:
+        from ..pipeline_igpg import IGPGPipeline
+
+        prior = IGPGPipeline.from_pretrained(args.pipeline).prior.eval()
+    else:
+        from ..configuration_igpg import IGPGPriorConfig
+
+        torch.manual_seed(0)
+        prior = IGPGPriorModel(IGPGPriorConfig.from_preset("demo", vocab_size=512)).eval()
+    n1, nb = (int(x) for x in args.samples.split(","))
+    res = sampling_speed_summary(prior, args.tokens, (n1, nb), args.repeats)
+    if args.busy_repeats:
+        res["busy_neighbour"] = busy_neighbour_slowdown(
+            lambda: sample_weight_tokens(prior, _null_condition(), args.tokens, n1, seed=0), args.busy_repeats
+        )
+        res["summary"]["busy_neighbour_slowdown"] = res["busy_neighbour"]["slowdown"]
+    res["summary"]["load_average_end"] = os.getloadavg()[0]
+    print(json.dumps(res["summary"], indent=1))
+    if args.out:
+        from ..files import atomic_write_json
+
+        atomic_write_json(args.out, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()
