@@ -165,6 +165,7 @@ class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
         conditions: IGPGConditions | None = None,
         weight_tokens: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
         """GPT-2's forward, plus the conditioned form: ``forward(conditions=..., weight_tokens=(B, N), loss_mask=...)``.
@@ -173,12 +174,14 @@ class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
         labels (B, P+N), -100 on the prefix and where ``loss_mask`` is False), so a generic training loop or
         ``Trainer`` that only calls the model trains every parameter: the text and architecture projections, the
         dataset encoder and the null and block embeddings as well as the GPT-2 body. Without ``weight_tokens``
-        this is GPT-2's forward unchanged (``generate()`` uses it with ``inputs_embeds``).
+        this is GPT-2's forward unchanged (``generate()`` uses it with ``inputs_embeds``). ``logits_to_keep`` stays
+        in the signature because ``generate()`` looks for it there: without it the prefill computes the logits
+        of every prefix position, in another product shape than the one-position head of every later step.
         """
         if weight_tokens is None:
             if conditions is not None or loss_mask is not None:
                 raise ValueError("conditions= and loss_mask= need weight_tokens= (B, N) to condition")
-            return super().forward(input_ids, *args, **kwargs)
+            return super().forward(input_ids, *args, logits_to_keep=logits_to_keep, **kwargs)
         if input_ids is not None or args or kwargs.get("inputs_embeds") is not None:
             raise ValueError(
                 "give either weight_tokens= (with conditions=) or input_ids/inputs_embeds, not both"
@@ -189,7 +192,7 @@ class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
             )
         embeds, labels = self.build_inputs(conditions or IGPGConditions(), weight_tokens, loss_mask)
         kwargs.update(inputs_embeds=embeds, labels=labels)
-        return super().forward(**kwargs)
+        return super().forward(logits_to_keep=logits_to_keep, **kwargs)
 
     def sequence_loss(
         self, cond: IGPGConditions, tokens: torch.Tensor, loss_mask: torch.Tensor | None = None

@@ -65,6 +65,11 @@ def test_loop_tokens_identical_to_generate(name, samples):
         assert torch.equal(a.log_likelihood, b.log_likelihood)  # same raw logits, same arithmetic
 
 
+def test_generate_keeps_only_the_last_logits():
+    # generate() passes logits_to_keep=1 only to a forward whose signature names it; the loop's head matches that
+    assert _prior()._supports_logits_to_keep()
+
+
 def test_block_wise_loop_identical_to_generate():
     prior = _prior(4.0, n_positions=24, block_overlap=8)  # 20 weight tokens per block, 12 new after the first
     n = 200
