@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from transformers import GPT2Config, PreTrainedConfig
 
 __all__ = ["IGPGVQVAEConfig", "IGPGPriorConfig"]
+
+
+def _register_auto_models() -> None:
+    """The first IGPG config of a process registers the models with transformers' Auto classes (see `_auto`)."""
+    from . import _auto
+
+    try:
+        _auto.register_models()
+    except Exception:  # a config must load even where the model classes cannot be registered
+        logging.getLogger(__name__).warning(
+            "could not register the IGPG models with AutoModel", exc_info=True
+        )
 
 
 class IGPGVQVAEConfig(PreTrainedConfig):
@@ -46,6 +59,8 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     weight_stats: dict[str, list[float]] | None = None
     base_size: int = 0
     base_layout: str = ""
+    # what the VQ-VAE was trained on and what it measured (filled by the training loop; goes into the model card)
+    training_summary: dict | None = None
 
     def __post_init__(self, **kwargs: Any):
         if self.chunk_mode not in ("layer", "model"):
@@ -63,6 +78,7 @@ class IGPGVQVAEConfig(PreTrainedConfig):
         if self.weight_stats is None:
             self.weight_stats = {}
         super().__post_init__(**kwargs)
+        _register_auto_models()
 
     @property
     def vocab_size(self) -> int:
@@ -178,6 +194,7 @@ class IGPGPriorConfig(GPT2Config):
         if self.context_rule not in ("", "longest", "fixed"):
             raise ValueError(f"context_rule must be 'longest', 'fixed' or '', got {self.context_rule!r}")
         super().__post_init__(**kwargs)
+        _register_auto_models()
 
     @property
     def max_weight_tokens(self) -> int:

@@ -31,6 +31,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from torch import nn
 
+from .cards import corpus_card, write_card
 from .weights.layout import WeightLayout
 from .zoo.architectures import ArchSpec
 
@@ -80,7 +81,6 @@ META_COLUMNS = [c for c in FEATURES if c != "weights"]
 ZOO_KINDS = ("independent", "shared_init", "finetuned", "ingested")
 _ROW_GROUP_BYTES = 64 * 2**20
 _SHARD_RE = re.compile(r"shard-(\d+)\.parquet")
-_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "dataset_card.md"
 
 
 @dataclass
@@ -157,6 +157,9 @@ class Checkpoint:
     metadata: CheckpointMetadata
     layout: WeightLayout
     weights: bytes
+    # the corpus it was read from: a Hub dataset repo id, or a local folder's absolute path (None if unknown);
+    # training records it, so that model cards can name the dataset
+    source: str | None = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict, bit-exact."""
@@ -244,48 +247,6 @@ def _summarize(df: pandas.DataFrame) -> dict[str, Any]:
         "zoo_kinds": {str(k): int(v) for k, v in sorted(df["zoo_kind"].value_counts().items())},
         "tasks": {str(t): task_stats(g) for t, g in df.groupby("task", sort=True)},
     }
-
-
-def _render_card(path: Path, summary: dict[str, Any]) -> str:
-    template = (
-        _CARD_TEMPLATE.read_text(encoding="utf-8")
-        if _CARD_TEMPLATE.exists()
-        else (
-            "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n---\n\n"
-            "# {pretty_name}\n\n{num_checkpoints} checkpoints.\n\n{task_table}\n\n```json\n{summary_json}\n```\n"
-        )
-    )
-
-    def fmt(x: float | None) -> str:
-        return "" if x is None else f"{x:.4f}"
-
-    rows = [
-        f"| {t} | {a['checkpoints']} | {fmt(a['mean'])} | {fmt(a['min'])} | {fmt(a['max'])} | {a['count']} |"
-        for t, a in summary["tasks"].items()
-    ]
-    n = summary["num_checkpoints"]
-    size = next(
-        c
-        for lim, c in (
-            (1e3, "n<1K"),
-            (1e4, "1K<n<10K"),
-            (1e5, "10K<n<100K"),
-            (1e6, "100K<n<1M"),
-            (math.inf, "n>1M"),
-        )
-        if n < lim
-    )
-    return template.format(
-        pretty_name=f"Weight corpus {path.resolve().name}",
-        size_category=size,
-        num_checkpoints=n,
-        num_rows=summary["num_rows"],
-        num_families=len(summary["families"]),
-        families=", ".join(summary["families"]) or "none",
-        num_tasks=len(summary["tasks"]),
-        task_table="\n".join(rows),
-        summary_json=json.dumps(summary, indent=2),
-    )
 
 
 class CorpusWriter:
@@ -419,7 +380,7 @@ class CorpusWriter:
         corpus = WeightCorpus.from_folder(self.path)
         summary = corpus.summary()
         _atomic_write(self.path / "corpus.json", json.dumps(summary, indent=2) + "\n")
-        _atomic_write(self.path / "README.md", _render_card(self.path, summary))
+        write_card(corpus_card(summary), self.path)
         return corpus
 
 
@@ -427,7 +388,10 @@ class WeightCorpus:
     """A corpus of checkpoints over a `datasets.Dataset` or `IterableDataset` of stored rows."""
 
     def __init__(
-        self, dataset: datasets.Dataset | datasets.IterableDataset, path: str | os.PathLike | None = None
+        self,
+        dataset: datasets.Dataset | datasets.IterableDataset,
+        path: str | os.PathLike | None = None,
+        source: str | None = None,
     ):
         missing = set(FEATURES) - set(dataset.column_names or FEATURES)
         if missing:
@@ -435,6 +399,8 @@ class WeightCorpus:
         self.dataset = dataset
         self.streaming = isinstance(dataset, datasets.IterableDataset)
         self.path = Path(path) if path is not None else None  # set only when the rows are exactly a folder's
+        # where the rows come from (a Hub dataset repo id or a folder's absolute path), kept by filter and shard
+        self.source = source if source is not None else (str(self.path.resolve()) if self.path else None)
 
     @classmethod
     def load(
@@ -482,8 +448,9 @@ class WeightCorpus:
     def from_hub(
         cls, repo_id: str, streaming: bool = False, revision: str | None = None, split: str = "train"
     ) -> WeightCorpus:
-        """Open a corpus dataset repo on the Hugging Face Hub."""
-        return cls(datasets.load_dataset(repo_id, split=split, streaming=streaming, revision=revision))
+        """Open a corpus dataset repo on the Hugging Face Hub (``streaming=True`` reads shards on demand)."""
+        ds = datasets.load_dataset(repo_id, split=split, streaming=streaming, revision=revision)
+        return cls(ds, source=repo_id)
 
     def __iter__(self) -> Iterator[Checkpoint]:
         """Checkpoints in storage order, chunks reassembled and SHA-256 verified."""
@@ -497,7 +464,7 @@ class WeightCorpus:
             if hashlib.sha256(data).hexdigest() != first["weights_sha256"]:
                 raise ValueError(f"checkpoint {model_id!r}: weight bytes do not match their SHA-256")
             yield Checkpoint(
-                CheckpointMetadata.from_row(first), WeightLayout.from_json(first["layout"]), data
+                CheckpointMetadata.from_row(first), WeightLayout.from_json(first["layout"]), data, self.source
             )
 
     def _chunk_index(self):
@@ -547,7 +514,8 @@ class WeightCorpus:
             ]
 
         return WeightCorpus(
-            self.dataset.filter(keep, input_columns=["task", "arch_family", "test_acc"], batched=True)
+            self.dataset.filter(keep, input_columns=["task", "arch_family", "test_acc"], batched=True),
+            source=self.source,
         )
 
     def shard(self, num_shards: int, index: int) -> WeightCorpus:
@@ -560,7 +528,8 @@ class WeightCorpus:
                 ds = ds.reshard()  # files into row groups, which hold whole checkpoints
             if ds.num_shards >= num_shards:
                 return WeightCorpus(
-                    split_dataset_by_node(ds, rank=index, world_size=num_shards, strategy="shards")
+                    split_dataset_by_node(ds, rank=index, world_size=num_shards, strategy="shards"),
+                    source=self.source,
                 )
             logger.info(
                 "fewer row groups than shards: splitting by model_id hash (every part reads all rows)"
@@ -570,23 +539,31 @@ class WeightCorpus:
                     lambda ids: [zlib.crc32(i.encode()) % num_shards == index for i in ids],
                     input_columns=["model_id"],
                     batched=True,
-                )
+                ),
+                source=self.source,
             )
         starts = [int(i) for i in (self._chunk_index() == 0).nonzero()[0]] + [ds.num_rows]
         n = len(starts) - 1  # contiguous checkpoint ranges, sized as Dataset.shard(contiguous=True) does
         lo = (n // num_shards) * index + min(index, n % num_shards)
         hi = lo + n // num_shards + (1 if index < n % num_shards else 0)
-        return WeightCorpus(ds.select(range(starts[lo], starts[hi]) if hi > lo else []))
+        return WeightCorpus(ds.select(range(starts[lo], starts[hi]) if hi > lo else []), source=self.source)
 
     def push_to_hub(
         self,
         repo_id: str,
-        private: bool = False,
-        token: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
         commit_message: str = "Upload weight corpus with igpg_hf",
-    ) -> str:
-        """Upload the corpus folder (data/, README.md, corpus.json) to a Hub dataset repo; returns its URL."""
-        from huggingface_hub import HfApi
+        revision: str | None = None,
+        create_pr: bool = False,
+    ):
+        """Upload the corpus folder (data/*.parquet, README.md, corpus.json) to a Hub dataset repo in one commit.
+
+        ``repo_id`` without a namespace goes to yours. Shards of an earlier push that the folder no longer holds
+        are deleted in the same commit. Returns the commit (a str: its URL; ``.repo_url.repo_id`` is the
+        namespaced id). Read it back with ``WeightCorpus.load(repo_id)`` (``streaming=True`` too).
+        """
+        from .hub import push_folder
 
         if self.path is None:
             raise ValueError(
@@ -595,16 +572,18 @@ class WeightCorpus:
         for name in ("README.md", "corpus.json"):
             if not (self.path / name).exists():
                 raise ValueError(f"{self.path / name} is missing: close the CorpusWriter before pushing")
-        api = HfApi(token=token)
-        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
+        return push_folder(
+            self.path,
+            repo_id,
             repo_type="dataset",
-            folder_path=str(self.path),
-            allow_patterns=["data/*.parquet", "README.md", "corpus.json"],
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
             commit_message=commit_message,
+            allow_patterns=["data/*.parquet", "README.md", "corpus.json"],
+            delete_patterns=["data/*.parquet"],
         )
-        return str(url)
 
     def __repr__(self) -> str:
         where = self.path or "derived"

@@ -31,8 +31,10 @@ from ..files import atomic_write_json
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..sampling import block_windows, sequence_hash
+from .accelerator import make_accelerator
 from .args import PriorTrainingArgs
 from .loop import run_training
+from .provenance import base_model_summary, corpus_summary, track_sources
 from .vqvae import canonical_order
 
 logger = logging.getLogger(__name__)
@@ -186,12 +188,14 @@ def train_prior(
     prior's vocabulary or tokens per chunk differ from the VQ-VAE's, or the corpus is empty.
     """
     args = args or PriorTrainingArgs()
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     out = Path(output_dir)
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
-    seqs = encode_corpus(vqvae, canonical_order(checkpoints))
+    sources: set = set()
+    seqs = encode_corpus(vqvae, canonical_order(track_sources(checkpoints, sources)))
     model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
+    provenance = {**corpus_summary(sources), **base_model_summary(model)}
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
         raise ValueError(f"prior vocab_size {cfg.vocab_size} != VQ-VAE vocabulary {vqvae.config.vocab_size}")
@@ -219,9 +223,8 @@ def train_prior(
 
     def step_fn(m, batch, step):
         cond, tokens, mask = batch
-        # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
-        embeds, labels = accelerator.unwrap_model(m).build_inputs(cond, tokens, mask)
-        loss = m(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+        # the prefix is built inside forward, so the (possibly DDP-wrapped) model sees every parameter it trains
+        loss = m(conditions=cond, weight_tokens=tokens, loss_mask=mask, use_cache=False).loss
         return loss, {"loss": loss.item()}, f"loss {loss.item():.3f}"
 
     model, history = run_training(
@@ -242,6 +245,7 @@ def train_prior(
     if accelerator.is_main_process:
         model.config.training_summary = {
             **(model.config.training_summary or {}),
+            **provenance,
             "prior_steps": args.steps,
             "prior_final_loss": history[-1]["loss"] if history else None,
             "num_sequences": len(seqs),

@@ -25,8 +25,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..configuration_igpg import IGPGVQVAEConfig
 from ..files import atomic_write_json
 from ..modeling_vqvae import IGPGVQVAEModel
+from .accelerator import make_accelerator
 from .args import VQVAETrainingArgs
 from .loop import run_training
+from .provenance import corpus_summary, track_sources
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +79,12 @@ def train_vqvae(
     or a model to keep training. Raises ValueError on an empty corpus.
     """
     args = args or VQVAETrainingArgs()
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     out = Path(output_dir)
     torch.manual_seed(args.seed)
     model = config if isinstance(config, IGPGVQVAEModel) else IGPGVQVAEModel(config)
-    chunks, masks, positions = collect_chunks(model, canonical_order(checkpoints))
+    sources: set = set()
+    chunks, masks, positions = collect_chunks(model, canonical_order(track_sources(checkpoints, sources)))
     logger.info("vqvae: %d chunks of %d values from the corpus", chunks.shape[0], chunks.shape[1])
     loader = DataLoader(
         TensorDataset(chunks, masks, positions),
@@ -122,6 +125,15 @@ def train_vqvae(
         progress=progress,
     )
     if accelerator.is_main_process:
+        last = history[-1] if history else {}
+        model.config.training_summary = {
+            **(model.config.training_summary or {}),
+            **corpus_summary(sources),
+            "vqvae_steps": args.steps,
+            "final_recon_mse": last.get("recon_mse"),
+            "final_perplexity": last.get("perplexity"),
+            "num_chunks": int(chunks.shape[0]),
+        }
         model.save_pretrained(out / "final")
         atomic_write_json(
             out / "final" / "training_log.json",
