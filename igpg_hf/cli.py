@@ -1,21 +1,33 @@
-"""`igpg-hf`: build zoos, train tokenizer and prior, generate weights, run the demo and the benchmark.
+"""`igpg-hf`: build zoos, train the VQ-VAE and the prior, generate weights, run the demo and the benchmark.
 
-Each command builds a config and calls one library function; only this module prints.
+Each command builds the library's config and calls one library function; only this module prints. Options that
+set a config come from that config's dataclass fields (`_config_options`): their CLI default is "unset", and the
+value used is the config's own (or its preset's), so no default exists twice. Nothing heavy is imported before a
+command runs (the option dataclasses live in torch-free modules).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import logging
 import os
-import statistics
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from .evaluation.settings import GenerationSettings
+from .training.args import PriorTrainingArgs, VQVAETrainingArgs
+from .training.recipe import RECIPE_PRESETS, PipelineRecipe
+from .training.zoo_presets import PRESETS as ZOO_PRESETS
 
 app = typer.Typer(
     help="Instruction-guided neural-network weight generation (IGPG) on the Hugging Face stack.",
@@ -24,7 +36,10 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Build and ingest model zoos (weight corpora).", no_args_is_help=True)
 corpus_app = typer.Typer(help="Inspect and publish weight corpora.", no_args_is_help=True)
-train_app = typer.Typer(help="Train the tokenizer (VQ-VAE) and the prior (GPT-2).", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train a pipeline: the VQ-VAE (weights <-> tokens), then the prior (GPT-2), or both at once.",
+    no_args_is_help=True,
+)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(train_app, name="train")
@@ -42,11 +57,134 @@ def _setup(verbose: bool) -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # datasets' own bars ("Generating train split") say nothing to a user; the library's progress bars stay
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "datasets" in sys.modules:  # already imported (a caller in the same process)
+        sys.modules["datasets"].disable_progress_bars()
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> typing.NoReturn:
     console.print(f"[bold red]error:[/] {e}")
     raise typer.Exit(2)
+
+
+# ------------------------------------------------------------------------------ options from config dataclasses
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+def _simple_type(annotation: Any) -> type | None:
+    """int, float, str or bool for a field annotation such as ``"int"`` or ``"float | None"``; else None."""
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, dict(_TYPES))  # the annotations of our own dataclasses
+        except Exception:
+            return None
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_args(annotation):
+        annotation = args[0] if len(args) == 1 else None
+    return annotation if annotation in (int, float, str, bool) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    """Options for the simple fields of dataclass ``cls`` (``--{prefix}{field}``), collected into ``changes[key]``."""
+
+    key: str
+    cls: type
+    prefix: str = ""
+    only: tuple[str, ...] | None = None
+    shown: Any = None  # an instance whose values the help shows as the default (e.g. the default preset's)
+
+
+def _group_params(group: _Group) -> list[tuple[inspect.Parameter, str]]:
+    out = []
+    for f in dataclasses.fields(group.cls):
+        tp = _simple_type(f.type)
+        if tp is None or (group.only is not None and f.name not in group.only):
+            continue
+        name = f"{group.prefix}{f.name}"
+        shown = getattr(group.shown, f.name) if group.shown is not None else f.default
+        help_text = f"{group.cls.__name__}.{f.name} (default: " + (
+            f"--preset's; demo: {shown!r})" if group.shown is not None else f"{shown!r})"
+        )
+        flag = name.replace("_", "-")
+        decls = f"--{flag}/--no-{flag}" if tp is bool else f"--{flag}"
+        option = typer.Option(decls, help=help_text, show_default=False)
+        param = inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[tp | None, option]
+        )
+        out.append((param, f.name))
+    return out
+
+
+def _config_options(*groups: _Group) -> Callable:
+    """Add an option per simple field of each group's dataclass to a command; it receives ``changes`` (group key
+    -> {field: value}) holding only the options given, so every unset field keeps the config's own value."""
+
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "changes"]
+        extra = [(g.key, p, field) for g in groups for p, field in _group_params(g)]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            changes: dict[str, dict[str, Any]] = {g.key: {} for g in groups}
+            for key, param, field in extra:
+                value = kwargs.pop(param.name)
+                if value is not None:
+                    changes[key][field] = value
+            return fn(**kwargs, changes=changes)
+
+        command.__signature__ = sig.replace(parameters=[*own, *(p for _, p, _ in extra)])
+        return command
+
+    return decorate
+
+
+def _key_values(pairs: list[str] | None, what: str) -> dict[str, Any]:
+    """``["a=1", "b=[2, 3]", "c=fsq"]`` -> ``{"a": 1, "b": [2, 3], "c": "fsq"}`` (JSON values, else strings)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} takes FIELD=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _recipe(
+    preset: str, changes: dict[str, dict[str, Any]], vqvae_config=None, prior_config=None
+) -> PipelineRecipe:
+    return PipelineRecipe.from_preset(preset).with_changes(
+        changes.get("recipe"),
+        changes.get("vqvae_training"),
+        changes.get("prior_training"),
+        _key_values(vqvae_config, "--vqvae-config"),
+        _key_values(prior_config, "--prior-config"),
+    )
+
+
+_DEMO_RECIPE = RECIPE_PRESETS["demo"]
+RecipePreset = Annotated[
+    str, typer.Option(help=f"Pipeline recipe (PipelineRecipe preset): {' | '.join(RECIPE_PRESETS)}.")
+]
+Corpus = Annotated[str, typer.Option(help="Corpus folder or Hub dataset repo id.")]
+RunDir = Annotated[
+    Path, typer.Option(help="Run folder: OUT/vqvae, OUT/prior (finished stages reused, killed ones resumed).")
+]
+VQVAEConfig = Annotated[
+    list[str] | None,
+    typer.Option(help="IGPGVQVAEConfig field change, FIELD=VALUE (repeatable), e.g. quantizer=fsq."),
+]
+PriorConfig = Annotated[
+    list[str] | None,
+    typer.Option(help="IGPGPriorConfig field change, FIELD=VALUE (repeatable), e.g. n_layer=6."),
+]
+_VQVAE_RECIPE = ("vqvae_preset",)
+_PRIOR_RECIPE = ("prior_preset", "text_encoder", "support_per_class", "n_positions", "max_n_positions")
 
 
 # --------------------------------------------------------------------------------------- listings
@@ -84,29 +222,26 @@ def architectures_cmd() -> None:
 @zoo_app.command("build")
 def zoo_build(
     out: Annotated[Path, typer.Option(help="Output corpus folder (an existing one is resumed).")],
-    preset: Annotated[
-        str, typer.Option(help="tiny | demo | default | related | finetuned | gpu")
-    ] = "default",
+    preset: Annotated[str, typer.Option(help=f"ZooConfig preset: {' | '.join(ZOO_PRESETS)}.")] = "default",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="ZooConfig field change, FIELD=VALUE (repeatable), e.g. seeds=[0,1]."),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes on CPU (default: all cores).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Train a model zoo over a hyperparameter grid and store its checkpoints as a corpus (resumable)."""
     _setup(verbose)
-    from .zoo.builder import ZooConfig, build_zoo
+    from .training.zoo_builder import ZooConfig, build_zoo, format_build_stats
 
     try:
-        corpus = build_zoo(ZooConfig.from_preset(preset), out, num_workers=workers, device=device)
+        config = ZooConfig.from_preset(preset, **_key_values(set_, "--set"))
+        corpus = build_zoo(config, out, num_workers=workers, device=device)
     except ValueError as e:
         _fail(e)
-    stats = json.loads((out / "build_stats.json").read_text()) if (out / "build_stats.json").exists() else {}
     _print_summary(corpus.summary())
-    if stats:
-        console.print(
-            f"trained {stats.get('runs_trained', stats.get('runs', '?'))} runs, "
-            f"{stats.get('checkpoints', '?')} checkpoints in {stats.get('seconds', 0):.0f} s "
-            f"({stats.get('models_per_second', 0):.2f} models/s)"
-        )
+    console.print(format_build_stats(corpus.build_stats))
 
 
 @zoo_app.command("ingest")
@@ -136,7 +271,7 @@ def zoo_ingest(
 
 
 def _print_summary(summary: dict) -> None:
-    # the corpus stores accuracies as fractions (None when not recorded); show percent
+    # the corpus stores accuracies as fractions (None when not recorded); people read percent
     fmt = lambda x: "n/a" if x is None else f"{100 * x:.1f}"  # noqa: E731
     table = Table("task", "checkpoints", "mean test acc %", "min", "max")
     for task, s in sorted(summary.get("tasks", {}).items()):
@@ -164,8 +299,7 @@ def corpus_info(
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     if streaming:
-        n = sum(1 for _ in corpus)
-        console.print(f"streamed {n} checkpoints from {path}")
+        console.print(f"streamed {sum(1 for _ in corpus)} checkpoints from {path}")
     else:
         _print_summary(corpus.summary())
 
@@ -184,87 +318,101 @@ def corpus_push(
 
 
 # --------------------------------------------------------------------------------------- train
-@train_app.command("tokenizer")
-def train_tokenizer_cmd(
-    corpus: Annotated[str, typer.Option(help="Corpus folder or Hub repo id.")],
-    out: Annotated[Path, typer.Option(help="Run folder (resumed if it holds a checkpoint).")],
-    preset: Annotated[str, typer.Option(help="IGPGVQVAEConfig preset: tiny | demo | base")] = "demo",
-    steps: int = 3000,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    normalization: Annotated[str, typer.Option(help="layer | delta | none")] = "layer",
-    quantizer: Annotated[str, typer.Option(help="gumbel | vq | fsq")] = "gumbel",
-    streaming: bool = False,
+@train_app.command("vqvae")
+@_config_options(
+    _Group("recipe", PipelineRecipe, only=_VQVAE_RECIPE, shown=_DEMO_RECIPE),
+    _Group("vqvae_training", VQVAETrainingArgs, shown=_DEMO_RECIPE.vqvae_training),
+)
+def train_vqvae_cmd(
+    corpus: Corpus,
+    out: RunDir,
+    preset: RecipePreset = "demo",
+    vqvae_config: VQVAEConfig = None,
     verbose: Verbose = False,
+    changes: dict | None = None,
 ) -> None:
-    """Train the VQ-VAE tokenizer over chunks of the corpus's weights (accelerate; resumable)."""
+    """Train the VQ-VAE over chunks of the corpus's weights into OUT/vqvae (accelerate; resumable)."""
     _setup(verbose)
-    from .configuration_igpg import IGPGVQVAEConfig
-    from .corpus import WeightCorpus
-    from .training import TokenizerTrainingArgs, train_tokenizer
+    from .training.pipeline import train_pipeline_vqvae
 
     try:
-        cfg = IGPGVQVAEConfig.from_preset(preset, normalization=normalization, quantizer=quantizer)
-        model = train_tokenizer(
-            WeightCorpus.load(corpus, streaming=streaming),
-            cfg,
-            out,
-            TokenizerTrainingArgs(steps=steps, batch_size=batch_size, lr=lr),
-        )
+        model = train_pipeline_vqvae(corpus, _recipe(preset, changes, vqvae_config=vqvae_config), out)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     console.print(
-        f"tokenizer saved to {out / 'final'} ({sum(p.numel() for p in model.parameters()):,} parameters)"
+        f"VQ-VAE ({model.config.quantizer}) saved to {out / 'vqvae' / 'final'} "
+        f"({sum(p.numel() for p in model.parameters()):,} parameters)"
     )
 
 
 @train_app.command("prior")
+@_config_options(
+    _Group("recipe", PipelineRecipe, only=_PRIOR_RECIPE, shown=_DEMO_RECIPE),
+    _Group("prior_training", PriorTrainingArgs, shown=_DEMO_RECIPE.prior_training),
+)
 def train_prior_cmd(
-    corpus: Annotated[str, typer.Option(help="Corpus folder or Hub repo id.")],
-    tokenizer: Annotated[Path, typer.Option(help="Trained tokenizer folder (…/final).")],
-    out: Annotated[Path, typer.Option(help="Run folder (resumed if it holds a checkpoint).")],
-    preset: Annotated[str, typer.Option(help="IGPGPriorConfig preset: tiny | demo | small | paper")] = "demo",
-    steps: int = 1000,
-    batch_size: int = 16,
-    lr: float = 2e-3,
+    corpus: Corpus,
+    out: RunDir,
+    vqvae: Annotated[
+        Path | None,
+        typer.Option(help="A trained VQ-VAE folder (default: OUT/vqvae/final, from `train vqvae`)."),
+    ] = None,
+    preset: RecipePreset = "demo",
+    prior_config: PriorConfig = None,
     pipeline_out: Annotated[Path | None, typer.Option(help="Also save the whole pipeline here.")] = None,
-    streaming: bool = False,
     verbose: Verbose = False,
+    changes: dict | None = None,
 ) -> None:
-    """Train the conditioned GPT-2 prior on the corpus's token sequences (accelerate; resumable)."""
+    """Train the conditioned GPT-2 prior on the corpus's token sequences into OUT/prior (accelerate; resumable)."""
     _setup(verbose)
-    from .conditioning import load_text_encoder
-    from .configuration_igpg import IGPGPriorConfig
-    from .corpus import WeightCorpus
-    from .modeling_vqvae import IGPGVQVAEModel
-    from .pipeline_igpg import IGPGPipeline
-    from .training import PriorTrainingArgs, train_prior
+    from .training.pipeline import train_pipeline
 
+    vqvae = vqvae or out / "vqvae" / "final"
+    if not (vqvae / "config.json").exists():
+        _fail(ValueError(f"no trained VQ-VAE in {vqvae}: run `igpg-hf train vqvae` first or pass --vqvae"))
     try:
-        vq = IGPGVQVAEModel.from_pretrained(tokenizer)
-        checkpoints = list(WeightCorpus.load(corpus, streaming=streaming))
-        longest = max(vq.num_tokens(c.layout) for c in checkpoints)
-        n_pos = max(IGPGPriorConfig.PRESETS[preset]["n_positions"], min(longest + 4, 1024))
-        cfg = IGPGPriorConfig.from_preset(
-            preset,
-            vocab_size=vq.config.vocab_size,
-            tokens_per_chunk=vq.config.tokens_per_chunk,
-            n_positions=n_pos,
-        )
-        enc, tok = load_text_encoder()
-        prior = train_prior(
-            checkpoints, vq, enc, tok, cfg, out, PriorTrainingArgs(steps=steps, batch_size=batch_size, lr=lr)
-        )
+        pipe = train_pipeline(corpus, _recipe(preset, changes, prior_config=prior_config), out, vqvae=vqvae)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     if pipeline_out:
-        IGPGPipeline(vqvae=vq, prior=prior, text_encoder=enc, tokenizer=tok).save_pretrained(pipeline_out)
+        pipe.save_pretrained(pipeline_out)
         console.print(f"pipeline saved to {pipeline_out}")
-    console.print(f"prior saved to {out / 'final'}")
+    console.print(f"prior saved to {out / 'prior' / 'final'} ({pipe.prior.num_parameters():,} parameters)")
+
+
+@train_app.command("pipeline")
+@_config_options(
+    _Group("recipe", PipelineRecipe, shown=_DEMO_RECIPE),
+    _Group("vqvae_training", VQVAETrainingArgs, prefix="vqvae_", shown=_DEMO_RECIPE.vqvae_training),
+    _Group("prior_training", PriorTrainingArgs, prefix="prior_", shown=_DEMO_RECIPE.prior_training),
+)
+def train_pipeline_cmd(
+    corpus: Corpus,
+    out: RunDir,
+    preset: RecipePreset = "demo",
+    vqvae_config: VQVAEConfig = None,
+    prior_config: PriorConfig = None,
+    verbose: Verbose = False,
+    changes: dict | None = None,
+) -> None:
+    """Train VQ-VAE and prior on a corpus (`train_pipeline`) and save the pipeline to OUT/pipeline."""
+    _setup(verbose)
+    from .training.pipeline import train_pipeline
+
+    try:
+        pipe = train_pipeline(corpus, _recipe(preset, changes, vqvae_config, prior_config), out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    pipe.save_pretrained(out / "pipeline")
+    console.print(
+        f"pipeline saved to {out / 'pipeline'} (VQ-VAE {pipe.vqvae.num_parameters():,}, prior "
+        f"{pipe.prior.num_parameters():,} parameters)"
+    )
 
 
 # --------------------------------------------------------------------------------------- generate
 @app.command("generate")
+@_config_options(_Group("sampling", GenerationSettings, only=("temperature", "top_k", "top_p")))
 def generate_cmd(
     instruction: Annotated[
         str, typer.Argument(help="What the network should do, e.g. 'Classify handwritten digits'.")
@@ -281,60 +429,83 @@ def generate_cmd(
     ),
     num_samples: int = 1,
     seed: int = 0,
-    temperature: float = 0.8,
-    top_k: int | None = None,
     evaluate: Annotated[
         str | None, typer.Option(help="Report test accuracy on this registered task.")
     ] = None,
     align_labels: Annotated[
         bool,
         typer.Option(
-            help="Reorder output units to fit labelled samples of --dataset "
-            "(or --alignment-task); kept only where significant."
+            help="Reorder output units to fit labelled samples of --dataset (or --alignment-task); kept only "
+            "where significant."
         ),
     ] = False,
     alignment_task: Annotated[
         str | None,
         typer.Option(help="Registered task whose samples decide --align-labels (default: --dataset)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch threads (default: $IGPG_NUM_THREADS, else 1: one generation is small work, and more "
+            "threads beside another busy process made it several times slower).",
+        ),
+    ] = None,
+    changes: dict | None = None,
 ) -> None:
-    """Generate weights for an architecture from an instruction and save them as safetensors."""
+    """Generate weights for an architecture from an instruction and save them as safetensors.
+
+    Sampling defaults to GenerationSettings, the setting the demo and the benchmark measured.
+    """
     _setup(False)
+    import torch
+    from diffusers.utils import logging as diffusers_logging
     from safetensors.torch import save_file
 
+    from .files import atomic_path
     from .pipeline_igpg import IGPGPipeline
+    from .sampling import THREADS_ENV, generation_num_threads
 
+    sampling = dataclasses.replace(GenerationSettings(), **changes["sampling"])
+    try:
+        threads = threads or generation_num_threads(0.0)  # $IGPG_NUM_THREADS, else 1
+    except ValueError as e:
+        _fail(e)
+    os.environ[THREADS_ENV] = str(threads)  # the sampler's setting too
+    torch.set_num_threads(threads)
+    diffusers_logging.disable_progress_bar()
     try:
         pipe = IGPGPipeline.from_pretrained(pipeline)
+        pipe.set_progress_bar_config(disable=True)
         res = pipe(
             instruction,
             architecture=architecture,
             dataset=dataset,
             num_samples=num_samples,
             seed=seed,
-            temperature=temperature,
-            top_k=top_k,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
             align_labels=align_labels,
             alignment_samples=alignment_task,
         )
     except (ValueError, TypeError, OSError) as e:
         _fail(e)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for i, sd in enumerate(res.state_dicts):
         path = out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix}")
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            {k: v.contiguous() for k, v in sd.items()},
-            str(tmp),
-            metadata={"instruction": instruction, "architecture": architecture},
-        )
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in sd.items()},
+                str(tmp),
+                metadata={"instruction": instruction, "architecture": architecture},
+            )
         msg = f"wrote {path}"
         if evaluate:
             from .evaluation.metrics import evaluate_state_dicts
             from .zoo.architectures import get_architecture
 
-            msg += f"  test accuracy on {evaluate}: {evaluate_state_dicts(get_architecture(architecture), [sd], evaluate)[0]:.1f} %"
+            acc = evaluate_state_dicts(get_architecture(architecture), [sd], evaluate)[0]
+            msg += f"  test accuracy on {evaluate}: {acc:.1f} %"
         if res.label_alignments:
             a = res.label_alignments[i]
             msg += (
@@ -343,23 +514,27 @@ def generate_cmd(
                 else "  labels kept in order"
             )
         console.print(msg)
-    console.print(f"generated {len(res.state_dicts)} model(s) in {res.seconds:.2f} s")
+    console.print(
+        f"generated {len(res.state_dicts)} model(s) in {res.seconds:.2f} s (temperature {sampling.temperature}, "
+        f"top-k {sampling.top_k}, top-p {sampling.top_p})"
+    )
 
 
 @app.command("push")
 def push_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline folder.")],
-    repo_id: Annotated[str, typer.Argument(help="Hub model repo id.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo id (without a namespace: yours).")],
     private: bool = False,
 ) -> None:
-    """Upload a trained pipeline (all components, model_index.json, model card) to the Hub."""
+    """Upload a saved pipeline folder as it is (components, model_index.json, model card); it must load first."""
     _setup(False)
-    from .pipeline_igpg import IGPGPipeline
+    from .hub import push_pipeline_folder
 
-    IGPGPipeline.from_pretrained(pipeline).save_pretrained(
-        pipeline, push_to_hub=True, repo_id=repo_id, private=private
-    )
-    console.print(f"pushed {pipeline} to {repo_id}")
+    try:
+        commit = push_pipeline_folder(pipeline, repo_id, private=private)
+    except (ValueError, OSError) as e:
+        _fail(e)
+    console.print(f"pushed {pipeline} to {commit.repo_url.repo_id}: {commit}")
 
 
 # --------------------------------------------------------------------------------------- demo
@@ -369,70 +544,22 @@ def demo_cmd(
     preset: Annotated[str, typer.Option(help="demo (about 10 min on 2 cores) | smoke (seconds)")] = "demo",
     verbose: Verbose = False,
 ) -> None:
-    """End to end, offline: build a zoo, train tokenizer and prior, generate per task, compare with zoo and random init."""
+    """End to end, offline: build a zoo, train VQ-VAE and prior, generate per task, compare with zoo and random init."""
     _setup(verbose)
-    from .evaluation.demo import DemoConfig, run_demo
+    from .evaluation.demo import DemoConfig, DemoResult, run_demo
 
     try:
         res = run_demo(out, DemoConfig.from_preset(preset))
     except ValueError as e:
         _fail(e)
-    table = Table(
-        "task",
-        "zoo mean",
-        "recon",
-        "generated mean",
-        "best",
-        "gen/zoo",
-        "random init",
-        "copies",
-        "new-only mean",
-        "new/zoo",
-        "new novelty",
-        title="generated weights vs the zoo (test accuracy %, no fine-tuning)",
-    )
-    for task, r in res["tasks"].items():
-        n = len(r["generated_acc"])
-        new = (
-            [
-                f"{r['new_only_mean_acc']:.1f}",
-                f"{r['new_only_over_zoo']:.3f}",
-                f"{statistics.median(r['new_only_novelty']):.3f}",
-            ]
-            if "new_only_acc" in r
-            else ["-"] * 3
-        )
-        table.add_row(
-            task,
-            f"{r['zoo_mean_acc']:.1f}",
-            f"{r['recon_acc']:.1f}",
-            f"{r['generated_mean_acc']:.1f}",
-            f"{r['generated_best_acc']:.1f}",
-            f"{r['generated_over_zoo']:.3f}",
-            f"{r['random_init_acc']:.1f}",
-            f"{r['copies']}/{n}"
-            + (f" ({r['copies_of_other_tasks']} of other tasks)" if r["copies_of_other_tasks"] else ""),
-            *new,
-        )
+    table = Table(*DemoResult.COLUMNS, title=DemoResult.TITLE)
+    for row in res.rows():
+        table.add_row(*row)
     console.print(table)
-    s = res["summary"]
-    if s["total_copies"]:
-        console.print(
-            f"[yellow]{s['total_copies']} of {s['total_samples']} samples are token-for-token copies of "
-            "training checkpoints: on those, the generator is retrieving, not generating.[/]"
-        )
-    if "new_only_working" in s:
-        console.print(
-            f"new-only sampling (copies excluded): {s['new_only_working']} of {s['total_samples']} samples reach "
-            f"90 % of their zoo's mean; their mean novelty is {s['new_only_mean_novelty']:.3f} (for scale: adjacent "
-            f"epochs of one training run {s['adjacent_epochs_novelty']:.3f}, a copy 0)"
-        )
+    for line in res.summary_lines():
+        console.print(line)
     console.print(
-        f"generate 1 model: {res['generate_seconds_one']:.2f} s; 100 models: {res['generate_seconds_100']:.2f} s"
-    )
-    console.print(
-        f"total {res['timings']['total_seconds']:.0f} s; results in {out / 'results.json'}, plot {out / 'results.png'}, "
-        f"pipeline {out / 'pipeline'}"
+        f"results in {out / 'results.json'}, plot {out / 'results.png'}, pipeline {out / 'pipeline'}"
     )
 
 
@@ -445,6 +572,12 @@ def bench_cmd(
     preset: Annotated[
         str, typer.Option(help="smoke (about a minute) | default (README figures, < 1 h on 2 cores) | gpu")
     ] = "default",
+    parts: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated experiments to run, e.g. seen,speed (default: every default one)."
+        ),
+    ] = None,
     pipeline: Annotated[
         str | None, typer.Option(help="Reuse a trained pipeline for the seen tasks (with --corpus).")
     ] = None,
@@ -455,43 +588,31 @@ def bench_cmd(
         int | None, typer.Option(help="Processes for zoo training and fine-tuning (default: the preset's).")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="torch threads in the main process (default: torch's).")
+        int | None, typer.Option(help="torch threads in the main process (default: the preset's).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Experiment config change, EXPERIMENT.FIELD=VALUE (repeatable), e.g. speed.samples=10.",
+        ),
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Benchmark: seen and unseen tasks, unseen architectures, tokenizer fidelity, novelty, speed (paper Tables 1, 3; Figs. 2, 3)."""
+    """Benchmark: the registered experiments (seen and unseen tasks, unseen architectures, VQ-VAE fidelity,
+    novelty, speed; paper Tables 1, 3, Figs. 2, 3), with a report."""
     _setup(verbose)
     from .evaluation.benchmark import BenchConfig, run_benchmark
 
     try:
         changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v is not None}
-        res = run_benchmark(out, BenchConfig.from_preset(preset, **changes), pipeline=pipeline, corpus=corpus)
+        selected = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+        config = BenchConfig.from_preset(preset, **changes).with_changes(_key_values(set_, "--set"))
+        res = run_benchmark(out, config, pipeline=pipeline, corpus=corpus, parts=selected)
     except ValueError as e:
         _fail(e)
-    seen, nov = res["seen"], res["novelty"]
-    console.print(
-        f"seen tasks: generated / zoo at epoch 0 = {seen['mean_generated_over_zoo']:.3f} "
-        f"({'meets' if seen['meets_95_percent_of_zoo'] else 'misses'} the 0.95 target)"
-    )
-    for kind, v in res["unseen"]["zoos"].items():
-        for task, r in v["tasks"].items():
-            h = r["head_start"]
-            console.print(
-                f"unseen {task} ({kind}): step {h['step']}: generated {h['generated']:.1f}, random init "
-                f"{h['random_init']:.1f}, best retrieval {h['best_retrieval']:.1f}"
-            )
-            if "head_start_aligned" in r:
-                a = r["head_start_aligned"]
-                console.print(
-                    f"  label-aligned: step {a['step']}: generated {a['generated']:.1f}, random init "
-                    f"{a['random_init']:.1f}, best retrieval (aligned or not) {a['best_retrieval']:.1f}"
-                )
-    console.print(
-        f"copies of training checkpoints: {nov['seen']['copies']}/{nov['seen']['models']} (seen tasks)"
-    )
-    console.print(
-        f"total {res['timings']['total_seconds']:.0f} s; report {out / 'report.md'}, results {out / 'results.json'}"
-    )
+    for line in res.summary_lines():
+        console.print(line)
 
 
 def main() -> None:

@@ -1,12 +1,25 @@
-"""Configurations of the IGPG tokenizer (VQ-VAE over weight chunks) and prior (conditioned GPT-2)."""
+"""Configurations of the IGPG VQ-VAE (weights <-> tokens, over weight chunks) and prior (conditioned GPT-2)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from transformers import GPT2Config, PreTrainedConfig
 
 __all__ = ["IGPGVQVAEConfig", "IGPGPriorConfig"]
+
+
+def _register_auto_models() -> None:
+    """The first IGPG config of a process registers the models with transformers' Auto classes (see `_auto`)."""
+    from . import _auto
+
+    try:
+        _auto.register_models()
+    except Exception:  # a config must load even where the model classes cannot be registered
+        logging.getLogger(__name__).warning(
+            "could not register the IGPG models with AutoModel", exc_info=True
+        )
 
 
 class IGPGVQVAEConfig(PreTrainedConfig):
@@ -49,6 +62,8 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     # the layouts ([name, shape, dtype] lists, in storage order) normalization was fitted on: the pipeline decodes a
     # known architecture in the order it was trained in and matches entries by name (`igpg_hf.weights.match_layout`)
     trained_layouts: list | None = None
+    # what the VQ-VAE was trained on and what it measured (filled by the training loop; goes into the model card)
+    training_summary: dict | None = None
 
     def __post_init__(self, **kwargs: Any):
         if self.chunk_mode not in ("layer", "model"):
@@ -66,6 +81,7 @@ class IGPGVQVAEConfig(PreTrainedConfig):
         if self.weight_stats is None:
             self.weight_stats = {}
         super().__post_init__(**kwargs)
+        _register_auto_models()
 
     @property
     def vocab_size(self) -> int:
@@ -132,9 +148,11 @@ class IGPGVQVAEConfig(PreTrainedConfig):
 class IGPGPriorConfig(GPT2Config):
     """Configuration of `IGPGPriorModel`: a GPT-2 over weight tokens with a condition prefix.
 
-    The prefix holds up to four embeddings, in order: instruction text, architecture text, dataset
-    (a set encoder over a few labelled samples) and block offset (for block-wise generation of
-    models longer than the context). An absent condition uses a learned "null" embedding.
+    The prefix holds ``num_prefix_tokens`` (P = 4) embeddings, in order: instruction text, architecture
+    text, dataset (a set encoder over ``support_per_class`` labelled samples per class) and block offset
+    (for block-wise generation of models longer than the context). An absent condition uses a learned
+    "null" embedding. Everything training and inference must agree on is a field here, saved in
+    config.json and read back by the pipeline: prefix length, support-set size, text encoder name, context.
     """
 
     model_type = "igpg_prior"
@@ -147,7 +165,15 @@ class IGPGPriorConfig(GPT2Config):
     # tokens of the previous block kept as context when generating block by block
     block_overlap: int = 64
     tokens_per_chunk: int = 4
+    # condition embeddings before the weight tokens (text, architecture, dataset, block offset)
+    num_prefix_tokens: int = 4
+    # labelled samples per class in the dataset condition: drawn so at training, and so at inference
+    support_per_class: int = 5
+    # the text encoder whose embeddings the prior was trained on (a Hub id or path)
     text_encoder_name: str = ""
+    # how n_positions was chosen at training ("longest": the longest training sequence + the prefix, at least
+    # the preset's; "fixed": set by the recipe, longer models are generated block by block); "" = unknown
+    context_rule: str = ""
     # what the prior was trained on and what it measured (filled by the training loop / demo; goes
     # into the model card)
     training_summary: dict | None = None
@@ -164,11 +190,17 @@ class IGPGPriorConfig(GPT2Config):
         self.eos_token_id = None
         if self.pad_token_id is None:
             self.pad_token_id = 0
+        if self.num_prefix_tokens != 4:
+            raise ValueError(
+                "num_prefix_tokens must be 4 (text, architecture, dataset and block-offset embeddings), "
+                f"got {self.num_prefix_tokens!r}"
+            )
+        if self.support_per_class < 1:
+            raise ValueError(f"support_per_class must be >= 1, got {self.support_per_class!r}")
+        if self.context_rule not in ("", "longest", "fixed"):
+            raise ValueError(f"context_rule must be 'longest', 'fixed' or '', got {self.context_rule!r}")
         super().__post_init__(**kwargs)
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 4
+        _register_auto_models()
 
     @property
     def max_weight_tokens(self) -> int:

@@ -37,7 +37,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from torch import nn
 
-from .card_templates import read_card_template
+from .cards import corpus_card, write_card
 from .checkpoint_formats import (
     CheckpointError,
     CheckpointSource,
@@ -45,7 +45,7 @@ from .checkpoint_formats import (
     prefix_hint,
     strip_wrapper_prefixes,
 )
-from .files import FolderLock, atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from .files import FolderLock, atomic_path, atomic_write_json, remove_stale_temporaries
 from .integrity import file_sha256
 from .weights.layout import WeightLayout
 from .zoo.architectures import ArchSpec
@@ -194,6 +194,9 @@ class Checkpoint:
     metadata: CheckpointMetadata
     layout: WeightLayout
     weights: bytes
+    # the corpus it was read from: a Hub dataset repo id, or a local folder's absolute path (None if unknown);
+    # training records it, so that model cards can name the dataset
+    source: str | None = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict, bit-exact."""
@@ -332,41 +335,6 @@ def _summarize(df: pandas.DataFrame) -> dict[str, Any]:
         "zoo_kinds": {str(k): int(v) for k, v in sorted(df["zoo_kind"].value_counts().items())},
         "tasks": {str(t): task_stats(g) for t, g in df.groupby("task", sort=True)},
     }
-
-
-def _render_card(path: Path, summary: dict[str, Any]) -> str:
-    template = read_card_template("dataset_card.md")
-
-    def fmt(x: float | None) -> str:
-        return "" if x is None else f"{x:.4f}"
-
-    rows = [
-        f"| {t} | {a['checkpoints']} | {fmt(a['mean'])} | {fmt(a['min'])} | {fmt(a['max'])} | {a['count']} |"
-        for t, a in summary["tasks"].items()
-    ]
-    n = summary["num_checkpoints"]
-    size = next(
-        c
-        for lim, c in (
-            (1e3, "n<1K"),
-            (1e4, "1K<n<10K"),
-            (1e5, "10K<n<100K"),
-            (1e6, "100K<n<1M"),
-            (math.inf, "n>1M"),
-        )
-        if n < lim
-    )
-    return template.format(
-        pretty_name=f"Weight corpus {path.resolve().name}",
-        size_category=size,
-        num_checkpoints=n,
-        num_rows=summary["num_rows"],
-        num_families=len(summary["families"]),
-        families=", ".join(summary["families"]) or "none",
-        num_tasks=len(summary["tasks"]),
-        task_table="\n".join(rows),
-        summary_json=json.dumps(summary, indent=2),
-    )
 
 
 @dataclass
@@ -615,7 +583,7 @@ class CorpusWriter:
             corpus = WeightCorpus.from_folder(self.path)
             summary = corpus.summary()
             self._write_manifest(summary)
-            atomic_write_text(self.path / "README.md", _render_card(self.path, summary))
+            write_card(corpus_card(summary), self.path)
         finally:
             self._lock.release()
         return corpus
@@ -630,7 +598,10 @@ class WeightCorpus:
     """A corpus of checkpoints over a `datasets.Dataset` or `IterableDataset` of stored rows."""
 
     def __init__(
-        self, dataset: datasets.Dataset | datasets.IterableDataset, path: str | os.PathLike | None = None
+        self,
+        dataset: datasets.Dataset | datasets.IterableDataset,
+        path: str | os.PathLike | None = None,
+        source: str | None = None,
     ):
         missing = set(LEGACY_FEATURES) - set(dataset.column_names or FEATURES)
         if missing:
@@ -640,6 +611,8 @@ class WeightCorpus:
         self.path = Path(path) if path is not None else None  # set only when the rows are exactly a folder's
         # rows written before row checksums existed carry none; all others are verified when read
         self.row_checked = "row_sha256" in (dataset.column_names or FEATURES)
+        # where the rows come from (a Hub dataset repo id or a folder's absolute path), kept by filter and shard
+        self.source = source if source is not None else (str(self.path.resolve()) if self.path else None)
 
     @classmethod
     def load(
@@ -730,8 +703,9 @@ class WeightCorpus:
     def from_hub(
         cls, repo_id: str, streaming: bool = False, revision: str | None = None, split: str = "train"
     ) -> WeightCorpus:
-        """Open a corpus dataset repo on the Hugging Face Hub."""
-        return cls(datasets.load_dataset(repo_id, split=split, streaming=streaming, revision=revision))
+        """Open a corpus dataset repo on the Hugging Face Hub (``streaming=True`` reads shards on demand)."""
+        ds = datasets.load_dataset(repo_id, split=split, streaming=streaming, revision=revision)
+        return cls(ds, source=repo_id)
 
     def _rows(self) -> Iterator[dict[str, Any]]:
         """The stored rows; library errors of damaged data become ValueErrors naming the corpus."""
@@ -772,7 +746,7 @@ class WeightCorpus:
             if hashlib.sha256(data).hexdigest() != first["weights_sha256"]:
                 raise ValueError(f"checkpoint {model_id!r}: weight bytes do not match their SHA-256")
             yield Checkpoint(
-                CheckpointMetadata.from_row(first), WeightLayout.from_json(first["layout"]), data
+                CheckpointMetadata.from_row(first), WeightLayout.from_json(first["layout"]), data, self.source
             )
 
     def _chunk_index(self):
@@ -829,7 +803,8 @@ class WeightCorpus:
             ]
 
         return WeightCorpus(
-            self.dataset.filter(keep, input_columns=["task", "arch_family", "test_acc"], batched=True)
+            self.dataset.filter(keep, input_columns=["task", "arch_family", "test_acc"], batched=True),
+            source=self.source,
         )
 
     def shard(self, num_shards: int, index: int) -> WeightCorpus:
@@ -842,7 +817,8 @@ class WeightCorpus:
                 ds = ds.reshard()  # files into row groups, which hold whole checkpoints
             if ds.num_shards >= num_shards:
                 return WeightCorpus(
-                    split_dataset_by_node(ds, rank=index, world_size=num_shards, strategy="shards")
+                    split_dataset_by_node(ds, rank=index, world_size=num_shards, strategy="shards"),
+                    source=self.source,
                 )
             logger.info(
                 "fewer row groups than shards: splitting by model_id hash (every part reads all rows)"
@@ -852,23 +828,31 @@ class WeightCorpus:
                     lambda ids: [zlib.crc32(i.encode()) % num_shards == index for i in ids],
                     input_columns=["model_id"],
                     batched=True,
-                )
+                ),
+                source=self.source,
             )
         starts = [int(i) for i in (self._chunk_index() == 0).nonzero()[0]] + [ds.num_rows]
         n = len(starts) - 1  # contiguous checkpoint ranges, sized as Dataset.shard(contiguous=True) does
         lo = (n // num_shards) * index + min(index, n % num_shards)
         hi = lo + n // num_shards + (1 if index < n % num_shards else 0)
-        return WeightCorpus(ds.select(range(starts[lo], starts[hi]) if hi > lo else []))
+        return WeightCorpus(ds.select(range(starts[lo], starts[hi]) if hi > lo else []), source=self.source)
 
     def push_to_hub(
         self,
         repo_id: str,
-        private: bool = False,
-        token: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
         commit_message: str = "Upload weight corpus with igpg_hf",
-    ) -> str:
-        """Upload the corpus folder (data/, README.md, corpus.json) to a Hub dataset repo; returns its URL."""
-        from huggingface_hub import HfApi
+        revision: str | None = None,
+        create_pr: bool = False,
+    ):
+        """Upload the corpus folder (data/*.parquet, README.md, corpus.json) to a Hub dataset repo in one commit.
+
+        ``repo_id`` without a namespace goes to yours. Shards of an earlier push that the folder no longer holds
+        are deleted in the same commit. Returns the commit (a str: its URL; ``.repo_url.repo_id`` is the
+        namespaced id). Read it back with ``WeightCorpus.load(repo_id)`` (``streaming=True`` too).
+        """
+        from .hub import push_folder
 
         if self.path is None:
             raise ValueError(
@@ -877,16 +861,18 @@ class WeightCorpus:
         for name in ("README.md", "corpus.json"):
             if not (self.path / name).exists():
                 raise ValueError(f"{self.path / name} is missing: close the CorpusWriter before pushing")
-        api = HfApi(token=token)
-        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
+        return push_folder(
+            self.path,
+            repo_id,
             repo_type="dataset",
-            folder_path=str(self.path),
-            allow_patterns=["data/*.parquet", "README.md", "corpus.json"],
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
             commit_message=commit_message,
+            allow_patterns=["data/*.parquet", "README.md", "corpus.json"],
+            delete_patterns=["data/*.parquet"],
         )
-        return str(url)
 
     def __repr__(self) -> str:
         where = self.path or "derived"

@@ -2,9 +2,10 @@
 
 Sequence (one block): ``[text, architecture, dataset, block offset] + weight tokens``. The prefix
 (P = 4 embeddings) goes in through ``inputs_embeds``; its last position predicts the first weight
-token, so there is no BOS. The class subclasses `GPT2LMHeadModel`, so ``generate()`` (KV cache,
-temperature, top-k/top-p, ``num_return_sequences``), ``save_pretrained`` and ``push_to_hub`` are
-transformers' own. Sampling helpers, including block-wise generation for models longer than the
+token, so there is no BOS. ``forward(conditions=..., weight_tokens=...)`` builds that input itself, so
+code that only calls the model (a plain loop, ``Trainer``) trains the conditioning modules too. The class subclasses `GPT2LMHeadModel`, so ``generate()`` (KV cache,
+temperature, top-k/top-p, ``num_return_sequences``) and ``from_pretrained`` are transformers' own;
+``save_pretrained`` / ``push_to_hub`` add the project's model card and push through `igpg_hf.hub`. Sampling helpers, including block-wise generation for models longer than the
 context, live in `igpg_hf.sampling`.
 """
 
@@ -18,6 +19,7 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 
 from .conditioning.dataset import DatasetSetEncoder
 from .configuration_igpg import IGPGPriorConfig
+from .hub import HubMixin
 
 # diffusers' loader looks up PreTrainedModel *in this module* to find the load method of a
 # pipeline component stored as ["igpg_hf.modeling_prior", "IGPGPriorModel"]: keep the name here.
@@ -75,10 +77,15 @@ class IGPGConditions:
         )
 
 
-class IGPGPriorModel(GPT2LMHeadModel):
+class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
     """GPT-2 prior over weight tokens, conditioned by a prefix of instruction, architecture and dataset embeddings."""
 
     config_class = IGPGPriorConfig
+
+    def _hub_card(self):
+        from .cards import prior_card
+
+        return prior_card(self)
 
     def __init__(self, config: IGPGPriorConfig):
         super().__init__(config)
@@ -151,9 +158,44 @@ class IGPGPriorModel(GPT2LMHeadModel):
         labels = tokens.masked_fill(~loss_mask, -100) if loss_mask is not None else tokens
         return embeds, torch.cat([tokens.new_full((B, P), -100), labels], 1)
 
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *args,
+        conditions: IGPGConditions | None = None,
+        weight_tokens: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        """GPT-2's forward, plus the conditioned form: ``forward(conditions=..., weight_tokens=(B, N), loss_mask=...)``.
+
+        The conditioned form builds the prefix inside ``forward`` (`build_inputs`: inputs_embeds (B, P+N, d) and
+        labels (B, P+N), -100 on the prefix and where ``loss_mask`` is False), so a generic training loop or
+        ``Trainer`` that only calls the model trains every parameter: the text and architecture projections, the
+        dataset encoder and the null and block embeddings as well as the GPT-2 body. Without ``weight_tokens``
+        this is GPT-2's forward unchanged (``generate()`` uses it with ``inputs_embeds``). ``logits_to_keep`` stays
+        in the signature because ``generate()`` looks for it there: without it the prefill computes the logits
+        of every prefix position, in another product shape than the one-position head of every later step.
+        """
+        if weight_tokens is None:
+            if conditions is not None or loss_mask is not None:
+                raise ValueError("conditions= and loss_mask= need weight_tokens= (B, N) to condition")
+            return super().forward(input_ids, *args, logits_to_keep=logits_to_keep, **kwargs)
+        if input_ids is not None or args or kwargs.get("inputs_embeds") is not None:
+            raise ValueError(
+                "give either weight_tokens= (with conditions=) or input_ids/inputs_embeds, not both"
+            )
+        if kwargs.get("labels") is not None:
+            raise ValueError(
+                "labels are built from weight_tokens and loss_mask; do not pass labels= with them"
+            )
+        embeds, labels = self.build_inputs(conditions or IGPGConditions(), weight_tokens, loss_mask)
+        kwargs.update(inputs_embeds=embeds, labels=labels)
+        return super().forward(logits_to_keep=logits_to_keep, **kwargs)
+
     def sequence_loss(
         self, cond: IGPGConditions, tokens: torch.Tensor, loss_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Next-token cross-entropy on weight tokens (B, N) after the condition prefix."""
-        embeds, labels = self.build_inputs(cond, tokens, loss_mask)
-        return self(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+        return self(conditions=cond, weight_tokens=tokens, loss_mask=loss_mask, use_cache=False).loss

@@ -21,21 +21,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import igpg_hf.training.tokenizer as tok_mod
-import igpg_hf.zoo.builder as builder
+import igpg_hf.training.vqvae as vqvae_training
+import igpg_hf.training.zoo_builder as builder
 from igpg_hf import IGPGPipeline, IGPGPriorConfig, IGPGVQVAEConfig, IGPGVQVAEModel
 from igpg_hf.corpus import CorpusWriter, WeightCorpus, ingest_state_dicts
 from igpg_hf.files import FolderInUseError, NotWritableError
 from igpg_hf.integrity import IntegrityError
-from igpg_hf.training import PriorTrainingArgs, TokenizerTrainingArgs, train_prior, train_tokenizer
-from igpg_hf.zoo.builder import ZooConfig, build_zoo
+from igpg_hf.training import PriorTrainingArgs, VQVAETrainingArgs, train_prior, train_vqvae
+from igpg_hf.training.zoo_builder import ZooConfig, build_zoo
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _ddp_train_step import FakeCheckpoint, TinyText, tiny_tokenizer  # noqa: E402
 from _tiny_text import tiny_text_encoder  # noqa: E402
 
 ZOO = ZooConfig.from_preset("tiny", tasks=["iris"], seeds=[0, 1, 2])  # 3 runs of 2 kept epochs
-VQ_ARGS = TokenizerTrainingArgs(steps=12, batch_size=16, checkpoint_every=4, log_every=2)
+VQ_ARGS = VQVAETrainingArgs(steps=12, batch_size=16, checkpoint_every=4, log_every=2)
 PRIOR_ARGS = PriorTrainingArgs(steps=6, batch_size=4, checkpoint_every=2, log_every=1)
 
 
@@ -175,7 +175,7 @@ def test_ingest_killed_then_rerun_matches(tmp_path):
 
 
 def _vqvae(checkpoints, out, args=VQ_ARGS):
-    return train_tokenizer(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), out, args, progress=False)
+    return train_vqvae(checkpoints, IGPGVQVAEConfig.from_preset("tiny"), out, args, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_vqvae_killed_then_resumed_is_bit_identical(
 
 
 def test_prior_killed_then_resumed_is_bit_identical(tmp_path, checkpoints, caplog):
-    vq = _vqvae(checkpoints, tmp_path / "vq", TokenizerTrainingArgs(steps=2, batch_size=16))
+    vq = _vqvae(checkpoints, tmp_path / "vq", VQVAETrainingArgs(steps=2, batch_size=16))
     cfg = IGPGPriorConfig.from_preset(
         "tiny", vocab_size=64, tokens_per_chunk=2, n_positions=64, block_overlap=16
     )
@@ -227,20 +227,20 @@ def test_prior_killed_then_resumed_is_bit_identical(tmp_path, checkpoints, caplo
 
 
 def test_finished_run_is_not_retrained_and_changed_settings_are_refused(tmp_path, checkpoints, monkeypatch):
-    _vqvae(checkpoints, tmp_path, TokenizerTrainingArgs(steps=3, batch_size=16))
+    _vqvae(checkpoints, tmp_path, VQVAETrainingArgs(steps=3, batch_size=16))
     mtime = (tmp_path / "final" / "model.safetensors").stat().st_mtime_ns
-    monkeypatch.setattr(tok_mod, "run_training", lambda *a, **k: pytest.fail("trained again"))
-    again = _vqvae(checkpoints, tmp_path, TokenizerTrainingArgs(steps=3, batch_size=16))
+    monkeypatch.setattr(vqvae_training, "run_training", lambda *a, **k: pytest.fail("trained again"))
+    again = _vqvae(checkpoints, tmp_path, VQVAETrainingArgs(steps=3, batch_size=16))
     assert (
         tmp_path / "final" / "model.safetensors"
     ).stat().st_mtime_ns == mtime and again.config.weight_stats
     with pytest.raises(ValueError, match=r"finished run .* other settings \(args.steps: 3 -> 5\)"):
-        _vqvae(checkpoints, tmp_path, TokenizerTrainingArgs(steps=5, batch_size=16))
+        _vqvae(checkpoints, tmp_path, VQVAETrainingArgs(steps=5, batch_size=16))
     monkeypatch.undo()
     # a run killed mid-way and resumed with another step count: refused, naming the change
     killed(lambda: _vqvae(checkpoints, tmp_path / "b", VQ_ARGS), "checkpoint", 2)
     with pytest.raises(ValueError, match=r"training checkpoint .* other settings \(args.lr: 0.001 -> 0.01\)"):
-        _vqvae(checkpoints, tmp_path / "b", TokenizerTrainingArgs(**{**VQ_ARGS.__dict__, "lr": 1e-2}))
+        _vqvae(checkpoints, tmp_path / "b", VQVAETrainingArgs(**{**VQ_ARGS.__dict__, "lr": 1e-2}))
 
 
 def test_damaged_training_checkpoint_is_named(tmp_path, checkpoints):
@@ -254,7 +254,7 @@ def test_damaged_training_checkpoint_is_named(tmp_path, checkpoints):
 
 
 def test_nan_loss_stops_instead_of_saving(tmp_path, checkpoints, monkeypatch):
-    monkeypatch.setattr(tok_mod, "gumbel_temperature", lambda *a, **k: float("nan"))
+    monkeypatch.setattr(vqvae_training, "gumbel_temperature", lambda *a, **k: float("nan"))
     with pytest.raises(ValueError, match="loss is nan at step 1"):
         _vqvae(checkpoints, tmp_path)
     assert not (tmp_path / "final").exists()
@@ -262,7 +262,7 @@ def test_nan_loss_stops_instead_of_saving(tmp_path, checkpoints, monkeypatch):
 
 def test_output_folder_checked_before_work(tmp_path, checkpoints, monkeypatch):
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(tok_mod, "collect_chunks", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(vqvae_training, "collect_chunks", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(NotWritableError, match="not writable"):
         _vqvae(checkpoints, tmp_path / "file" / "run")
     with pytest.raises(NotWritableError, match="not writable"):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import igpg_hf
-import igpg_hf.card_templates as card_templates
+import igpg_hf.cards as cards
 
 ROOT = Path(igpg_hf.__file__).parent
 
@@ -17,8 +17,8 @@ def test_every_module_folder_is_a_package():
 
 
 def test_card_templates_are_found_and_a_missing_one_is_an_error(monkeypatch):
-    for name in ("model_card.md", "dataset_card.md"):
-        assert "{" in card_templates.read_card_template(name)
-    monkeypatch.setattr(card_templates, "_FOLDERS", ())
+    for name in ("model_card.md", "dataset_card.md", "prior_card.md", "vqvae_card.md"):
+        assert "{{" in cards.load_template(name)
+    monkeypatch.setattr(cards, "_TEMPLATE_FOLDERS", ())
     with pytest.raises(FileNotFoundError, match="'nope.md' is missing"):
-        card_templates.read_card_template("nope.md")
+        cards.load_template("nope.md")

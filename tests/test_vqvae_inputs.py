@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from igpg_hf import IGPGPriorConfig, IGPGVQVAEConfig, IGPGVQVAEModel, WeightLayout
-from igpg_hf.training import TokenizerTrainingArgs, train_prior, train_tokenizer
+from igpg_hf.training import VQVAETrainingArgs, train_prior, train_vqvae
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _ddp_train_step import TinyText, tiny_tokenizer  # noqa: E402
@@ -41,11 +41,11 @@ def zoo(n: int = 3) -> list[SimpleNamespace]:
 
 
 def test_empty_entries_are_handled(tmp_path):
-    vq = train_tokenizer(
+    vq = train_vqvae(
         zoo(),
         IGPGVQVAEConfig.from_preset("tiny"),
         tmp_path,
-        TokenizerTrainingArgs(steps=2, batch_size=4),
+        VQVAETrainingArgs(steps=2, batch_size=4),
         progress=False,
     )
     c = zoo()[0]
@@ -68,7 +68,7 @@ def test_non_finite_weights_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"weights: NaN or infinite values in 'fc2.weight' \(6 of 6\)"):
         vq.encode(nan)
     with pytest.raises(ValueError, match=r"checkpoint 'm1'.*'fc1.bias'"):
-        train_tokenizer(cks, IGPGVQVAEConfig.from_preset("tiny"), tmp_path / "never-written", progress=False)
+        train_vqvae(cks, IGPGVQVAEConfig.from_preset("tiny"), tmp_path / "never-written", progress=False)
 
 
 def test_meta_and_sparse_tensors_are_refused_by_name():

@@ -1,1 +1,4 @@
-"""Evaluation: metrics, baselines, novelty, the demo, the benchmark and its report."""
+"""Metrics, baselines, novelty, the demo and the benchmark (experiments as modules in `experiments/`).
+
+Kept free of imports, so light modules such as `igpg_hf.evaluation.settings` load without torch.
+"""

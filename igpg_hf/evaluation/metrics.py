@@ -1,8 +1,14 @@
-"""Accuracy of state dicts on a task, fine-tuning from given weights, and BatchNorm recalibration."""
+"""Accuracy of state dicts on a task, fine-tuning from given weights, and BatchNorm recalibration.
+
+Accuracies are percent (the corpus stores fractions in [0, 1]; results, reports and the CLI use percent).
+"""
 
 from __future__ import annotations
 
 import copy
+import math
+import statistics
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +17,29 @@ from torch import nn
 from ..zoo.architectures import ArchSpec
 from ..zoo.tasks import TaskData, load_task_data
 
-__all__ = ["accuracy", "evaluate_state_dicts", "finetune", "recalibrate_batchnorm", "predictions"]
+__all__ = [
+    "accuracy",
+    "evaluate_state_dicts",
+    "evaluate_recalibrated",
+    "accuracies_raw_and_recalibrated",
+    "finetune",
+    "recalibrate_batchnorm",
+    "predictions",
+    "finite_mean",
+    "finite_std",
+]
+
+
+def finite_mean(xs: Iterable[float | None]) -> float:
+    """Mean of the values that are not None or NaN (a broken net scores NaN); NaN if none are left."""
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def finite_std(xs: Iterable[float]) -> float:
+    """Population std of the non-NaN values; 0 for fewer than two."""
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.pstdev(xs) if len(xs) > 1 else 0.0
 
 
 @torch.no_grad()
@@ -43,6 +71,30 @@ def evaluate_state_dicts(spec: ArchSpec, state_dicts: list[dict], task, split: s
             continue
         out.append(accuracy(_load(spec, sd), x, y))
     return out
+
+
+def evaluate_recalibrated(spec: ArchSpec, state_dicts: list[dict], task) -> list[float]:
+    """Test accuracy (%) after recomputing BatchNorm statistics on the task's training inputs; non-finite: NaN."""
+    data, out = load_task_data(task), []
+    for sd in state_dicts:
+        finite = all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+        out.append(
+            accuracy(recalibrate_batchnorm(_load(spec, sd), data.x_train), data.x_test, data.y_test)
+            if finite
+            else float("nan")
+        )
+    return out
+
+
+def accuracies_raw_and_recalibrated(spec: ArchSpec, state_dicts: list[dict], task) -> dict:
+    """``{"raw", "recalibrated"}`` test accuracies (%) of every state dict and their means (NaN ignored)."""
+    raw, recal = evaluate_state_dicts(spec, state_dicts, task), evaluate_recalibrated(spec, state_dicts, task)
+    return {
+        "raw": raw,
+        "recalibrated": recal,
+        "raw_mean": finite_mean(raw),
+        "recalibrated_mean": finite_mean(recal),
+    }
 
 
 @torch.no_grad()

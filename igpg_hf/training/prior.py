@@ -1,12 +1,14 @@
 """Train the conditioned GPT-2 prior on the token sequences of a weight corpus, with accelerate.
 
-Every checkpoint is encoded once by the (frozen) tokenizer. A training example is one block window
+Every checkpoint is encoded once by the (frozen) VQ-VAE, in canonical order (sorted by ``model_id``, so
+any order of the same checkpoints trains the same weights). A training example is one block window
 of one checkpoint's sequence (see `igpg_hf.sampling.block_windows`) with its conditions: an
 instruction drawn from the task's phrasings (paraphrases teach the prior that wordings differ), the
-architecture description, and a support set of 5 labelled samples per class drawn from a small pool.
+architecture description, and a support set of ``config.support_per_class`` labelled samples per class
+drawn from a small pool (the pipeline conditions on the same number at inference).
 Each condition is dropped (replaced by its learned null) with probability ``condition_dropout`` so
 the pipeline works when a condition is absent. AdamW, one-cycle LR; checkpoints and resume as the
-tokenizer trainer.
+VQ-VAE trainer.
 """
 
 from __future__ import annotations
@@ -28,29 +30,16 @@ from ..configuration_igpg import IGPGPriorConfig
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..sampling import block_windows, sequence_hash
+from .accelerator import make_accelerator
+from .args import PriorTrainingArgs
 from .checkpointing import RunFolder, data_fingerprint, run_settings
 from .loop import run_training
+from .provenance import base_model_summary, corpus_summary, track_sources
+from .vqvae import canonical_order
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PriorTrainingArgs", "PriorExamples", "encode_corpus", "train_prior"]
-
-
-@dataclass
-class PriorTrainingArgs:
-    """Optimization settings for the prior (calibrated: 600-1,000 steps of 16 at lr 2e-3 for the demo)."""
-
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    condition_dropout: float = 0.1
-    support_per_class: int = 5
-    support_pool: int = 4
-    use_dataset_condition: bool = True
-    checkpoint_every: int = 500
-    log_every: int = 50
-    seed: int = 0
 
 
 @dataclass
@@ -77,7 +66,7 @@ def _instructions(meta) -> tuple[str, ...]:
 
 
 def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedCheckpoint]:
-    """Tokenize every checkpoint with the frozen tokenizer."""
+    """Encode every checkpoint into its token sequence with the frozen VQ-VAE (in the order given)."""
     out = []
     for c in checkpoints:
         m = c.metadata
@@ -181,7 +170,7 @@ def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.
     return cond, tokens, mask
 
 
-def _support_pool(tasks: set[str], args: PriorTrainingArgs, feature_dim: int) -> dict:
+def _support_pool(tasks: set[str], args: PriorTrainingArgs, config: IGPGPriorConfig) -> dict:
     from ..zoo.tasks import _REGISTRY, sample_support_set
 
     pool = {}
@@ -191,8 +180,8 @@ def _support_pool(tasks: set[str], args: PriorTrainingArgs, feature_dim: int) ->
         if t in _REGISTRY:
             pool[t] = []
             for k in range(args.support_pool):
-                x, y = sample_support_set(t, args.support_per_class, seed=k)
-                pool[t].append((prepare_support_set(x, y, feature_dim), y))
+                x, y = sample_support_set(t, config.support_per_class, seed=k)
+                pool[t].append((prepare_support_set(x, y, config.dataset_feature_dim), y))
     return pool
 
 
@@ -207,9 +196,14 @@ def train_prior(
     accelerator: Accelerator | None = None,
     progress: bool = True,
 ) -> IGPGPriorModel:
-    """Train (or resume) the prior on the corpus's token sequences; saves it to ``output_dir/final``."""
+    """Train (or resume) the prior on the corpus's token sequences; saves it to ``output_dir/final``.
+
+    ``checkpoints`` may come in any order (they are sorted by ``model_id`` first); ``vqvae`` is frozen;
+    ``text_encoder`` / ``tokenizer`` embed the instructions and architecture texts. Raises ValueError when the
+    prior's vocabulary or tokens per chunk differ from the VQ-VAE's, or the corpus is empty.
+    """
     args = args or PriorTrainingArgs()
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     with RunFolder(output_dir, accelerator) as run:  # writable, locked, before any work
         return _train_prior(
             checkpoints, vqvae, text_encoder, tokenizer, config, run, args, accelerator, progress
@@ -220,23 +214,23 @@ def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args,
     out = run.path
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
-    seqs = encode_corpus(vqvae, checkpoints)
+    sources: set = set()
+    seqs = encode_corpus(vqvae, canonical_order(track_sources(checkpoints, sources)))
     model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
+    provenance = {**corpus_summary(sources), **base_model_summary(model)}
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
-        raise ValueError(
-            f"prior vocab_size {cfg.vocab_size} != tokenizer vocabulary {vqvae.config.vocab_size}"
-        )
+        raise ValueError(f"prior vocab_size {cfg.vocab_size} != VQ-VAE vocabulary {vqvae.config.vocab_size}")
     if cfg.tokens_per_chunk != vqvae.config.tokens_per_chunk:
         raise ValueError(
-            f"prior tokens_per_chunk {cfg.tokens_per_chunk} != tokenizer's {vqvae.config.tokens_per_chunk}"
+            f"prior tokens_per_chunk {cfg.tokens_per_chunk} != VQ-VAE's {vqvae.config.tokens_per_chunk}"
         )
     cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
     cfg.trained_layouts = list({json.dumps(s.layout): s.layout for s in seqs}.values())
     strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
-    support = _support_pool({s.task for s in seqs}, args, cfg.dataset_feature_dim)
+    support = _support_pool({s.task for s in seqs}, args, cfg)
     settings = run_settings(
         args,
         cfg,
@@ -252,9 +246,8 @@ def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args,
 
     def step_fn(m, batch, step):
         cond, tokens, mask = batch
-        # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
-        embeds, labels = accelerator.unwrap_model(m).build_inputs(cond, tokens, mask)
-        loss = m(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+        # the prefix is built inside forward, so the (possibly DDP-wrapped) model sees every parameter it trains
+        loss = m(conditions=cond, weight_tokens=tokens, loss_mask=mask, use_cache=False).loss
         return loss, {"loss": loss.item()}, f"loss {loss.item():.3f}"
 
     model, history = run_training(
@@ -279,6 +272,7 @@ def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args,
     if accelerator.is_main_process:
         model.config.training_summary = {
             **(model.config.training_summary or {}),
+            **provenance,
             "prior_steps": args.steps,
             "prior_final_loss": history[-1]["loss"] if history else None,
             "num_sequences": len(seqs),

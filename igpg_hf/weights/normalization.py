@@ -1,6 +1,6 @@
 """Weight normalization with stored statistics, so decoding restores each layer's scale.
 
-The paper does not normalize; its tokenizer sees raw values. Layers of one net differ in scale by
+The paper does not normalize; its VQ-VAE sees raw values. Layers of one net differ in scale by
 orders of magnitude, so we standardize every state-dict entry with a mean and std measured over the
 zoo (``"layer"`` mode). Statistics are keyed by entry name; an entry the zoo never had (a deeper
 ResNet block, say) falls back to the statistics of entries with the same *role* (the name with

@@ -1,4 +1,7 @@
-"""Tasks, architectures and the zoo builder."""
+"""What nets and tasks are: task and architecture registries, and how one zoo member trains (`training.py`).
+
+The zoo builder, which writes zoos into a corpus, is `igpg_hf.training.zoo_builder`.
+"""
 
 from .architectures import (
     ACTIVATIONS,

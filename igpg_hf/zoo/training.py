@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +24,30 @@ from .tasks import TaskData, TaskSpec, load_task_data
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HyperParams", "build_model", "evaluate", "train_model", "train_models_batched", "OPTIMIZERS"]
+__all__ = [
+    "HyperParams",
+    "KeptEpoch",
+    "build_model",
+    "evaluate",
+    "train_model",
+    "train_models_batched",
+    "OPTIMIZERS",
+]
 
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
-Checkpoint = tuple[int, dict[str, torch.Tensor], dict[str, float]]
+
+
+class KeptEpoch(NamedTuple):
+    """The weights and metrics of one kept epoch of a training run (a corpus row is `igpg_hf.corpus.Checkpoint`).
+
+    Metrics: ``train_acc`` / ``test_acc`` as fractions in [0, 1] (the corpus's unit), ``train_loss``,
+    ``test_loss``.
+    """
+
+    epoch: int
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -120,7 +139,7 @@ def train_model(
     keep_epochs: list[int],
     init_state: dict[str, torch.Tensor] | None = None,
     device: str | torch.device = "cpu",
-) -> list[Checkpoint]:
+) -> list[KeptEpoch]:
     """Train one model; return ``(epoch, state_dict, metrics)`` for each kept epoch (0 = before training).
 
     Stops early (returning the epochs kept so far) if the loss becomes NaN or infinite.
@@ -142,11 +161,11 @@ def train_model(
             module.parameters(), lr=hp.lr, momentum=SGD_MOMENTUM, weight_decay=hp.weight_decay
         )
     order = torch.Generator().manual_seed(hp.seed)
-    out: list[Checkpoint] = []
+    out: list[KeptEpoch] = []
 
     def keep_now(epoch: int) -> None:
         sd = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        out.append((epoch, sd, _metrics(module, eval_data)))
+        out.append(KeptEpoch(epoch, sd, _metrics(module, eval_data)))
 
     if 0 in keep:
         keep_now(0)
@@ -177,7 +196,7 @@ def train_models_batched(
     device: str | torch.device = "cuda",
     init_state: dict[str, torch.Tensor] | None = None,
     eval_chunk: int = 2**16,
-) -> list[list[Checkpoint]]:
+) -> list[list[KeptEpoch]]:
     """Train many models of one architecture together (vmap over stacked parameters); one list per model.
 
     All `hps` must share epochs and batch size; seeds, inits, optimizers, learning rates and weight decays may
@@ -232,7 +251,7 @@ def train_models_batched(
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     orders = [torch.Generator().manual_seed(h.seed) for h in hps]
     alive = torch.ones(n_models, dtype=torch.bool)
-    out: list[list[Checkpoint]] = [[] for _ in hps]
+    out: list[list[KeptEpoch]] = [[] for _ in hps]
 
     @torch.no_grad()
     def batched_eval(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,7 +280,7 @@ def train_models_batched(
         for i in torch.nonzero(alive).flatten().tolist():
             sd = {n: host[n][i].clone() for n in names}
             out[i].append(
-                (
+                KeptEpoch(
                     epoch,
                     sd,
                     {

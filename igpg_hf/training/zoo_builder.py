@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -28,18 +29,20 @@ from typing import Any
 
 import torch
 
-from ..corpus import CheckpointMetadata, CorpusWriter, WeightCorpus
+from ..corpus import ZOO_KINDS, CheckpointMetadata, CorpusWriter, WeightCorpus
 from ..files import atomic_write_json, ensure_writable
 from ..progress import progress_bar
-from .architectures import ACTIVATIONS, FAMILIES, ArchSpec, architecture_for_task, list_architectures
-from .tasks import TaskSpec, get_task, list_tasks, load_task_data, register_task
-from .training import OPTIMIZERS, Checkpoint, HyperParams, train_model, train_models_batched
+from ..zoo.architectures import ACTIVATIONS, FAMILIES, ArchSpec, architecture_for_task, list_architectures
+from ..zoo.tasks import TaskSpec, get_task, list_tasks, load_task_data, register_task
+from ..zoo.training import OPTIMIZERS, HyperParams, KeptEpoch, train_model, train_models_batched
+from .zoo_presets import PRESETS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ZooConfig", "ZooRun", "build_zoo", "plan_runs", "ZOO_KINDS", "PRESETS"]
+__all__ = ["ZooConfig", "ZooRun", "build_zoo", "plan_runs", "format_build_stats", "BUILT_KINDS", "PRESETS"]
 
-ZOO_KINDS = ("independent", "shared_init", "finetuned")
+# the corpus's zoo kinds that a build produces ("ingested" checkpoints come from `igpg_hf.corpus.ingest_folder`)
+BUILT_KINDS = tuple(k for k in ZOO_KINDS if k != "ingested")
 FLUSH_EVERY_S = 60.0
 MAX_BATCHED_MODELS = 1024
 # Fields a per-family / architecture / source / task override may set.
@@ -54,6 +57,7 @@ GRID_FIELDS = (
     "keep_epochs",
     "batch_size",
     "finetune_epochs",
+    "arch_grid",
 )
 
 
@@ -66,6 +70,10 @@ class ZooConfig:
     that order) to grid fields, e.g. ``{"mlp_tabular": {"epochs": 60}}``. ``finetuned`` zoos train one base
     model per architecture on its base task for ``epochs`` and fine-tune it on every task for
     ``finetune_epochs`` (keep epochs shifted to end at ``finetune_epochs``).
+
+    ``arch_grid`` varies the architecture of a task: architecture parameter -> values, every combination is
+    trained for every seed, e.g. ``{"blocks": [[1, 1, 1], [2, 2, 2]]}`` for two ResNet depths (empty: the
+    architecture as it is; run ids carry the combination, e.g. ``digits-resnet_small-blocks222-s0-...``).
     """
 
     name: str = "custom"
@@ -85,6 +93,7 @@ class ZooConfig:
     zoo_kind: str = "independent"
     base_tasks: dict[str, str] = field(default_factory=dict)  # finetuned: architecture name -> base task
     finetune_epochs: int = 3
+    arch_grid: dict[str, list[Any]] = field(default_factory=dict)
     num_runs: int | None = None  # cap on the number of runs (a prefix of the seed-major run order)
     sample_seed: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -94,7 +103,7 @@ class ZooConfig:
 
     @classmethod
     def from_preset(cls, name: str, **changes: Any) -> ZooConfig:
-        """A preset ("tiny", "demo", "default", "related", "gpu") with optional field changes."""
+        """A preset (see `PRESETS`: "tiny", "demo", "default", "related", "resnet_depths", "gpu") with field changes."""
         if name not in PRESETS:
             raise ValueError(f"unknown zoo preset {name!r}; presets: {', '.join(PRESETS)}")
         unknown = set(changes) - {f.name for f in dataclasses.fields(cls)}
@@ -112,8 +121,8 @@ class ZooConfig:
             raise ValueError(
                 f"name and tasks must be non-empty, got name={self.name!r}, tasks={self.tasks!r}"
             )
-        if self.zoo_kind not in ZOO_KINDS:
-            raise ValueError(f"zoo_kind must be one of {ZOO_KINDS}, got {self.zoo_kind!r}")
+        if self.zoo_kind not in BUILT_KINDS:
+            raise ValueError(f"zoo_kind must be one of {BUILT_KINDS}, got {self.zoo_kind!r}")
         if self.num_runs is not None and self.num_runs < 1:
             raise ValueError(f"num_runs must be >= 1 or None, got {self.num_runs!r}")
         specs = {t: get_task(t) for t in self.tasks}
@@ -121,7 +130,12 @@ class ZooConfig:
             if t not in specs:
                 raise ValueError(f"architectures names task {t!r}, which is not in tasks")
         for t in self.tasks:
-            _check_grid(t, self._grid(specs[t], self.arch_name(t)))
+            grid = self._grid(specs[t], self.arch_name(t))
+            _check_grid(t, grid)
+            if grid["arch_grid"] and self.zoo_kind == "finetuned":
+                raise ValueError(f"arch_grid needs an independent or shared_init zoo, got {self.zoo_kind!r}")
+            for variant in arch_variants(grid["arch_grid"]):
+                architecture_for_task(t, self.arch_name(t), **variant)  # ValueError naming a bad field
         keys = {*FAMILIES, *list_architectures(), *list_tasks(), *(get_task(t).source for t in list_tasks())}
         for key, values in self.overrides.items():
             if key not in keys or set(values) - set(GRID_FIELDS):
@@ -137,11 +151,28 @@ class ZooConfig:
         return self.architectures.get(task) or get_task(task).default_architecture
 
     def _grid(self, task: TaskSpec, arch_name: str) -> dict[str, Any]:
-        grid = {f: getattr(self, f) for f in GRID_FIELDS}
+        grid = {f: copy.deepcopy(getattr(self, f)) for f in GRID_FIELDS}
         family = architecture_for_task(task, arch_name).family
         for key in (family, arch_name, task.source, task.name):
             grid.update(self.overrides.get(key, {}))
         return grid
+
+
+def arch_variants(arch_grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of an ``arch_grid`` (parameter -> values) as parameter dicts; ``[{}]`` when empty."""
+    bad = [k for k, v in arch_grid.items() if not isinstance(v, list) or not v]
+    if bad:
+        raise ValueError(
+            f"arch_grid values must be non-empty lists, got { ({k: arch_grid[k] for k in bad})!r}"
+        )
+    keys = list(arch_grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(arch_grid[k] for k in keys))]
+
+
+def _variant_tag(variant: dict[str, Any]) -> str:
+    """A readable run-id part for an architecture variant: {"blocks": [1, 2, 1]} -> "-blocks121"."""
+    flat = lambda v: "".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+    return "".join(f"-{k}{flat(v)}" for k, v in variant.items())
 
 
 def _check_grid(task: str, g: dict[str, Any]) -> None:
@@ -228,26 +259,37 @@ def _derived_seed(*parts: Any) -> int:
 
 
 def _make_run(
-    cfg: ZooConfig, task: TaskSpec, arch: str, seed: int, role: str, base: ZooRun | None = None
+    cfg: ZooConfig,
+    task: TaskSpec,
+    arch: str,
+    seed: int,
+    role: str,
+    base: ZooRun | None = None,
+    variant: dict[str, Any] | None = None,
 ) -> ZooRun:
     g = cfg._grid(task, arch)
+    # an architecture variant of the grid is its own "architecture" for sampling and seeding; a zoo without a
+    # grid keeps the ids, samples and seeds it had before grids existed
+    arch_key = (arch, json.dumps(variant, sort_keys=True)) if variant else arch
     # independent: each (task, seed) samples its own combination; shared_init/finetuned: one per (arch, seed)
-    key = (task.name, arch, seed) if cfg.zoo_kind == "independent" else (arch, seed)
+    key = (task.name, arch_key, seed) if cfg.zoo_kind == "independent" else (arch_key, seed)
     rng = random.Random(f"{cfg.sample_seed}|{key}")
     activation = rng.choice(g["activations"]) if g["activations"] else None
     init = rng.choice(g["inits"])
     opt, lr = rng.choice([(o, lr) for o, lrs in g["optimizers"].items() for lr in lrs])
     wd, dropout = rng.choice(g["weight_decays"]), rng.choice(g["dropouts"])
-    spec = architecture_for_task(task, arch)
+    spec = architecture_for_task(task, arch, **(variant or {}))
+    has_dropout = "dropout" in spec.params  # ResNets have BatchNorm and no dropout
     if base is not None:  # fine-tuning keeps the base's activation and dropout
         spec = spec.replace(activation=base.spec.params["activation"], dropout=base.spec.params["dropout"])
     else:
-        spec = spec.replace(dropout=dropout, **({"activation": activation} if activation else {}))
+        changes = {"dropout": dropout} if has_dropout else {}
+        spec = spec.replace(**changes, **({"activation": activation} if activation else {}))
     epochs, keep = g["epochs"], g["keep_epochs"]
     if role == "finetune":
         epochs, shift = g["finetune_epochs"], g["epochs"] - g["finetune_epochs"]
         keep = [e - shift for e in keep if e - shift >= 1] or [epochs]
-    init_seed = seed if cfg.zoo_kind == "shared_init" else _derived_seed(task.name, arch, seed)
+    init_seed = seed if cfg.zoo_kind == "shared_init" else _derived_seed(task.name, arch_key, seed)
     hp = HyperParams(
         seed=seed,
         lr=lr,
@@ -259,7 +301,8 @@ def _make_run(
         init_seed=init_seed,
     )
     keep_t = tuple(sorted(set(keep)))
-    run_id = f"{task.name}-{arch}-{'base-' if role == 'base' else ''}s{seed}-" + _digest(
+    tag = _variant_tag(variant or {})
+    run_id = f"{task.name}-{arch}{tag}-{'base-' if role == 'base' else ''}s{seed}-" + _digest(
         task.name, spec.to_dict(), hp.to_dict(), keep_t, cfg.zoo_kind, base.run_id if base else None
     )
     return ZooRun(
@@ -282,10 +325,12 @@ def plan_runs(config: ZooConfig) -> list[ZooRun]:
     items = []
     for ti, t in enumerate(tasks):
         arch = config.arch_name(t.name)
-        for si, seed in enumerate(config._grid(t, arch)["seeds"]):
-            role = "finetune" if bases else "train"
-            items.append((si, ti, _make_run(config, t, arch, seed, role, bases.get(arch))))
-    runs = list(bases.values()) + [r for *_, r in sorted(items, key=lambda x: x[:2])]
+        grid = config._grid(t, arch)
+        for vi, variant in enumerate(arch_variants(grid["arch_grid"])):
+            for si, seed in enumerate(grid["seeds"]):
+                role = "finetune" if bases else "train"
+                items.append((si, ti, vi, _make_run(config, t, arch, seed, role, bases.get(arch), variant)))
+    runs = list(bases.values()) + [r for *_, r in sorted(items, key=lambda x: x[:3])]
     return runs[: config.num_runs] if config.num_runs else runs
 
 
@@ -338,7 +383,7 @@ def _ensure_task(task: TaskSpec) -> TaskSpec:
     return task
 
 
-def _train_run(item: tuple[ZooRun, dict | None]) -> tuple[str, list[Checkpoint]]:
+def _train_run(item: tuple[ZooRun, dict | None]) -> tuple[str, list[KeptEpoch]]:
     run, init_state = item
     task = _ensure_task(run.task)
     return run.run_id, train_model(run.spec, task.name, run.hp, list(run.keep_epochs), init_state=init_state)
@@ -346,7 +391,7 @@ def _train_run(item: tuple[ZooRun, dict | None]) -> tuple[str, list[Checkpoint]]
 
 def _execute(
     runs: list[ZooRun], init_states: dict[str, dict], pool, device: torch.device
-) -> Iterator[tuple[ZooRun, list[Checkpoint]]]:
+) -> Iterator[tuple[ZooRun, list[KeptEpoch]]]:
     def init_of(r: ZooRun) -> dict | None:
         return init_states[r.base_run_id] if r.base_run_id else None
 
@@ -443,6 +488,17 @@ def _train_pending(
     return stats
 
 
+def format_build_stats(stats: dict[str, Any]) -> str:
+    """One line for people: runs trained (and skipped), checkpoints written and in the corpus, time, speed."""
+    skipped = f", {stats['runs_skipped']} already done" if stats.get("runs_skipped") else ""
+    speed = stats.get("models_per_second") or 0.0
+    return (
+        f"trained {stats['runs_trained']} of {stats['runs_total']} runs{skipped}; wrote "
+        f"{stats['checkpoints_written']} checkpoints, {stats['checkpoints_total']} in the corpus; "
+        f"{stats['seconds']:.0f} s ({speed:.2f} models/s)"
+    )
+
+
 def build_zoo(
     config: ZooConfig,
     out_dir: str | os.PathLike,
@@ -513,96 +569,3 @@ def build_zoo(
     atomic_write_json(out_dir / "build_stats.json", stats)
     corpus.build_stats = stats
     return corpus
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------------------------
-
-# A Schürholt et al.-style grid kept sane. Calibration (tiny CNN, MNIST-5k, 15 epochs) gave 92-96 % test accuracy
-# for these values; sigmoid, the +-0.1 uniform init, dropout 0.5 and weight decay 1e-2 gave 8-90 %, and in a first
-# default build ~6 % of tiny-CNN runs combining SGD or the N(0, 0.05) init with relu/gelu never left chance level.
-_GRID = dict(
-    activations=["tanh", "relu", "gelu"],
-    optimizers={"adam": [3e-3, 1e-3]},
-    weight_decays=[1e-3, 1e-4],
-    inits=["default", "kaiming_uniform", "xavier_uniform", "xavier_normal"],
-    dropouts=[0.0, 0.1],
-)
-_FAMILY_GRIDS = {  # per family / architecture overrides (seeds and epochs sized for the CPU time budget)
-    "mlp": {
-        "seeds": list(range(20)),
-        "epochs": 30,
-        "keep_epochs": [28, 29, 30],
-        "activations": ["tanh", "relu", "gelu", "sigmoid"],
-        "optimizers": {"adam": [3e-3, 1e-3], "sgd": [3e-2]},
-    },
-    "mlp_tabular": {"seeds": list(range(12)), "epochs": 80, "keep_epochs": [78, 79, 80]},
-    "cnn1d": {
-        "seeds": list(range(12)),
-        "epochs": 40,
-        "keep_epochs": [38, 39, 40],
-        "optimizers": {"adam": [1e-2], "sgd": [3e-2]},
-    },
-}
-_MNIST_DEMO = ["mnist", "mnist_rot90", "mnist_permute1", "mnist_invert"]
-_ROTATIONS = [
-    "mnist",
-    "mnist_rot30",
-    "mnist_rot60",
-    "mnist_rot90",
-    "mnist_rot120",
-    "mnist_rot150",
-    "mnist_rot180",
-    "mnist_rot270",
-]
-
-PRESETS = {
-    "tiny": lambda: dict(
-        name="tiny",
-        tasks=["iris", "wine"],
-        seeds=[0, 1],
-        optimizers={"adam": [3e-2]},
-        epochs=2,
-        keep_epochs=[1, 2],
-    ),
-    "demo": lambda: dict(
-        name="demo",
-        tasks=_MNIST_DEMO,
-        seeds=list(range(12)),
-        activations=["tanh"],
-        optimizers={"adam": [3e-3, 1e-3]},
-        epochs=15,
-        keep_epochs=[13, 14, 15],
-    ),
-    "default": lambda: dict(
-        name="default",
-        tasks=list_tasks(held_out=False),
-        seeds=list(range(8)),
-        **_GRID,
-        epochs=15,
-        keep_epochs=[13, 14, 15],
-        overrides=_FAMILY_GRIDS,
-    ),
-    "related": lambda: dict(
-        name="related",
-        tasks=_ROTATIONS,
-        zoo_kind="shared_init",
-        seeds=list(range(12)),
-        activations=["tanh"],
-        optimizers={"adam": [3e-3, 1e-3]},
-        epochs=15,
-        keep_epochs=[13, 14, 15],
-    ),
-    # For a GPU: the runs of one (task, architecture with its activation and dropout) form one vmap batch, so
-    # dropout stays 0 to keep batches large; seeds, inits, optimizers, lrs and decays vary inside a batch.
-    "gpu": lambda: dict(
-        name="gpu",
-        tasks=list_tasks(held_out=False),
-        seeds=list(range(64)),
-        **{**_GRID, "dropouts": [0.0]},
-        epochs=15,
-        keep_epochs=[11, 13, 15],
-        overrides={k: {**v, "seeds": list(range(64))} for k, v in _FAMILY_GRIDS.items()},
-    ),
-}

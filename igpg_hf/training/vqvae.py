@@ -1,6 +1,7 @@
-"""Train the VQ-VAE tokenizer on a weight corpus with accelerate (CPU, one GPU, or several processes).
+"""Train the VQ-VAE (weights <-> tokens) on a weight corpus with accelerate (CPU, one GPU, or several processes).
 
-All chunks of the corpus are gathered once (normalization statistics are measured on the way), then
+Checkpoints are put in canonical order first (sorted by ``model_id``), so the same checkpoints in any order give
+bit-identical weights. All chunks of the corpus are gathered once (normalization statistics are measured on the way), then
 trained on with AdamW + one-cycle LR and a Gumbel temperature annealed from ``tau_start`` to
 ``tau_end`` (``tau_cycles`` > 1 restarts it, the paper's cyclical schedule). Progress shows loss,
 reconstruction error and codebook perplexity; a checkpoint is written every ``checkpoint_every``
@@ -14,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from accelerate import Accelerator
@@ -22,27 +23,15 @@ from torch.utils.data import TensorDataset
 
 from ..configuration_igpg import IGPGVQVAEConfig
 from ..modeling_vqvae import IGPGVQVAEModel
+from .accelerator import make_accelerator
+from .args import VQVAETrainingArgs
 from .checkpointing import RunFolder, data_fingerprint, run_settings
 from .loop import run_training
+from .provenance import corpus_summary, track_sources
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TokenizerTrainingArgs", "train_tokenizer", "gumbel_temperature", "collect_chunks"]
-
-
-@dataclass
-class TokenizerTrainingArgs:
-    """Optimization settings for the tokenizer (calibrated: 3,000 steps of 256 chunks at lr 1e-3)."""
-
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    tau_anneal_fraction: float = 0.8
-    tau_cycles: int = 1
-    checkpoint_every: int = 1000
-    log_every: int = 100
-    seed: int = 0
+__all__ = ["VQVAETrainingArgs", "train_vqvae", "gumbel_temperature", "collect_chunks", "canonical_order"]
 
 
 def gumbel_temperature(
@@ -54,38 +43,55 @@ def gumbel_temperature(
     return start * (end / start) ** frac
 
 
+def canonical_order(checkpoints: Iterable) -> list:
+    """The checkpoints sorted by ``metadata.model_id``: the order every trainer sees them in.
+
+    A zoo built by several workers stores runs in the order they finished, and a corpus may be concatenated or
+    filtered in any order; training follows this order instead, so the same checkpoints always train the same
+    weights (two builds of one zoo trained pipelines 25 accuracy points apart before).
+    """
+    return sorted(checkpoints, key=lambda c: c.metadata.model_id)
+
+
 def collect_chunks(model: IGPGVQVAEModel, checkpoints: Iterable, fit: bool = True):
     """(chunks (M, K), masks (M, K), positions (M,)) of every checkpoint; fits normalization first if asked."""
     items = [(c.layout, c.vector(), f"checkpoint {c.metadata.model_id!r}") for c in checkpoints]
     if not items:
-        raise ValueError("the corpus has no checkpoints to train the tokenizer on")
+        raise ValueError("the corpus has no checkpoints to train the VQ-VAE on")
     if fit:
         model.fit_normalization(items)
     parts = [model.prepare(vec, layout, name) for layout, vec, name in items]
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
-def train_tokenizer(
+def train_vqvae(
     checkpoints: Iterable,
     config: IGPGVQVAEConfig | IGPGVQVAEModel,
     output_dir: str | os.PathLike,
-    args: TokenizerTrainingArgs | None = None,
+    args: VQVAETrainingArgs | None = None,
     accelerator: Accelerator | None = None,
     progress: bool = True,
 ) -> IGPGVQVAEModel:
-    """Train (or resume training) a tokenizer; saves it with ``save_pretrained`` to ``output_dir/final``."""
-    args = args or TokenizerTrainingArgs()
-    accelerator = accelerator or Accelerator()
+    """Train (or resume training) the VQ-VAE; saves it with ``save_pretrained`` to ``output_dir/final``.
+
+    ``checkpoints``: corpus checkpoints (any order: they are sorted by ``model_id`` first). ``config``: a config,
+    or a model to keep training. The run folder is locked and checked for writability before any work; a finished
+    run with the same settings and data is returned as it is, a killed one resumes from its last checkpoint, and
+    one with other settings is refused (ValueError naming the change). Raises ValueError on an empty corpus.
+    """
+    args = args or VQVAETrainingArgs()
+    accelerator = accelerator or make_accelerator()
     with RunFolder(output_dir, accelerator) as run:  # writable, locked, before any work
-        return _train_tokenizer(checkpoints, config, run, args, accelerator, progress)
+        return _train_vqvae(checkpoints, config, run, args, accelerator, progress)
 
 
-def _train_tokenizer(checkpoints, config, run, args, accelerator, progress):
+def _train_vqvae(checkpoints, config, run, args, accelerator, progress):
     out = run.path
     torch.manual_seed(args.seed)
     model = config if isinstance(config, IGPGVQVAEModel) else IGPGVQVAEModel(config)
-    chunks, masks, positions = collect_chunks(model, checkpoints)
-    logger.info("tokenizer: %d chunks of %d values from the corpus", chunks.shape[0], chunks.shape[1])
+    sources: set = set()
+    chunks, masks, positions = collect_chunks(model, canonical_order(track_sources(checkpoints, sources)))
+    logger.info("vqvae: %d chunks of %d values from the corpus", chunks.shape[0], chunks.shape[1])
     settings = run_settings(args, model.config, data_fingerprint(chunks, masks, positions))
     done = run.finished(IGPGVQVAEModel, settings)
     if done is not None:
@@ -121,9 +127,18 @@ def _train_tokenizer(checkpoints, config, run, args, accelerator, progress):
         weight_decay=args.weight_decay,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
-        name="tokenizer",
+        name="vqvae",
         progress=progress,
     )
+    last = history[-1] if history else {}
+    model.config.training_summary = {
+        **(model.config.training_summary or {}),
+        **corpus_summary(sources),
+        "vqvae_steps": args.steps,
+        "final_recon_mse": last.get("recon_mse"),
+        "final_perplexity": last.get("perplexity"),
+        "num_chunks": int(chunks.shape[0]),
+    }
     run.save_final(
         model,
         {

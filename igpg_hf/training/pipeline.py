@@ -1,0 +1,137 @@
+"""The one way a pipeline is trained: a `PipelineRecipe` and `train_pipeline` (VQ-VAE, then prior, then assemble).
+
+    recipe = PipelineRecipe.from_preset("demo")              # or "related", "resnet", "smoke", "gpu"
+    pipe = train_pipeline("zoo/", recipe, "runs/demo")        # runs/demo/vqvae, runs/demo/prior
+    pipe.save_pretrained("runs/demo/pipeline")
+
+The CLI (`igpg-hf train vqvae|prior|pipeline`), the demo and every benchmark zoo call it. Every stage resumes:
+a finished model in ``output_dir/{vqvae,prior}/final`` is reused, a killed run resumes from its last checkpoint.
+``output_dir/{vqvae,prior}/recipe.json`` record the settings of each stage, and a stage trained with other
+settings is refused instead of silently reused. The checkpoints' order does not matter (the trainers sort them by ``model_id``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..conditioning import load_text_encoder
+from ..files import atomic_write_json
+from ..modeling_prior import IGPGPriorModel
+from ..modeling_vqvae import IGPGVQVAEModel
+from ..pipeline_igpg import IGPGPipeline
+from .prior import train_prior
+from .recipe import RECIPE_PRESETS, PipelineRecipe
+from .vqvae import train_vqvae
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PipelineRecipe", "train_pipeline", "train_pipeline_vqvae", "RECIPE_PRESETS"]
+
+WeightCorpusLike = (
+    Iterable | str | os.PathLike
+)  # a WeightCorpus, its checkpoints, or a corpus folder / Hub id
+
+
+def _checkpoints(corpus_or_checkpoints: Any) -> list:
+    """A list of corpus checkpoints from a corpus, an iterable of checkpoints, or a corpus folder / Hub id."""
+    if isinstance(corpus_or_checkpoints, (str, os.PathLike)):
+        from ..corpus import WeightCorpus
+
+        corpus_or_checkpoints = WeightCorpus.load(str(corpus_or_checkpoints))
+    checkpoints = list(corpus_or_checkpoints)
+    if not checkpoints:
+        raise ValueError("the corpus has no checkpoints to train a pipeline on")
+    return checkpoints
+
+
+def _check_stage(stage_dir: Path, recipe: PipelineRecipe, stage: str) -> None:
+    """Refuse to reuse or resume a stage trained with other settings; record the settings of a stage to train.
+
+    Only a folder holding a trained model or a training checkpoint is checked: settings recorded for a run that
+    never got that far (it failed on a bad config) are simply replaced.
+    """
+    path = stage_dir / "recipe.json"
+    new = recipe.weights_key(stage)
+    trained = (stage_dir / "final" / "config.json").exists() or (stage_dir / "checkpoint").exists()
+    if not trained:
+        atomic_write_json(path, new)
+        return
+    if not path.exists():
+        logger.warning("%s holds a %s but no recipe.json; reusing it unchecked", stage_dir, stage)
+        return
+    stored = json.loads(path.read_text())
+    changed = sorted(k for k in new if stored.get(k) != new[k])
+    if changed:
+        raise ValueError(
+            f"{stage_dir} holds a {stage} trained with other settings ({', '.join(changed)}: stored "
+            f"{ {k: stored.get(k) for k in changed} }, asked { {k: new[k] for k in changed} }); "
+            "use another output folder or delete this one"
+        )
+
+
+def train_pipeline_vqvae(
+    corpus_or_checkpoints: WeightCorpusLike,
+    recipe: PipelineRecipe,
+    output_dir: str | os.PathLike,
+    progress: bool = True,
+) -> IGPGVQVAEModel:
+    """The first stage of `train_pipeline` alone: the VQ-VAE in ``output_dir/vqvae`` (reused or resumed)."""
+    stage = Path(output_dir) / "vqvae"
+    config = recipe.vqvae_config()  # a bad preset or field is a ValueError before anything is written
+    _check_stage(stage, recipe, "vqvae")
+    if (stage / "final" / "config.json").exists():
+        logger.info("reusing the VQ-VAE in %s", stage / "final")
+        return IGPGVQVAEModel.from_pretrained(stage / "final").eval()
+    checkpoints = _checkpoints(corpus_or_checkpoints)
+    return train_vqvae(checkpoints, config, stage, recipe.vqvae_training, progress=progress).eval()
+
+
+def train_pipeline(
+    corpus_or_checkpoints: WeightCorpusLike,
+    recipe: PipelineRecipe,
+    output_dir: str | os.PathLike,
+    progress: bool = True,
+    vqvae: IGPGVQVAEModel | str | os.PathLike | None = None,
+) -> IGPGPipeline:
+    """Train (or reuse, or resume) the VQ-VAE and the prior of ``recipe`` on a corpus; return the pipeline.
+
+    ``corpus_or_checkpoints``: a `WeightCorpus`, any iterable of its checkpoints (order does not matter), or a
+    corpus folder / Hub dataset id. Writes ``output_dir/vqvae/final`` and ``output_dir/prior/final``, each stage
+    folder with the ``recipe.json`` of its settings; the pipeline itself is not saved (``pipe.save_pretrained``).
+    ``vqvae``: a trained VQ-VAE (model or folder) to use instead of training ``output_dir/vqvae``. Raises
+    ValueError on an empty corpus, a bad preset or config field, a stage folder trained with other settings, or
+    a VQ-VAE that cannot encode the corpus.
+    """
+    out = Path(output_dir)
+    checkpoints = _checkpoints(corpus_or_checkpoints)
+    if vqvae is None:
+        vqvae = train_pipeline_vqvae(checkpoints, recipe, out, progress=progress)
+    elif not isinstance(vqvae, IGPGVQVAEModel):
+        vqvae = IGPGVQVAEModel.from_pretrained(vqvae)
+    vqvae = vqvae.eval()
+    _check_stage(out / "prior", recipe, "prior")
+    text_encoder, tokenizer = load_text_encoder(recipe.text_encoder or None)
+    final = out / "prior" / "final"
+    if (final / "config.json").exists():
+        logger.info("reusing the prior in %s", final)
+        prior = IGPGPriorModel.from_pretrained(final)
+    else:
+        longest = max(vqvae.num_tokens(c.layout) for c in checkpoints)
+        config = recipe.prior_config(vqvae, longest)
+        config.training_summary = {"recipe": recipe.to_dict()}
+        prior = train_prior(
+            checkpoints,
+            vqvae,
+            text_encoder,
+            tokenizer,
+            config,
+            out / "prior",
+            recipe.prior_training,
+            progress=progress,
+        )
+    return IGPGPipeline(vqvae=vqvae, prior=prior.eval(), text_encoder=text_encoder, tokenizer=tokenizer)

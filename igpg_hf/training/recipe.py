@@ -1,0 +1,199 @@
+"""`PipelineRecipe`: everything that decides a trained pipeline except the corpus, with named presets.
+
+A plain dataclass (importing it imports no torch: the CLI builds its options from these fields). The configs it
+describes are built by `vqvae_config` and `prior_config`; `igpg_hf.training.train_pipeline` trains it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .args import PriorTrainingArgs, VQVAETrainingArgs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..configuration_igpg import IGPGPriorConfig, IGPGVQVAEConfig
+    from ..modeling_vqvae import IGPGVQVAEModel
+
+__all__ = ["PipelineRecipe", "RECIPE_PRESETS", "STAGE_FIELDS"]
+
+# prior config fields the recipe sets itself (from the VQ-VAE, the corpus or its own fields)
+DERIVED_PRIOR_FIELDS = (
+    "vocab_size",
+    "tokens_per_chunk",
+    "n_positions",
+    "text_encoder_name",
+    "support_per_class",
+    "context_rule",
+)
+# settings that change how often a run logs or saves, never its weights
+_BOOKKEEPING = ("checkpoint_every", "log_every")
+# the recipe fields each training stage depends on
+STAGE_FIELDS = {
+    "vqvae": ("vqvae_preset", "vqvae_overrides", "vqvae_training"),
+    "prior": (
+        "prior_preset",
+        "prior_overrides",
+        "prior_training",
+        "text_encoder",
+        "support_per_class",
+        "n_positions",
+        "max_n_positions",
+    ),
+}
+
+
+@dataclass
+class PipelineRecipe:
+    """Everything that decides a trained pipeline, and nothing about the corpus it trains on.
+
+    - ``vqvae_preset`` / ``vqvae_overrides``: `IGPGVQVAEConfig.from_preset(preset, **overrides)`;
+    - ``prior_preset`` / ``prior_overrides``: `IGPGPriorConfig.from_preset`; vocabulary and tokens per chunk
+      come from the VQ-VAE, the fields below from the recipe (overriding them is a ValueError);
+    - ``vqvae_training`` / ``prior_training``: steps, batch size, learning rate, seed, ...;
+    - ``text_encoder``: Hub id or path of the text encoder ("": the packaged all-MiniLM-L6-v2), stored in the
+      prior's config as ``text_encoder_name``;
+    - ``support_per_class``: labelled samples per class in the dataset condition, at training and at inference
+      (None: the prior config's default);
+    - context: ``n_positions=None`` fits the longest training sequence plus the prefix (at least the prior
+      preset's context, at most ``max_n_positions``; longer models are generated block by block), an integer
+      fixes it; the prior's config records which (``context_rule``).
+    """
+
+    vqvae_preset: str = "demo"
+    vqvae_overrides: dict[str, Any] = field(default_factory=dict)
+    prior_preset: str = "demo"
+    prior_overrides: dict[str, Any] = field(default_factory=dict)
+    vqvae_training: VQVAETrainingArgs = field(default_factory=VQVAETrainingArgs)
+    prior_training: PriorTrainingArgs = field(default_factory=PriorTrainingArgs)
+    text_encoder: str = ""
+    support_per_class: int | None = None
+    n_positions: int | None = None
+    max_n_positions: int = 1024
+
+    def __post_init__(self):
+        if isinstance(self.vqvae_training, dict):
+            self.vqvae_training = VQVAETrainingArgs(**self.vqvae_training)
+        if isinstance(self.prior_training, dict):
+            self.prior_training = PriorTrainingArgs(**self.prior_training)
+        derived = sorted(set(self.prior_overrides) & set(DERIVED_PRIOR_FIELDS))
+        if derived:
+            raise ValueError(
+                f"prior_overrides may not set {derived}: the recipe derives them (use its fields "
+                "text_encoder, support_per_class, n_positions)"
+            )
+        if self.support_per_class is not None and self.support_per_class < 1:
+            raise ValueError(f"support_per_class must be >= 1 or None, got {self.support_per_class!r}")
+        if self.n_positions is not None and self.n_positions < 2:
+            raise ValueError(f"n_positions must be a context length or None, got {self.n_positions!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **changes: Any) -> PipelineRecipe:
+        """A named recipe (`RECIPE_PRESETS`) with top-level field changes, e.g. ``n_positions=128``."""
+        if name not in RECIPE_PRESETS:
+            raise ValueError(f"unknown pipeline recipe preset {name!r}; known: {', '.join(RECIPE_PRESETS)}")
+        return dataclasses.replace(copy.deepcopy(RECIPE_PRESETS[name]), **changes)
+
+    def with_changes(
+        self,
+        fields: dict[str, Any] | None = None,
+        vqvae_training: dict[str, Any] | None = None,
+        prior_training: dict[str, Any] | None = None,
+        vqvae_overrides: dict[str, Any] | None = None,
+        prior_overrides: dict[str, Any] | None = None,
+    ) -> PipelineRecipe:
+        """A copy with top-level fields replaced and the training args and config overrides updated."""
+        new = dataclasses.replace(copy.deepcopy(self), **(fields or {}))
+        new.vqvae_training = dataclasses.replace(new.vqvae_training, **(vqvae_training or {}))
+        new.prior_training = dataclasses.replace(new.prior_training, **(prior_training or {}))
+        new.vqvae_overrides = {**new.vqvae_overrides, **(vqvae_overrides or {})}
+        new.prior_overrides = {**new.prior_overrides, **(prior_overrides or {})}
+        new.__post_init__()
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-able data (`PipelineRecipe(**d)` rebuilds it)."""
+        return asdict(self)
+
+    def weights_key(self, stage: str | None = None) -> dict[str, Any]:
+        """The recipe (or one stage's fields) without the settings that only change logging and saving."""
+        d = self.to_dict()
+        for args in ("vqvae_training", "prior_training"):
+            d[args] = {k: v for k, v in d[args].items() if k not in _BOOKKEEPING}
+        return {k: v for k, v in d.items() if stage is None or k in STAGE_FIELDS[stage]}
+
+    def vqvae_config(self) -> IGPGVQVAEConfig:
+        """The VQ-VAE's config: the preset with the overrides (ValueError on an unknown preset or field)."""
+        from ..configuration_igpg import IGPGVQVAEConfig
+
+        _check_fields(IGPGVQVAEConfig, self.vqvae_overrides, "vqvae_overrides")
+        return IGPGVQVAEConfig.from_preset(self.vqvae_preset, **self.vqvae_overrides)
+
+    def prior_config(self, vqvae: IGPGVQVAEModel, longest_sequence: int) -> IGPGPriorConfig:
+        """The prior's config for a VQ-VAE and a corpus whose longest token sequence is ``longest_sequence``."""
+        from ..conditioning import DEFAULT_TEXT_ENCODER
+        from ..configuration_igpg import IGPGPriorConfig
+
+        _check_fields(IGPGPriorConfig, self.prior_overrides, "prior_overrides")
+        preset = IGPGPriorConfig.from_preset(self.prior_preset, **self.prior_overrides)
+        if self.n_positions is not None:
+            n_positions, rule = self.n_positions, "fixed"
+        else:  # the paper's rule: the whole sequence after the prefix, as far as the context cap allows
+            fit = min(longest_sequence + preset.num_prefix_tokens, self.max_n_positions)
+            n_positions, rule = max(preset.n_positions, fit), "longest"
+        support = {} if self.support_per_class is None else {"support_per_class": self.support_per_class}
+        return IGPGPriorConfig.from_preset(
+            self.prior_preset,
+            **self.prior_overrides,
+            **support,
+            vocab_size=vqvae.config.vocab_size,
+            tokens_per_chunk=vqvae.config.tokens_per_chunk,
+            n_positions=n_positions,
+            text_encoder_name=self.text_encoder or DEFAULT_TEXT_ENCODER,
+            context_rule=rule,
+        )
+
+
+def _check_fields(config_class: type, overrides: dict[str, Any], what: str) -> None:
+    """ValueError naming override keys that are not fields of the config class (a typo would be ignored)."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{what} names unknown {config_class.__name__} field(s) {unknown}")
+
+
+RECIPE_PRESETS: dict[str, PipelineRecipe] = {
+    # the README's demo: Gumbel VQ-VAE (3,000 steps of 256 at lr 1e-3), 1.07 M-parameter prior (1,000 steps of 16)
+    "demo": PipelineRecipe(),
+    # zoos with many more distinct weights than "demo" memorizes (tasks sharing an init: its reconstructions lost
+    # 4.8 points): the FSQ VQ-VAE at lr 3e-3; the benchmark's related zoo
+    "related": PipelineRecipe(
+        vqvae_preset="fsq",
+        vqvae_training=VQVAETrainingArgs(lr=3e-3),
+        prior_training=PriorTrainingArgs(steps=800),
+    ),
+    # ResNets of several depths, instruction and architecture text only, a fixed 256-token context (longer models
+    # are generated block by block, as in the paper); the benchmark's cross-architecture zoo
+    "resnet": PipelineRecipe(
+        vqvae_preset="fsq",
+        vqvae_training=VQVAETrainingArgs(lr=3e-3),
+        prior_training=PriorTrainingArgs(steps=1000, use_dataset_condition=False),
+        n_positions=256,
+    ),
+    # seconds, for tests and the smoke benchmark (no checkpoints mid-run: a killed run just starts over)
+    "smoke": PipelineRecipe(
+        vqvae_preset="tiny",
+        prior_preset="tiny",
+        vqvae_training=VQVAETrainingArgs(steps=60, batch_size=64, checkpoint_every=1000, log_every=20),
+        prior_training=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=1000, log_every=10),
+    ),
+    # a GPU: larger VQ-VAE and prior, 20,000 steps each (never run to the end yet)
+    "gpu": PipelineRecipe(
+        vqvae_preset="base",
+        prior_preset="small",
+        vqvae_training=VQVAETrainingArgs(steps=20000),
+        prior_training=PriorTrainingArgs(steps=20000, batch_size=64),
+    ),
+}
