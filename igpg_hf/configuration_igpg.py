@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from transformers import GPT2Config, PreTrainedConfig
 
 __all__ = ["IGPGVQVAEConfig", "IGPGPriorConfig"]
+
+
+def _register_auto_models() -> None:
+    """The first IGPG config of a process registers the models with transformers' Auto classes (see `_auto`)."""
+    from . import _auto
+
+    try:
+        _auto.register_models()
+    except Exception:  # a config must load even where the model classes cannot be registered
+        logging.getLogger(__name__).warning(
+            "could not register the IGPG models with AutoModel", exc_info=True
+        )
 
 
 class IGPGVQVAEConfig(PreTrainedConfig):
@@ -48,6 +61,11 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     weight_stats: dict[str, list[float]] | None = None
     base_size: int = 0
     base_layout: str = ""
+    # the layouts ([name, shape, dtype] lists, in storage order) normalization was fitted on: the pipeline decodes a
+    # known architecture in the order it was trained in and matches entries by name (`igpg_hf.weights.match_layout`)
+    trained_layouts: list | None = None
+    # what the VQ-VAE was trained on and what it measured (filled by the training loop; goes into the model card)
+    training_summary: dict | None = None
 
     def __post_init__(self, **kwargs: Any):
         if self.chunk_mode not in ("layer", "model"):
@@ -67,6 +85,7 @@ class IGPGVQVAEConfig(PreTrainedConfig):
         if self.weight_stats is None:
             self.weight_stats = {}
         super().__post_init__(**kwargs)
+        _register_auto_models()
 
     @property
     def vocab_size(self) -> int:
@@ -188,6 +207,9 @@ class IGPGPriorConfig(GPT2Config):
     # fingerprints (`igpg_hf.sampling.sequence_hash`) of every training token sequence, so that the
     # pipeline can tell a sample that copies a training checkpoint token for token (set by train_prior)
     training_sequence_hashes: list[str] | None = None
+    # the layouts of the training sequences ([name, shape, dtype] lists, in the order their tokens run; set by
+    # train_prior), so generation decodes in that order and maps entries by name
+    trained_layouts: list | None = None
 
     def __post_init__(self, **kwargs: Any):
         # weight tokens have no BOS/EOS: sequences have a known length
@@ -221,6 +243,7 @@ class IGPGPriorConfig(GPT2Config):
                 f"structure_sinusoid_dim must be even and >= 2, got {self.structure_sinusoid_dim!r}"
             )
         super().__post_init__(**kwargs)
+        _register_auto_models()
 
     # learned fields and their rows: roles (9), stages and blocks counted both ways, layers in a block, token in
     # a chunk; values past the table share its last row

@@ -5,9 +5,12 @@ Sequence (one block): ``[text, architecture, dataset, block offset] + weight tok
 token, so there is no BOS. With ``position_scheme="structure"`` every input also carries the place in the
 architecture (`igpg_hf.weights.token_structure`) of the token it predicts: the last prefix slot that of the
 first token, weight token i that of token i + 1. `IGPGPriorModel.embed_weight_tokens` is the one method that
-embeds weight tokens, for training, block-wise sampling and likelihood scoring alike. The class subclasses `GPT2LMHeadModel`, so ``generate()`` (KV cache,
-temperature, top-k/top-p, ``num_return_sequences``), ``save_pretrained`` and ``push_to_hub`` are
-transformers' own. Sampling helpers, including block-wise generation for models longer than the
+embeds weight tokens, for training, block-wise sampling and likelihood scoring alike.
+``forward(conditions=..., weight_tokens=..., weight_positions=...)`` builds that input itself, so code that only
+calls the model (a plain loop, ``Trainer``) trains the conditioning modules too. The class subclasses
+`GPT2LMHeadModel`, so ``generate()`` (KV cache, temperature, top-k/top-p, ``num_return_sequences``) and
+``from_pretrained`` are transformers' own; ``save_pretrained`` / ``push_to_hub`` add the project's model card and
+push through `igpg_hf.hub`. Sampling helpers, including block-wise generation for models longer than the
 context, live in `igpg_hf.sampling`.
 """
 
@@ -22,6 +25,7 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 
 from .conditioning.dataset import DatasetSetEncoder
 from .configuration_igpg import IGPGPriorConfig
+from .hub import HubMixin
 from .weights.structure import STRUCTURE_FIELDS, token_structure
 
 # diffusers' loader looks up PreTrainedModel *in this module* to find the load method of a
@@ -98,8 +102,16 @@ class StructureEmbedding(nn.Module):
             raise ValueError(f"unknown structure field(s) {unknown}; known: {', '.join(STRUCTURE_FIELDS)}")
         self.config = config
         d = config.n_embd
-        self.tables = nn.ModuleDict({f: nn.Embedding(int(n), d) for f, n in config.structure_tables.items()})
-        self.sinusoidal = list(config.structure_sinusoidal)
+        # in STRUCTURE_FIELDS order, not the config dict's: a saved config comes back with its keys sorted, and the
+        # module order must not change with a save (state-dict order, order of the sum)
+        self.tables = nn.ModuleDict(
+            {
+                f: nn.Embedding(int(config.structure_tables[f]), d)
+                for f in STRUCTURE_FIELDS
+                if f in config.structure_tables
+            }
+        )
+        self.sinusoidal = [f for f in STRUCTURE_FIELDS if f in config.structure_sinusoidal]
         self.proj = (
             nn.Linear(config.structure_sinusoid_dim * len(self.sinusoidal), d) if self.sinusoidal else None
         )
@@ -130,10 +142,15 @@ class StructureEmbedding(nn.Module):
         return out * present[..., None].to(out.dtype)
 
 
-class IGPGPriorModel(GPT2LMHeadModel):
+class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
     """GPT-2 prior over weight tokens, conditioned by a prefix of instruction, architecture and dataset embeddings."""
 
     config_class = IGPGPriorConfig
+
+    def _hub_card(self):
+        from .cards import prior_card
+
+        return prior_card(self)
 
     def __init__(self, config: IGPGPriorConfig):
         super().__init__(config)
@@ -275,6 +292,49 @@ class IGPGPriorModel(GPT2LMHeadModel):
         labels = tokens.masked_fill(~loss_mask, -100) if loss_mask is not None else tokens
         return embeds, torch.cat([tokens.new_full((B, P), -100), labels], 1)
 
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *args,
+        conditions: IGPGConditions | None = None,
+        weight_tokens: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        weight_positions: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        """GPT-2's forward, plus the conditioned form: ``forward(conditions=..., weight_tokens=(B, N), loss_mask=...)``.
+
+        ``weight_positions`` (B, N, F) or (N, F): the tokens' places, for structure priors (`embed_sequence`).
+
+        The conditioned form builds the prefix inside ``forward`` (`build_inputs`: inputs_embeds (B, P+N, d) and
+        labels (B, P+N), -100 on the prefix and where ``loss_mask`` is False), so a generic training loop or
+        ``Trainer`` that only calls the model trains every parameter: the text and architecture projections, the
+        dataset encoder and the null and block embeddings as well as the GPT-2 body. Without ``weight_tokens``
+        this is GPT-2's forward unchanged (``generate()`` uses it with ``inputs_embeds``). ``logits_to_keep`` stays
+        in the signature because ``generate()`` looks for it there: without it the prefill computes the logits
+        of every prefix position, in another product shape than the one-position head of every later step.
+        """
+        if weight_tokens is None:
+            if conditions is not None or loss_mask is not None or weight_positions is not None:
+                raise ValueError(
+                    "conditions=, loss_mask= and weight_positions= need weight_tokens= (B, N) to condition"
+                )
+            return super().forward(input_ids, *args, logits_to_keep=logits_to_keep, **kwargs)
+        if input_ids is not None or args or kwargs.get("inputs_embeds") is not None:
+            raise ValueError(
+                "give either weight_tokens= (with conditions=) or input_ids/inputs_embeds, not both"
+            )
+        if kwargs.get("labels") is not None:
+            raise ValueError(
+                "labels are built from weight_tokens and loss_mask; do not pass labels= with them"
+            )
+        embeds, labels = self.build_inputs(
+            conditions or IGPGConditions(), weight_tokens, loss_mask, weight_positions
+        )
+        kwargs.update(inputs_embeds=embeds, labels=labels)
+        return super().forward(logits_to_keep=logits_to_keep, **kwargs)
+
     def sequence_loss(
         self,
         cond: IGPGConditions,
@@ -283,5 +343,10 @@ class IGPGPriorModel(GPT2LMHeadModel):
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-token cross-entropy on weight tokens (B, N) after the condition prefix."""
-        embeds, labels = self.build_inputs(cond, tokens, loss_mask, positions)
-        return self(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+        return self(
+            conditions=cond,
+            weight_tokens=tokens,
+            loss_mask=loss_mask,
+            weight_positions=positions,
+            use_cache=False,
+        ).loss

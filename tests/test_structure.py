@@ -127,27 +127,33 @@ def test_cached_and_uncached_sampling_agree_and_survive_save_load(tmp_path):
     prior = _prior()
     pos = prior.weight_positions(_layout("resnet_small"))
     n = len(pos)  # longer than the context: several blocks
-    a, ll = sample_weight_tokens(prior, _cond(), n, 2, seed=0, positions=pos, return_log_likelihood=True)
+    r = sample_weight_tokens(prior, _cond(), n, 2, seed=0, positions=pos)
+    a, ll = r.tokens, r.log_likelihood
     assert a.shape == (2, n) and torch.isfinite(ll).all()
-    assert torch.equal(a, sample_weight_tokens(prior, _cond(), n, 2, seed=0, positions=pos, use_cache=False))
+    assert torch.equal(
+        a, sample_weight_tokens(prior, _cond(), n, 2, seed=0, positions=pos, use_cache=False).tokens
+    )
+    with pytest.raises(ValueError, match="decode loop only"):
+        sample_weight_tokens(prior, _cond(), n, 2, seed=0, positions=pos, backend="generate")
     prior.config.structure_seen_max = {f: 3 for f in prior.config.structure_tables}
     prior.save_pretrained(tmp_path)
     again = IGPGPriorModel.from_pretrained(tmp_path).eval()
     assert again.config.structure_seen_max == prior.config.structure_seen_max
     assert torch.equal(again.weight_positions(_layout("resnet_small")), pos)
-    b = sample_weight_tokens(prior, _cond(), 30, 2, seed=1, positions=pos[:30])
-    assert torch.equal(b, sample_weight_tokens(again, _cond(), 30, 2, seed=1, positions=pos[:30]))
+    b = sample_weight_tokens(prior, _cond(), 30, 2, seed=1, positions=pos[:30]).tokens
+    assert torch.equal(b, sample_weight_tokens(again, _cond(), 30, 2, seed=1, positions=pos[:30]).tokens)
     greedy = sample_weight_tokens(
         again, _cond(), 10, sampling=SamplingConfig(do_sample=False), positions=pos[:10]
     )
-    assert greedy.shape == (1, 10)
+    assert greedy.tokens.shape == (1, 10)
 
 
 def test_likelihood_of_a_sample_matches_the_training_loss():
     """The decode loop scores a sequence exactly as training does (one embedding method for both)."""
     prior = _prior(n_positions=256)
     pos = prior.weight_positions(_layout("mlp_small"))[:60]
-    toks, ll = sample_weight_tokens(prior, _cond(), 60, 1, seed=3, positions=pos, return_log_likelihood=True)
+    r = sample_weight_tokens(prior, _cond(), 60, 1, seed=3, positions=pos)
+    toks, ll = r.tokens, r.log_likelihood
     loss = prior.sequence_loss(_cond(), toks, positions=pos)
     assert ll.item() == pytest.approx(-loss.item(), abs=1e-4)
 
@@ -211,7 +217,7 @@ def test_a_prior_trained_on_small_nets_samples_a_deeper_one(tmp_path):
     windows = lambda k: len(block_windows(k, cfg.max_weight_tokens, cfg.block_overlap, 2))  # noqa: E731
     assert windows(n) > max(windows(vq.num_tokens(c.layout)) for c in cks) and windows(n) > cfg.max_blocks
     cond = IGPGConditions(text_embeds=torch.randn(1, 384), arch_embeds=torch.randn(1, 384))
-    tokens = sample_weight_tokens(prior, cond, n, 1, seed=0, positions=prior.weight_positions(layout))
+    tokens = sample_weight_tokens(prior, cond, n, 1, seed=0, positions=prior.weight_positions(layout)).tokens
     assert tokens.shape == (1, n)
     for sd in (vq.decode(t, layout, fill=deep.build().state_dict()) for t in tokens):
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())

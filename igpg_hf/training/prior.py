@@ -19,22 +19,23 @@ import random
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..conditioning import encode_text, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
-from ..files import atomic_write_json
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..sampling import block_windows, sequence_hash
 from ..weights.structure import STRUCTURE_FIELDS
+from .accelerator import make_accelerator
 from .args import PriorTrainingArgs
+from .checkpointing import RunFolder, data_fingerprint, run_settings
 from .loop import run_training
+from .provenance import base_model_summary, corpus_summary, track_sources
 from .vqvae import canonical_order
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class EncodedCheckpoint:
     arch_text: str
     task: str
     model_id: str
-    layout: Any = None  # WeightLayout of the checkpoint
+    layout: Any = None  # WeightLayout of the checkpoint: the order its tokens run in
     positions: torch.Tensor | None = None  # (N, F) token places (structure priors), set by train_prior
 
 
@@ -71,23 +72,25 @@ def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedC
     out = []
     for c in checkpoints:
         m = c.metadata
-        out.append(
-            EncodedCheckpoint(
-                vqvae.encode(c.state_dict(), c.layout),
-                _instructions(m),
-                m.arch_text,
-                m.task,
-                m.model_id,
-                c.layout,
+        if not (m.arch_text or "").strip():
+            raise ValueError(
+                f"checkpoint {m.model_id!r} has no architecture text (arch_text), which conditions the prior: "
+                "store it with an arch_spec (arch_text is derived from it) or an arch_text when it is written or "
+                "ingested"
             )
-        )
+        tokens = vqvae.encode(c.state_dict(), c.layout, f"checkpoint {m.model_id!r}")
+        out.append(EncodedCheckpoint(tokens, _instructions(m), m.arch_text, m.task, m.model_id, c.layout))
     if not out:
         raise ValueError("the corpus has no checkpoints to train the prior on")
     return out
 
 
 class PriorExamples(Dataset):
-    """Map-style dataset: item i is a random block window of checkpoint i with sampled conditions."""
+    """Map-style dataset: item i is a random block window of checkpoint i with sampled conditions.
+
+    The draw is a pure function of (seed, epoch, i) (`draw`), never of a generator's running state, so a resumed
+    run draws exactly what the interrupted one would have.
+    """
 
     def __init__(
         self,
@@ -105,13 +108,18 @@ class PriorExamples(Dataset):
             support,
             dropout,
         )
-        self.rng = random.Random(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def __getitem__(self, i: int) -> dict:
-        s, cfg, rng = self.seqs[i], self.cfg, self.rng
+        return self.draw(i, 0)
+
+    def draw(self, i: int, epoch: int) -> dict:
+        """Example ``i`` as drawn in ``epoch``: window, instruction wording, dropped conditions, support set."""
+        s, cfg = self.seqs[i], self.cfg
+        rng = random.Random(f"{self.seed}|{epoch}|{i}")  # str seeds hash with SHA-512: same in every process
         wins = block_windows(len(s.tokens), cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
         w = rng.choice(wins)
         tokens = s.tokens[w.context_start : w.stop]
@@ -226,12 +234,21 @@ def train_prior(
     prior's vocabulary or tokens per chunk differ from the VQ-VAE's, or the corpus is empty.
     """
     args = args or PriorTrainingArgs()
-    accelerator = accelerator or Accelerator()
-    out = Path(output_dir)
+    accelerator = accelerator or make_accelerator()
+    with RunFolder(output_dir, accelerator) as run:  # writable, locked, before any work
+        return _train_prior(
+            checkpoints, vqvae, text_encoder, tokenizer, config, run, args, accelerator, progress
+        )
+
+
+def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args, accelerator, progress):
+    out = run.path
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
-    seqs = encode_corpus(vqvae, canonical_order(checkpoints))
+    sources: set = set()
+    seqs = encode_corpus(vqvae, canonical_order(track_sources(checkpoints, sources)))
     model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
+    provenance = {**corpus_summary(sources), **base_model_summary(model)}
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
         raise ValueError(f"prior vocab_size {cfg.vocab_size} != VQ-VAE vocabulary {vqvae.config.vocab_size}")
@@ -241,37 +258,43 @@ def train_prior(
         )
     cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
     _structure(model, seqs, vqvae)
+    cfg.trained_layouts = list({s.layout.to_json(): s.layout.to_list() for s in seqs}.values())
     strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
     support = _support_pool({s.task for s in seqs}, args, cfg)
-    data = PriorExamples(
-        seqs, cfg, text_table, support, args.condition_dropout, args.seed + accelerator.process_index
+    settings = run_settings(
+        args,
+        cfg,
+        data_fingerprint(
+            *(s.tokens for s in seqs), [[s.model_id, s.instructions, s.arch_text, s.task] for s in seqs]
+        ),
     )
-    loader = DataLoader(
-        data,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=len(data) >= args.batch_size,
-        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    done = run.finished(IGPGPriorModel, settings)
+    if done is not None:
+        return done
+    data = PriorExamples(seqs, cfg, text_table, support, args.condition_dropout, args.seed)
     t0 = time.perf_counter()
 
     def step_fn(m, batch, step):
         cond, tokens, mask, places = batch
-        # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
-        embeds, labels = accelerator.unwrap_model(m).build_inputs(cond, tokens, mask, places)
-        loss = m(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+        # the prefix is built inside forward, so the (possibly DDP-wrapped) model sees every parameter it trains
+        loss = m(
+            conditions=cond, weight_tokens=tokens, loss_mask=mask, weight_positions=places, use_cache=False
+        ).loss
         return loss, {"loss": loss.item()}, f"loss {loss.item():.3f}"
 
     model, history = run_training(
         accelerator,
         model,
-        loader,
+        data,
         step_fn,
         out,
         steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
+        settings=settings,
         lr=args.lr,
         weight_decay=args.weight_decay,
         log_every=args.log_every,
@@ -283,19 +306,19 @@ def train_prior(
     if accelerator.is_main_process:
         model.config.training_summary = {
             **(model.config.training_summary or {}),
+            **provenance,
             "prior_steps": args.steps,
             "prior_final_loss": history[-1]["loss"] if history else None,
             "num_sequences": len(seqs),
         }
-        model.save_pretrained(out / "final")
-        atomic_write_json(
-            out / "final" / "training_log.json",
-            {
-                "args": asdict(args),
-                "history": history,
-                "num_sequences": len(seqs),
-                "seconds": time.perf_counter() - t0,
-            },
-        )
-    accelerator.wait_for_everyone()
+    run.save_final(
+        model,
+        {
+            "args": asdict(args),
+            "history": history,
+            "num_sequences": len(seqs),
+            "seconds": time.perf_counter() - t0,
+            "settings": settings,
+        },
+    )
     return model
