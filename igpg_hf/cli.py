@@ -13,6 +13,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -56,6 +57,10 @@ def _setup(verbose: bool) -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # datasets' own bars ("Generating train split") say nothing to a user; the library's progress bars stay
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "datasets" in sys.modules:  # already imported (a caller in the same process)
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def _fail(e: Exception) -> typing.NoReturn:
@@ -178,8 +183,15 @@ PriorConfig = Annotated[
     list[str] | None,
     typer.Option(help="IGPGPriorConfig field change, FIELD=VALUE (repeatable), e.g. n_layer=6."),
 ]
-_VQVAE_RECIPE = ("vqvae_preset",)
-_PRIOR_RECIPE = ("prior_preset", "text_encoder", "support_per_class", "n_positions", "max_n_positions")
+_VQVAE_RECIPE = ("vqvae_preset", "align_checkpoints")
+_PRIOR_RECIPE = (
+    "prior_preset",
+    "text_encoder",
+    "support_per_class",
+    "n_positions",
+    "max_n_positions",
+    "align_checkpoints",
+)
 
 
 # --------------------------------------------------------------------------------------- listings
@@ -246,6 +258,12 @@ def zoo_ingest(
     ],
     out: Annotated[Path, typer.Option(help="Output corpus folder.")],
     metadata_file: Annotated[str, typer.Option(help="Metadata file inside FOLDER.")] = "metadata.json",
+    on_error: Annotated[
+        str,
+        typer.Option(
+            help="raise | skip: skip unreadable or non-finite checkpoints, listed in ingest_report.json"
+        ),
+    ] = "raise",
     verbose: Verbose = False,
 ) -> None:
     """Turn a folder of existing checkpoints into a corpus (bit-exact)."""
@@ -253,7 +271,7 @@ def zoo_ingest(
     from .corpus import ingest_folder
 
     try:
-        corpus = ingest_folder(folder, out, metadata_file=metadata_file)
+        corpus = ingest_folder(folder, out, metadata_file=metadata_file, on_error=on_error)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     _print_summary(corpus.summary())
@@ -446,6 +464,14 @@ def generate_cmd(
         str | None,
         typer.Option(help="With --adapter --evaluate: the base-model folder (default: from the spec)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch threads (default: $IGPG_NUM_THREADS, else 1: one generation is small work, and more "
+            "threads beside another busy process made it several times slower).",
+        ),
+    ] = None,
     changes: dict | None = None,
 ) -> None:
     """Generate weights for an architecture (or adapters of a base model) from an instruction and save them.
@@ -457,14 +483,25 @@ def generate_cmd(
         return _generate_adapters(
             instruction, pipeline, adapter, rank, base, dataset, out, num_samples, seed, evaluate, changes
         )
+    import torch
+    from diffusers.utils import logging as diffusers_logging
     from safetensors.torch import save_file
 
     from .files import atomic_path
     from .pipeline_igpg import IGPGPipeline
+    from .sampling import THREADS_ENV, generation_num_threads
 
     sampling = dataclasses.replace(GenerationSettings(), **changes["sampling"])
     try:
+        threads = threads or generation_num_threads(0.0)  # $IGPG_NUM_THREADS, else 1
+    except ValueError as e:
+        _fail(e)
+    os.environ[THREADS_ENV] = str(threads)  # the sampler's setting too
+    torch.set_num_threads(threads)
+    diffusers_logging.disable_progress_bar()
+    try:
         pipe = IGPGPipeline.from_pretrained(pipeline)
+        pipe.set_progress_bar_config(disable=True)
         res = pipe(
             instruction,
             architecture=architecture,
@@ -555,18 +592,18 @@ def _generate_adapters(
 @app.command("push")
 def push_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline folder.")],
-    repo_id: Annotated[str, typer.Argument(help="Hub model repo id.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo id (without a namespace: yours).")],
     private: bool = False,
 ) -> None:
-    """Upload a trained pipeline (all components, model_index.json, model card) to the Hub."""
+    """Upload a saved pipeline folder as it is (components, model_index.json, model card); it must load first."""
     _setup(False)
-    from .pipeline_igpg import IGPGPipeline
+    from .hub import push_pipeline_folder
 
-    # the one library call; the Hub branch replaces it with a push of the saved folder as it is (no re-save)
-    IGPGPipeline.from_pretrained(pipeline).save_pretrained(
-        pipeline, push_to_hub=True, repo_id=repo_id, private=private
-    )
-    console.print(f"pushed {pipeline} to {repo_id}")
+    try:
+        commit = push_pipeline_folder(pipeline, repo_id, private=private)
+    except (ValueError, OSError) as e:
+        _fail(e)
+    console.print(f"pushed {pipeline} to {commit.repo_url.repo_id}: {commit}")
 
 
 # --------------------------------------------------------------------------------------- demo
@@ -605,7 +642,10 @@ def bench_cmd(
         str, typer.Option(help="smoke (about a minute) | default (README figures, < 1 h on 2 cores) | gpu")
     ] = "default",
     parts: Annotated[
-        str | None, typer.Option(help="Comma-separated experiments to run, e.g. seen,speed (default: all).")
+        str | None,
+        typer.Option(
+            help="Comma-separated experiments to run, e.g. seen,speed (default: every default one)."
+        ),
     ] = None,
     pipeline: Annotated[
         str | None, typer.Option(help="Reuse a trained pipeline for the seen tasks (with --corpus).")
@@ -619,6 +659,13 @@ def bench_cmd(
     threads: Annotated[
         int | None, typer.Option(help="torch threads in the main process (default: the preset's).")
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Experiment config change, EXPERIMENT.FIELD=VALUE (repeatable), e.g. speed.samples=10.",
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Benchmark: the registered experiments (seen and unseen tasks, unseen architectures, VQ-VAE fidelity,
@@ -629,9 +676,8 @@ def bench_cmd(
     try:
         changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v is not None}
         selected = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
-        res = run_benchmark(
-            out, BenchConfig.from_preset(preset, **changes), pipeline=pipeline, corpus=corpus, parts=selected
-        )
+        config = BenchConfig.from_preset(preset, **changes).with_changes(_key_values(set_, "--set"))
+        res = run_benchmark(out, config, pipeline=pipeline, corpus=corpus, parts=selected)
     except ValueError as e:
         _fail(e)
     for line in res.summary_lines():

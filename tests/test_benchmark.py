@@ -1,7 +1,9 @@
-"""The benchmark: the smoke preset end to end (seven parts, report, plots, resume) and the baselines it compares with."""
+"""The benchmark: the smoke preset end to end (seven experiments, report, plots, resume), adding an experiment, and
+the baselines it compares with."""
 
 import json
 import numbers
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,15 +16,16 @@ from igpg_hf.evaluation.baselines import (
     retrieve_by_embedding,
     select_best,
 )
-from igpg_hf.evaluation.benchmark import PARTS, BenchConfig, run_benchmark
+from igpg_hf.evaluation.benchmark import BenchConfig, run_benchmark
+from igpg_hf.evaluation.experiments import EXPERIMENTS, Experiment, ExperimentResult, default_parts
 from igpg_hf.zoo import architecture_for_task, get_task, load_task_data
 from igpg_hf.zoo.training import HyperParams, train_model
 
 SECTIONS = (
     "## 1. Seen tasks",
     "## 2. Unseen tasks",
-    "## 3. Unseen architectures",
-    "## 4. Tokenizer fidelity",
+    "## 3. Cross-architecture generation",
+    "## 4. VQ-VAE fidelity",
     "## 5. Novelty",
     "## 6. Speed and memory",
     "## 7. LoRA adapters",
@@ -31,10 +34,13 @@ SECTIONS = (
 )
 
 
+PARTS = ("seen", "unseen", "cross_arch", "fidelity", "novelty", "speed")
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    return out, run_benchmark(out, BenchConfig.from_preset("smoke"), progress=False)
+def smoke(smoke_bench):
+    out, res = smoke_bench
+    return out, res.results
 
 
 def _numbers(obj, path=""):
@@ -51,7 +57,12 @@ def _numbers(obj, path=""):
 
 def test_smoke_writes_six_parts_report_and_plots(smoke):
     out, res = smoke
-    assert set(PARTS) <= set(res)
+    assert (
+        tuple(default_parts()) == PARTS
+        and set(PARTS) <= set(res)
+        and not set(EXPERIMENTS) - set(PARTS) & set(res)
+    )
+    assert all(isinstance(res[p]["summary"], dict) and res[p]["summary"] for p in PARTS)
     on_disk = json.loads((out / "results.json").read_text())
     assert set(PARTS) <= set(on_disk) and on_disk["seen"] == res["seen"]
     report = (out / "report.md").read_text()
@@ -100,7 +111,15 @@ def test_smoke_figures_are_numbers(smoke):
             )
     assert isinstance(res["unseen"]["all_meet_20_points_aligned"], bool)
     for r in res["cross_arch"]["configs"].values():
-        assert isinstance(r["generated"]["recalibrated_mean"], float) and r["parameters"] > 0
+        for m in ("trained", "generated", "transplant", "random_init"):
+            assert all(
+                isinstance(r["methods"][m][k], float) for k in ("recalibrated_mean", "finetuned_mean")
+            ), m
+        assert r["parameters"] > 0 and r["kind"] in ("trained", "interior", "exterior")
+    s = res["cross_arch"]["summary"]
+    for k in ("in_distribution_ratio", "held_out_interior_ratio", "held_out_exterior_ratio"):
+        assert isinstance(s[k], float) and isinstance(s["transplant_" + k], float), k
+    assert set(res["cross_arch"]["ablations"]) == {"absolute"}
     assert all(isinstance(r["reconstructed"], float) for r in res["fidelity"]["rows"])
     assert all(
         isinstance(m["novelty"], float) and isinstance(m["copy"], bool) for m in res["novelty"]["models"]
@@ -108,14 +127,11 @@ def test_smoke_figures_are_numbers(smoke):
     sp = res["speed"]
     for path, v in _numbers(
         {
-            k: sp[k]
-            for k in (
-                "generate_1",
-                "prior_kv_cache_true",
-                "prior_kv_cache_false",
-                "train_one_model",
-                "tokenizer_by_size",
-            )
+            **{
+                k: sp["calls"][k]
+                for k in ("generate_1", "prior_kv_cache_true", "prior_kv_cache_false", "train_one_model")
+            },
+            "vqvae_by_size": sp["vqvae_by_size"],
         }
     ):
         if not path.endswith("architecture"):
@@ -128,7 +144,9 @@ def test_smoke_figures_are_numbers(smoke):
 
 def test_smoke_rerun_reuses_everything(smoke):
     out, res = smoke
-    again = run_benchmark(out, BenchConfig.from_preset("smoke"), parts=["seen", "novelty"], progress=False)
+    again = run_benchmark(
+        out, BenchConfig.from_preset("smoke"), parts=["seen", "novelty"], progress=False
+    ).results
     assert again["seen"] == res["seen"] and again["novelty"] == res["novelty"]
     assert again["unseen"] == res["unseen"]  # cached parts with the same config join the report
     assert again["timings"]["total_seconds"] < res["timings"]["total_seconds"]
@@ -145,14 +163,68 @@ def test_report_of_some_parts(smoke, tmp_path):
 
 
 def test_config_presets_and_errors(tmp_path):
-    assert BenchConfig.from_preset("gpu").seen.prior_preset == "small"
-    assert BenchConfig.from_preset("default").finetune_steps == [10, 25, 50]
+    assert BenchConfig.from_preset("gpu").zoos["seen"].recipe.prior_preset == "small"
+    assert BenchConfig.from_preset("default").experiments["seen"].finetune.steps == [10, 25, 50]
+    smoke = BenchConfig.from_preset("smoke")
+    assert smoke.experiments["novelty"].held_out_tasks == smoke.experiments["unseen"].tasks
     with pytest.raises(ValueError, match="preset 'huge'"):
         BenchConfig.from_preset("huge")
-    with pytest.raises(ValueError, match="parts"):
+    with pytest.raises(ValueError, match="unknown experiment 'sightseeing'"):
         run_benchmark(tmp_path, BenchConfig.from_preset("smoke"), parts=["sightseeing"])
     with pytest.raises(ValueError, match="pipeline and corpus"):
         run_benchmark(tmp_path, BenchConfig.from_preset("smoke"), pipeline="x")
+
+
+@dataclass
+class ToyResult(ExperimentResult):
+    tasks: dict[str, float]
+
+    def summary(self):
+        return {"mean_zoo_accuracy": sum(self.tasks.values()) / len(self.tasks)}
+
+
+class Toy(Experiment):
+    """An experiment written outside the package: one class, registered with one line."""
+
+    name, title, Result = "toy", "Toy", ToyResult
+
+    def run(self, ctx):
+        z = ctx.zoo("seen")
+        return ToyResult(
+            {t: sum(z.accuracy[c.metadata.model_id] for c in cs) / len(cs) for t, cs in z.by_task.items()}
+        )
+
+    def report(self, r):
+        return [f"## {self.title}", "", *(f"- {t}: {a:.1f}" for t, a in r.tasks.items()), ""]
+
+
+def test_an_experiment_is_one_class_and_one_registry_line(smoke, monkeypatch):
+    """The driver, results.json, the report and `--parts` pick up a registered experiment with no other edit."""
+    out, res = smoke
+    monkeypatch.setitem(EXPERIMENTS, Toy.name, Toy)
+    toy = run_benchmark(out, BenchConfig.from_preset("smoke"), parts=["toy"], progress=False)
+    assert (
+        set(toy.results["toy"]) == {"summary", "tasks"}
+        and toy.results["toy"]["summary"]["mean_zoo_accuracy"] > 0
+    )
+    assert toy.results["seen"] == res["seen"]  # the other experiments' caches stay valid
+    assert "## Toy" in (out / "report.md").read_text()
+    assert json.loads((out / "results.json").read_text())["meta"]["parts"] == ["toy"]
+
+
+@pytest.mark.slow
+def test_opt_in_experiments_and_config_changes(smoke, tmp_path):
+    """quantizers and label_alignment run only when named; `with_changes` sets an experiment's field."""
+    out, _ = smoke
+    config = BenchConfig.from_preset("smoke").with_changes({"label_alignment.min_z": -100.0})
+    res = run_benchmark(out, config, parts=["quantizers", "label_alignment"], progress=False).results
+    q, la = res["quantizers"], res["label_alignment"]
+    assert set(q["variants"]) == {"gumbel", "fsq"} and q["variants"]["fsq"]["vocab_size"] == 16
+    assert la["min_z"] == -100.0 and la["summary"]["aligned_nets"] == 2 * 2 * 2 * 2
+    with pytest.raises(ValueError, match="no field 'min_zz'"):
+        config.with_changes({"label_alignment.min_zz": 1})
+    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+        config.with_changes({"nope.x": 1})
 
 
 # ------------------------------------------------------------------------------------------- baselines

@@ -212,3 +212,34 @@ def test_presets_plan():
     assert len(gpu) > len(default)
     for r in gpu[:50]:
         build_model(r.spec, r.hp)
+
+
+def test_architecture_grid_builds_every_depth(tmp_path):
+    """`arch_grid` trains every combination for every seed (the cross-architecture zoo, built like any other)."""
+    grid = {"blocks": [[1, 1, 1], [1, 1, 2]]}
+    cfg = ZooConfig(
+        tasks=["digits"],
+        architectures={"digits": "resnet_small"},
+        arch_grid=grid,
+        seeds=[0, 1],
+        epochs=1,
+        keep_epochs=[1],
+    )
+    runs = plan_runs(cfg)
+    assert [r.run_id.rsplit("-", 1)[0] for r in runs] == [
+        "digits-resnet_small-blocks111-s0",
+        "digits-resnet_small-blocks112-s0",
+        "digits-resnet_small-blocks111-s1",
+        "digits-resnet_small-blocks112-s1",
+    ]
+    assert len({r.hp.init_seed for r in runs}) == 4  # each depth and seed its own initialization
+    corpus = build_zoo(cfg, tmp_path / "zoo", num_workers=1, progress=False)
+    assert sorted(c.arch().params["blocks"] for c in corpus) == [[1, 1, 1], [1, 1, 1], [1, 1, 2], [1, 1, 2]]
+    # a zoo without a grid keeps the ids it had before grids existed (the demo zoo's first run)
+    assert plan_runs(ZooConfig.from_preset("demo"))[0].run_id == "mnist-tiny_cnn-s0-d65b0e2a33"
+    with pytest.raises(ValueError, match="non-empty lists"):
+        ZooConfig(tasks=["digits"], arch_grid={"blocks": []})
+    with pytest.raises(ValueError, match="resnet: blocks"):
+        ZooConfig(tasks=["digits"], architectures={"digits": "resnet_small"}, arch_grid={"blocks": [[1, 1]]})
+    with pytest.raises(ValueError, match="arch_grid needs"):
+        ZooConfig(tasks=["digits"], zoo_kind="finetuned", arch_grid={"blocks": [[1, 1, 1]]})

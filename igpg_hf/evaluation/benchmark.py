@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from ..files import atomic_write_json
-from ..training.pipeline import PipelineRecipe
+from ..training.recipe import PipelineRecipe
 from ..training.zoo_builder import ZooConfig
-from .experiments import EXPERIMENTS, ExperimentResult, get_experiment
+from ..training.zoo_presets import resnet_depth_grid
+from .experiments import EXPERIMENTS, ExperimentResult, default_parts, get_experiment
 from .settings import GenerationSettings
 from .zoos import Zoo, ZooSetup, load_zoo, record_build
 
@@ -37,14 +38,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["BenchConfig", "BenchContext", "BenchResult", "run_benchmark"]
 
 _DIGITS = ["digits", "digits_rot90", "digits_rot180"]
-_RESNET_GPU_BLOCKS = [[a, b, c] for a in (1, 2, 3) for b in (1, 2, 3) for c in (1, 2, 3)]
+# n in 2..5 per stage, minus the interior depths the gpu cross_arch experiment holds out (60 configurations)
+_RESNET_GPU_BLOCKS = resnet_depth_grid(2, 5, ([3, 3, 3], [2, 4, 3], [4, 3, 2], [4, 5, 3]))
 
 
 def _recipe(preset: str, prior_changes: dict | None = None, **changes: Any) -> PipelineRecipe:
-    recipe = PipelineRecipe.from_preset(preset, **changes)
-    if prior_changes:
-        recipe.prior_training = dataclasses.replace(recipe.prior_training, **prior_changes)
-    return recipe
+    return PipelineRecipe.from_preset(preset).with_changes(changes, prior_training=prior_changes)
 
 
 def _zoo_setups(preset: str) -> dict[str, ZooSetup]:
@@ -134,6 +133,21 @@ class BenchConfig:
             **{**run[name], **changes},
         )
 
+    def with_changes(self, changes: dict[str, Any]) -> BenchConfig:
+        """A copy with experiment config fields changed: ``{"label_alignment.min_z": -100}``."""
+        new = copy.deepcopy(self)
+        for dotted, value in changes.items():
+            name, _, field_name = dotted.partition(".")
+            get_experiment(name)
+            config = new.experiments.get(name)
+            if config is None or not dataclasses.is_dataclass(config):
+                raise ValueError(f"experiment {name!r} has no config dataclass in this run")
+            if field_name not in {f.name for f in dataclasses.fields(config)}:
+                known = ", ".join(f.name for f in dataclasses.fields(config))
+                raise ValueError(f"{type(config).__name__} has no field {field_name!r}; fields: {known}")
+            new.experiments[name] = dataclasses.replace(config, **{field_name: value})
+        return new
+
 
 class _Pool:
     """Fine-tuning jobs in ``workers`` single-threaded processes (in-process when workers <= 1)."""
@@ -166,7 +180,8 @@ class BenchContext:
     - ``zoo(name)``: the `Zoo` of ``config.zoos[name]`` (built into ``out/zoo_{name}``, pipeline trained into
       ``out/pipeline_{name}``, both reused and resumed);
     - ``build_zoo(name, zoo_config)``: an extra zoo without a pipeline (e.g. trained references), its checkpoints;
-    - ``cache(piece, fn)``: ``fn()``'s JSON result, stored in ``out/parts/{piece}.json`` under this run's key;
+    - ``cache(piece, fn)``: ``fn()``'s JSON result, stored in ``out/parts/{piece}.json`` under the running
+      experiment's key (its config, the zoo setups, a given pipeline / corpus; any change recomputes);
     - ``experiment_config(name, cls)``: another experiment's config in this run (to share its settings);
     - ``pool.map(fn, jobs)``, ``workers``, ``progress``, ``out``, ``timings``.
     """
@@ -175,11 +190,11 @@ class BenchContext:
         self,
         config: BenchConfig,
         out: Path,
-        key: str,
         progress: bool = True,
         given: dict[str, tuple[str, str]] | None = None,
     ):
-        self.config, self.out, self.key, self.progress = config, out, key, progress
+        self.config, self.out, self.progress = config, out, progress
+        self.key = ""  # the running experiment's cache key (`key_for`)
         self.workers = config.workers
         self.pool = _Pool(config.workers)
         self.timings: dict[str, float] = {}
@@ -219,24 +234,34 @@ class BenchContext:
         self.timings[f"zoo_{name}_seconds"] = time.perf_counter() - t
         return list(corpus)
 
+    def key_for(self, name: str) -> str:
+        """The cache key of experiment ``name``: its config, every zoo setup, and a given pipeline / corpus."""
+        exp = get_experiment(name)
+        config = self.experiment_config(name, exp.Config)
+        settings = [
+            name,
+            asdict(config) if dataclasses.is_dataclass(config) else config,
+            {k: asdict(v) for k, v in self.config.zoos.items()},
+            sorted(self._given.items()),
+        ]
+        return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
     def cache(self, piece: str, fn: Callable[[], dict]) -> dict:
-        """``fn()`` (JSON-able) from ``out/parts/{piece}.json`` if computed with this run's config, else computed."""
-        path = self.out / "parts" / f"{piece}.json"
-        if path.exists():
-            stored = json.loads(path.read_text())
-            if stored.get("key") == self.key:
-                logger.info("reusing %s", path)
-                return stored["result"]
+        """``fn()`` (JSON-able) from ``out/parts/{piece}.json`` if computed under the current key, else computed."""
+        stored = self.cached(piece)
+        if stored is not None:
+            logger.info("reusing %s", self.out / "parts" / f"{piece}.json")
+            return stored
         result = json.loads(json.dumps(fn(), default=str))
-        atomic_write_json(path, {"key": self.key, "result": result})
+        atomic_write_json(self.out / "parts" / f"{piece}.json", {"key": self.key, "result": result})
         return result
 
-    def cached(self, piece: str) -> dict | None:
-        """A piece computed earlier with this run's config, or None."""
+    def cached(self, piece: str, key: str | None = None) -> dict | None:
+        """A piece computed earlier under ``key`` (default: the running experiment's), or None."""
         path = self.out / "parts" / f"{piece}.json"
         if path.exists():
             stored = json.loads(path.read_text())
-            if stored.get("key") == self.key:
+            if stored.get("key") == (key or self.key):
                 return stored["result"]
         return None
 
@@ -280,7 +305,7 @@ def run_benchmark(
     parts: list[str] | None = None,
     progress: bool = True,
 ) -> BenchResult:
-    """Run the registered experiments (all by default, or ``parts``), reusing zoos, pipelines and finished parts.
+    """Run the registered experiments (the default ones, or ``parts``), reusing zoos, pipelines and finished parts.
 
     ``pipeline`` + ``corpus`` reuse a trained pipeline and its training corpus (e.g. ``igpg-hf demo``'s) for the
     seen zoo. Writes ``results.json``, ``report.md`` and plots of the parts run (and of parts an earlier run
@@ -288,7 +313,7 @@ def run_benchmark(
     """
     from .report import plot_all, write_report
 
-    cfg, parts = config or BenchConfig(), list(parts or EXPERIMENTS)
+    cfg, parts = config or BenchConfig(), list(parts or default_parts())
     for p in parts:
         get_experiment(p)
     if (pipeline is None) != (corpus is None):
@@ -300,19 +325,14 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    settings = {
-        k: v for k, v in asdict(cfg).items() if k not in ("workers", "threads", "device")
-    }  # not results
-    key = hashlib.sha1(
-        json.dumps([settings, pipeline, corpus], sort_keys=True, default=str).encode()
-    ).hexdigest()
     given = {"seen": (corpus, pipeline)} if pipeline else {}
-    ctx = BenchContext(cfg, out, key, progress, given)
+    ctx = BenchContext(cfg, out, progress, given)
     start, typed = time.perf_counter(), {}
     try:
         for name in parts:  # part timings exclude the zoo builds and pipeline training they trigger
             exp = EXPERIMENTS[name](copy.deepcopy(ctx.experiment_config(name, EXPERIMENTS[name].Config)))
             before, t = ctx.loading_seconds(), time.perf_counter()
+            ctx.key = ctx.key_for(name)  # workers, threads and device change no result
             data = ctx.cache(name, lambda exp=exp: exp.run(ctx).to_dict())
             typed[name] = exp.Result.from_dict(data)
             ctx.timings[f"{name}_seconds"] = time.perf_counter() - t - (ctx.loading_seconds() - before)
@@ -321,7 +341,7 @@ def run_benchmark(
         ctx.close()
         torch.set_num_threads(threads)
     for name, exp in EXPERIMENTS.items():  # parts not asked for but already computed with this config join
-        data = ctx.cached(name) if name not in typed else None
+        data = ctx.cached(name, ctx.key_for(name)) if name not in typed else None
         if data is not None:
             typed[name] = exp.Result.from_dict(data)
     results: dict[str, Any] = {name: r.to_dict() for name, r in typed.items()}

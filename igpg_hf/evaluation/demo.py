@@ -20,14 +20,22 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_directory, atomic_path, atomic_write_json
+from ..files import (
+    FolderLock,
+    atomic_directory,
+    atomic_path,
+    atomic_write_json,
+    recover_directory,
+    remove_stale_temporaries,
+)
 from ..training.pipeline import PipelineRecipe, train_pipeline
 from ..training.zoo_builder import build_zoo
 from ..zoo.tasks import get_task
+from .baselines import random_init_state_dicts
 from .metrics import evaluate_state_dicts, finite_mean
 from .novelty import adjacent_epoch_novelty, count_copies, novelty, pairwise_scale
 from .settings import GenerationSettings
-from .zoos import ZooSetup
+from .zoos import Zoo, ZooSetup
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +156,9 @@ def run_demo(
     config = config or DemoConfig()
     gen_cfg = config.generation
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "demo output folder").acquire()  # one demo per folder; checks it is writable
+    recover_directory(out / "pipeline")  # a kill between the two renames of the pipeline save
+    remove_stale_temporaries(out)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -163,9 +173,11 @@ def run_demo(
     pipe = train_pipeline(checkpoints, config.recipe, out, progress=progress)
     timings["training_seconds"] = time.perf_counter() - t
     vqvae = pipe.vqvae
+    epochs = max(c.metadata.hyperparams.get("epochs", 0) for c in checkpoints)
+    zoo = Zoo("demo", pipe, checkpoints, epochs, config)  # samples exactly as the benchmark's experiments do
 
     # 3. per task: zoo, VQ-VAE reconstruction, generated samples, random init, copies, novelty
-    train_tokens = {c.metadata.model_id: vqvae.encode(c.state_dict(), c.layout) for c in checkpoints}
+    train_tokens = zoo.tokens
     tasks = sorted({c.metadata.task for c in checkpoints})
     per_task, adjacent = {}, []  # adjacent: distances between kept epochs of one run, the novelty scale
     for task in tasks:
@@ -173,28 +185,16 @@ def run_demo(
         spec = ck[0].arch()
         same_layout = [c for c in checkpoints if c.layout == ck[0].layout]
         recon = evaluate_state_dicts(spec, [vqvae.reconstruct(c.state_dict(), c.layout) for c in ck], task)
-        gen = pipe(
-            get_task(task).instruction,
-            architecture=spec,
-            dataset=task,
-            num_samples=gen_cfg.num_samples,
-            seed=gen_cfg.seed,
-            temperature=gen_cfg.temperature,
-            top_k=gen_cfg.top_k,
-            top_p=gen_cfg.top_p,
-        )
+        gen = zoo.generate(task, spec)
         gen_acc = evaluate_state_dicts(spec, gen.state_dicts, task)
         train_vec = torch.stack([c.vector() for c in ck])
         scale = pairwise_scale(train_vec)
         adjacent += adjacent_epoch_novelty(ck, scale)
-        zoo_acc = [
-            100.0 * c.metadata.test_acc for c in ck
-        ]  # the corpus stores fractions; results use percent
-        rand = []
-        for s in range(config.num_random_init):
-            torch.manual_seed(1000 + s)
-            rand.append(spec.build().state_dict())
-        rand_acc = evaluate_state_dicts(spec, rand, task)
+        # the corpus stores fractions; results use percent
+        zoo_acc = [100.0 * c.metadata.test_acc for c in ck]
+        rand_acc = evaluate_state_dicts(
+            spec, random_init_state_dicts(spec, config.num_random_init, 1000), task
+        )
         train_tok = torch.stack([train_tokens[c.metadata.model_id] for c in same_layout])
         own_tok = torch.stack([train_tokens[c.metadata.model_id] for c in ck])
         copies = count_copies(gen.token_ids, train_tok)
@@ -203,17 +203,7 @@ def run_demo(
         nov = novelty(gen_vec, train_vec, scale)
         new_only = {}
         if gen_cfg.novel_candidates:
-            new = pipe(
-                get_task(task).instruction,
-                architecture=spec,
-                dataset=task,
-                num_samples=gen_cfg.num_samples,
-                seed=gen_cfg.seed,
-                temperature=gen_cfg.novel_temperature,
-                top_k=gen_cfg.novel_top_k,
-                candidates_per_sample=gen_cfg.novel_candidates,
-                exclude_copies=True,
-            )
+            new = zoo.generate_new(task, spec)
             new_acc = evaluate_state_dicts(spec, new.state_dicts, task)
             new_vec = torch.stack([ck[0].layout.vectorize(sd) for sd in new.state_dicts])
             new_only = {
@@ -305,10 +295,11 @@ def run_demo(
         "corpus": f"igpg_hf zoo preset {config.zoo_preset!r}",
         "demo_results": summary,
     }
-    with atomic_directory(out / "pipeline") as tmp:
+    with atomic_directory(out / "pipeline") as tmp:  # whole or not at all: a kill leaves no half pipeline
         pipe.save_pretrained(tmp)
     atomic_write_json(out / "results.json", result.to_dict())
     plot_demo(result, out / "results.png")
+    lock.release()
     return result
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,40 +49,68 @@ def _checkpoints(corpus_or_checkpoints: Any) -> list:
     return checkpoints
 
 
+def _training_set(corpus_or_checkpoints: Any, recipe: PipelineRecipe) -> Callable[[], list]:
+    """The checkpoints the stages train on (ValueError now if there are none), permutation-aligned on first use
+    if the recipe says so: stages that are reused need no alignment."""
+    loaded = _checkpoints(corpus_or_checkpoints)
+    memo: list[list] = []
+
+    def get() -> list:
+        if not memo:
+            checkpoints = loaded
+            if recipe.align_checkpoints:
+                from ..zoo.alignment import align_checkpoints
+
+                checkpoints = align_checkpoints(checkpoints)
+            memo.append(checkpoints)
+        return memo[0]
+
+    return get
+
+
 def _check_stage(stage_dir: Path, recipe: PipelineRecipe, stage: str) -> None:
-    """Refuse to reuse or resume a stage trained with other settings; record the settings of a new one."""
+    """Refuse to reuse or resume a stage trained with other settings; record the settings of a stage to train.
+
+    Only a folder holding a trained model or a training checkpoint is checked: settings recorded for a run that
+    never got that far (it failed on a bad config) are simply replaced.
+    """
     path = stage_dir / "recipe.json"
     new = recipe.weights_key(stage)
-    if path.exists():
-        stored = json.loads(path.read_text())
-        changed = sorted(k for k in new if stored.get(k) != new[k])
-        if changed:
-            raise ValueError(
-                f"{stage_dir} holds a {stage} trained with other settings ({', '.join(changed)}: stored "
-                f"{ {k: stored.get(k) for k in changed} }, asked { {k: new[k] for k in changed} }); "
-                "use another output folder or delete this one"
-            )
+    trained = (stage_dir / "final" / "config.json").exists() or (stage_dir / "checkpoint").exists()
+    if not trained:
+        atomic_write_json(path, new)
         return
-    if (stage_dir / "final" / "config.json").exists() or (stage_dir / "checkpoint").exists():
+    if not path.exists():
         logger.warning("%s holds a %s but no recipe.json; reusing it unchecked", stage_dir, stage)
         return
-    atomic_write_json(path, new)
+    stored = json.loads(path.read_text())
+    changed = sorted(k for k in new if stored.get(k) != new[k])
+    if changed:
+        raise ValueError(
+            f"{stage_dir} holds a {stage} trained with other settings ({', '.join(changed)}: stored "
+            f"{ {k: stored.get(k) for k in changed} }, asked { {k: new[k] for k in changed} }); "
+            "use another output folder or delete this one"
+        )
 
 
 def train_pipeline_vqvae(
-    corpus_or_checkpoints: Any, recipe: PipelineRecipe, output_dir: str | os.PathLike, progress: bool = True
+    corpus_or_checkpoints: WeightCorpusLike,
+    recipe: PipelineRecipe,
+    output_dir: str | os.PathLike,
+    progress: bool = True,
 ) -> IGPGVQVAEModel:
     """The first stage of `train_pipeline` alone: the VQ-VAE in ``output_dir/vqvae`` (reused or resumed)."""
-    out = Path(output_dir)
-    _check_stage(out / "vqvae", recipe, "vqvae")
-    final = out / "vqvae" / "final"
-    if (final / "config.json").exists():
-        logger.info("reusing the VQ-VAE in %s", final)
-        return IGPGVQVAEModel.from_pretrained(final).eval()
-    checkpoints = _checkpoints(corpus_or_checkpoints)
-    return train_vqvae(
-        checkpoints, recipe.vqvae_config(), out / "vqvae", recipe.vqvae_training, progress=progress
-    ).eval()
+    return _vqvae_stage(_training_set(corpus_or_checkpoints, recipe), recipe, Path(output_dir), progress)
+
+
+def _vqvae_stage(training_set: Callable[[], list], recipe: PipelineRecipe, out: Path, progress: bool):
+    stage = out / "vqvae"
+    config = recipe.vqvae_config()  # a bad preset or field is a ValueError before anything is written
+    _check_stage(stage, recipe, "vqvae")
+    if (stage / "final" / "config.json").exists():
+        logger.info("reusing the VQ-VAE in %s", stage / "final")
+        return IGPGVQVAEModel.from_pretrained(stage / "final").eval()
+    return train_vqvae(training_set(), config, stage, recipe.vqvae_training, progress=progress).eval()
 
 
 def train_pipeline(
@@ -95,16 +123,16 @@ def train_pipeline(
     """Train (or reuse, or resume) the VQ-VAE and the prior of ``recipe`` on a corpus; return the pipeline.
 
     ``corpus_or_checkpoints``: a `WeightCorpus`, any iterable of its checkpoints (order does not matter), or a
-    corpus folder / Hub dataset id. Writes ``output_dir/vqvae/final`` and ``output_dir/prior/final`` (each stage
-    folder with its ``recipe.json``) (the pipeline itself is not saved: ``pipe.save_pretrained(dir)``). ``vqvae``: a
-    trained VQ-VAE (model or folder) to use instead of training ``output_dir/vqvae``. Raises ValueError on an
-    empty corpus, a recipe that disagrees with the one ``output_dir`` was trained with, or a VQ-VAE that cannot
-    encode the corpus.
+    corpus folder / Hub dataset id. Writes ``output_dir/vqvae/final`` and ``output_dir/prior/final``, each stage
+    folder with the ``recipe.json`` of its settings; the pipeline itself is not saved (``pipe.save_pretrained``).
+    ``vqvae``: a trained VQ-VAE (model or folder) to use instead of training ``output_dir/vqvae``. Raises
+    ValueError on an empty corpus, a bad preset or config field, a stage folder trained with other settings, or
+    a VQ-VAE that cannot encode the corpus.
     """
     out = Path(output_dir)
-    checkpoints = _checkpoints(corpus_or_checkpoints)
+    training_set = _training_set(corpus_or_checkpoints, recipe)
     if vqvae is None:
-        vqvae = train_pipeline_vqvae(checkpoints, recipe, out, progress=progress)
+        vqvae = _vqvae_stage(training_set, recipe, out, progress)
     elif not isinstance(vqvae, IGPGVQVAEModel):
         vqvae = IGPGVQVAEModel.from_pretrained(vqvae)
     vqvae = vqvae.eval()
@@ -115,6 +143,7 @@ def train_pipeline(
         logger.info("reusing the prior in %s", final)
         prior = IGPGPriorModel.from_pretrained(final)
     else:
+        checkpoints = training_set()
         longest = max(vqvae.num_tokens(c.layout) for c in checkpoints)
         config = recipe.prior_config(vqvae, longest)
         config.training_summary = {"recipe": recipe.to_dict()}

@@ -12,7 +12,7 @@ import importlib
 
 from .base import Experiment, ExperimentResult
 
-__all__ = ["EXPERIMENTS", "Experiment", "ExperimentResult", "register", "get_experiment"]
+__all__ = ["EXPERIMENTS", "Experiment", "ExperimentResult", "register", "get_experiment", "default_parts"]
 
 EXPERIMENTS: dict[str, type[Experiment]] = {}
 
@@ -32,6 +32,11 @@ def get_experiment(name: str) -> type[Experiment]:
     return EXPERIMENTS[name]
 
 
+def default_parts() -> list[str]:
+    """The experiments a run without ``parts`` runs (those with ``default = True``), in registry order."""
+    return [name for name, exp in EXPERIMENTS.items() if exp.default]
+
+
 def _module(name: str) -> None:
     register(importlib.import_module(f".{name}", __name__).EXPERIMENT)
 
@@ -43,4 +48,6 @@ _module("cross_arch")
 _module("fidelity")
 _module("novelty")
 _module("speed")
+_module("quantizers")
+_module("label_alignment")
 _module("lora")

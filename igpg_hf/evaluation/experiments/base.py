@@ -77,11 +77,15 @@ class Experiment:
     """One paper table or figure: ``Config`` (a dataclass), ``run(ctx) -> Result``, its report section, its plot.
 
     Subclasses set ``name`` (its key in ``results.json`` and in ``igpg-hf bench --parts``), ``title``,
-    ``Config`` and ``Result``, and implement `run`; `report`, `plot`, `headline` and `losses` are optional.
+    ``Config`` and ``Result``, and implement `run`; `report`, `plot`, `headline` and `losses` are optional;
+    ``default = False`` keeps an experiment out of the default run (``--parts`` still selects it).
     """
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
+    default: ClassVar[bool] = (
+        True  # run when no parts are named (False: only on request, e.g. costly studies)
+    )
     Config: ClassVar[type] = dict
     Result: ClassVar[type[ExperimentResult]] = ExperimentResult
 

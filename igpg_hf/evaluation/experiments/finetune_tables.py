@@ -53,6 +53,7 @@ LABELS = {
     "generated_aligned": "generated, label-aligned on 500 labelled (mean ± std)",
     "nearest_by_embedding_aligned": "retrieval by embedding, label-aligned",
     "best_on_500_aligned": "retrieval: best zoo checkpoint on 500 labelled after label alignment",
+    "transplant": "transplant of the nearest trained depth",
 }
 COLORS = {
     "random_init": "#999999",
@@ -86,9 +87,11 @@ class FinetuneSettings:
 
     @classmethod
     def from_preset(cls, name: str) -> FinetuneSettings:
-        """ "smoke": two short schedules and two starts per method; otherwise the defaults."""
+        """ "smoke": two short schedules and two starts per method; "gpu": ten starts; "default": the defaults."""
         if name == "smoke":
             return cls(epochs=[1, 2], steps=[5, 10], samples=2, best_of=2)
+        if name == "gpu":
+            return cls(samples=10)
         return cls()
 
 

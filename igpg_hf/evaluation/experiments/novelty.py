@@ -30,9 +30,13 @@ class NoveltyConfig:
 
     @classmethod
     def from_preset(cls, name: str) -> NoveltyConfig:
+        from .unseen import UnseenConfig
+
+        unseen = UnseenConfig.from_preset(name)  # the same held-out tasks as the unseen experiment's preset
+        held_out = dict(held_out_zoos=unseen.zoos, held_out_tasks=unseen.tasks)
         if name == "smoke":
-            return cls(noise_curve_scales=[0, 0.1, 0.5], noise_curve_checkpoints=1)
-        return cls()
+            return cls(noise_curve_scales=[0, 0.1, 0.5], noise_curve_checkpoints=1, **held_out)
+        return cls(**held_out)
 
 
 @dataclass
