@@ -161,6 +161,14 @@ class IGPGPriorConfig(GPT2Config):
     # fingerprints (`igpg_hf.sampling.sequence_hash`) of every training token sequence, so that the
     # pipeline can tell a sample that copies a training checkpoint token for token (set by train_prior)
     training_sequence_hashes: list[str] | None = None
+    # what the prior knows (set by train_prior; see `igpg_hf.conditioning.coverage`): per task its canonical
+    # instruction, a sample of its training wordings (their text-encoder embeddings are the buffer
+    # ``known_text_embeds``, rows in this order), its architectures; every architecture description; the
+    # out-of-distribution similarity threshold and how it was calibrated
+    known_tasks: dict[str, dict] | None = None
+    known_architectures: list[str] | None = None
+    ood_threshold: float | None = None
+    ood_calibration: dict | None = None
 
     def __post_init__(self, **kwargs: Any):
         # weight tokens have no BOS/EOS: sequences have a known length
@@ -178,6 +186,11 @@ class IGPGPriorConfig(GPT2Config):
         if self.context_rule not in ("", "longest", "fixed"):
             raise ValueError(f"context_rule must be 'longest', 'fixed' or '', got {self.context_rule!r}")
         super().__post_init__(**kwargs)
+
+    @property
+    def known_wording_tasks(self) -> list[str]:
+        """The task of each row of the prior's ``known_text_embeds`` buffer (empty if it records none)."""
+        return [t for t, d in (self.known_tasks or {}).items() for _ in d.get("wordings", ())]
 
     @property
     def max_weight_tokens(self) -> int:

@@ -90,6 +90,9 @@ class IGPGPriorModel(GPT2LMHeadModel):
         )
         self.null_conditions = nn.Parameter(torch.zeros(3, d))  # text, arch, dataset
         self.block_embed = nn.Embedding(config.max_blocks, d)
+        n_known = len(config.known_wording_tasks)
+        if n_known:  # text-encoder embeddings of the known wordings (M, E), filled by train_prior
+            self.register_buffer("known_text_embeds", torch.zeros(n_known, config.text_embed_dim))
         self.post_init()
 
     def build_prefix(self, cond: IGPGConditions, batch_size: int | None = None) -> torch.Tensor:

@@ -31,6 +31,13 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .conditioning import encode_text, prepare_support_set
+from .conditioning.coverage import (
+    ConditionReport,
+    KnownTask,
+    check_conditions,
+    known_conditions_markdown,
+    known_tasks,
+)
 from .configuration_igpg import IGPGPriorConfig
 from .label_alignment import LabelAlignment
 from .label_alignment import align_labels as align_labels_fn
@@ -55,7 +62,9 @@ class IGPGPipelineOutput(BaseOutput):
     training checkpoint token for token (None if the prior stores no training fingerprints);
     num_candidates / candidate_copies: how many sequences were drawn to choose from, and how many of
     them were copies (None if unknown); label_alignments: per sample, how its output units were
-    reordered to the labelled samples (`LabelAlignment`; None unless ``align_labels=True``)."""
+    reordered to the labelled samples (`LabelAlignment`; None unless ``align_labels=True``); conditions: how
+    close the instruction and architecture are to what the prior was trained on (nearest known tasks with their
+    similarity, the out-of-distribution flag, whether the architecture is known; `ConditionReport`)."""
 
     state_dicts: list[dict[str, torch.Tensor]]
     modules: list[nn.Module] | None
@@ -66,6 +75,7 @@ class IGPGPipelineOutput(BaseOutput):
     num_candidates: int | None = None
     candidate_copies: int | None = None
     label_alignments: list[LabelAlignment] | None = None
+    conditions: ConditionReport | None = None
 
 
 class IGPGPipeline(DiffusionPipeline):
@@ -248,6 +258,8 @@ class IGPGPipeline(DiffusionPipeline):
         with self._stage(self.text_encoder):
             emb = encode_text([instruction, arch_text], self.text_encoder, self.tokenizer)  # (2, E)
         cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **self._dataset_condition(dataset, 1))
+        # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
+        report = check_conditions(self.prior, instruction, emb[0], arch_text)
         # 4. sample weight tokens autoregressively (block by block past the context)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         n_draw = num_samples * candidates_per_sample
@@ -308,7 +320,26 @@ class IGPGPipeline(DiffusionPipeline):
             num_candidates=n_draw,
             candidate_copies=candidate_copies,
             label_alignments=alignments,
+            conditions=report,
         )
+
+    # ------------------------------------------------------------------ what the prior knows
+    def known_tasks(self) -> dict[str, KnownTask]:
+        """The tasks the prior was trained on: canonical instruction, sample wordings, architectures (by name)."""
+        return known_tasks(self.prior.config)
+
+    def known_architectures(self) -> list[str]:
+        """The architecture descriptions the prior has training checkpoints of."""
+        return list(self.prior.config.known_architectures or [])
+
+    def check_instruction(self, instruction: str, architecture: Any = None) -> ConditionReport:
+        """How close ``instruction`` (and optionally an architecture) is to what the prior knows, without
+        generating; warns like a call would (`OutOfDistributionWarning`)."""
+        arch_text = self.resolve_architecture(architecture)[1] if architecture is not None else None
+        with self._stage(self.text_encoder):
+            emb = encode_text([instruction], self.text_encoder, self.tokenizer)
+        report = check_conditions(self.prior, instruction, emb[0], arch_text)
+        return report
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
@@ -345,6 +376,7 @@ def write_model_card(save_directory: str | os.PathLike, pipe: IGPGPipeline) -> P
         "text_encoder": pr.text_encoder_name or type(pipe.text_encoder).__name__,
         "corpus": summary.get("corpus", "unknown"),
         "training_summary": json.dumps(summary, indent=2, default=str),
+        "known_conditions": known_conditions_markdown(pr),
     }
     text = CARD_TEMPLATE.read_text() if CARD_TEMPLATE.exists() else "# IGPG pipeline\n\n{training_summary}\n"
     for k, v in values.items():

@@ -51,25 +51,44 @@ class EncodedCheckpoint:
     model_id: str
 
 
-def _instructions(meta) -> tuple[str, ...]:
+def _sample_wordings(wordings: tuple[str, ...], n: int | None, key: str, head: int = 4) -> tuple[str, ...]:
+    """The first ``head`` wordings (canonical, paraphrases) and a fixed random sample of the rest, ``n`` in all."""
+    if n is None or len(wordings) <= n:
+        return tuple(wordings)
+    head = min(head, n)
+    rest = random.Random(f"wordings/{key}").sample(list(wordings[head:]), n - head)
+    return (*wordings[:head], *rest)
+
+
+def _instructions(meta, per_task: int | None = None) -> tuple[str, ...]:
+    """A checkpoint's training wordings, canonical first: a registered task's grammar wordings
+    (`igpg_hf.zoo.instructions.training_instructions`; with ``per_task``, its registered ones and a fixed sample of
+    the rest), else the checkpoint's own instruction."""
+    from ..zoo.instructions import training_instructions
     from ..zoo.tasks import _REGISTRY
 
     spec = _REGISTRY.get(meta.task)
     if spec is not None:
-        return spec.instructions
+        return _sample_wordings(training_instructions(spec), per_task, spec.name, len(spec.instructions))
     if not meta.instruction:
         raise ValueError(f"checkpoint {meta.model_id!r} has neither a registered task nor an instruction")
     return (meta.instruction,)
 
 
-def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedCheckpoint]:
+def encode_corpus(
+    vqvae: IGPGVQVAEModel, checkpoints: Iterable, wordings_per_task: int | None = None
+) -> list[EncodedCheckpoint]:
     """Encode every checkpoint into its token sequence with the frozen VQ-VAE (in the order given)."""
     out = []
     for c in checkpoints:
         m = c.metadata
         out.append(
             EncodedCheckpoint(
-                vqvae.encode(c.state_dict(), c.layout), _instructions(m), m.arch_text, m.task, m.model_id
+                vqvae.encode(c.state_dict(), c.layout),
+                _instructions(m, wordings_per_task),
+                m.arch_text,
+                m.task,
+                m.model_id,
             )
         )
     if not out:
@@ -88,6 +107,7 @@ class PriorExamples(Dataset):
         support: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
         dropout: float,
         seed: int,
+        canonical_probability: float = 0.0,
     ):
         self.seqs, self.cfg, self.text, self.support, self.dropout = (
             seqs,
@@ -97,6 +117,7 @@ class PriorExamples(Dataset):
             dropout,
         )
         self.rng = random.Random(seed)
+        self.canonical_probability = canonical_probability
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -111,7 +132,10 @@ class PriorExamples(Dataset):
             "tokens": tokens,
             "loss_mask": loss_mask,
             "block": w.index,
-            "text": self.text[rng.choice(s.instructions)],
+            # the canonical instruction (first) now and then, else any training wording
+            "text": self.text[
+                s.instructions[0] if rng.random() < self.canonical_probability else rng.choice(s.instructions)
+            ],
             "arch": self.text[s.arch_text],
             "drop": [rng.random() < self.dropout for _ in range(3)],
         }
@@ -168,6 +192,38 @@ def _support_pool(tasks: set[str], args: PriorTrainingArgs, config: IGPGPriorCon
     return pool
 
 
+def _record_known_conditions(model, seqs, text_table, text_encoder, tokenizer, args) -> None:
+    """Known tasks, wordings and architectures into the prior; the out-of-distribution threshold calibrated on
+    held-out calibration wordings of these tasks against the calibration half of the unrelated instructions."""
+    from ..conditioning.coverage import KnownTask, record_known_conditions
+    from ..zoo.instructions import heldout_instructions, unrelated_instructions
+    from ..zoo.tasks import _REGISTRY
+
+    by_task: dict[str, list[EncodedCheckpoint]] = {}
+    for s in seqs:
+        by_task.setdefault(s.task, []).append(s)
+    tasks = {
+        t: KnownTask(
+            name=t,
+            instruction=ss[0].instructions[0],
+            wordings=list(_sample_wordings(ss[0].instructions, args.known_wordings_per_task, f"known/{t}")),
+            architectures=sorted({s.arch_text for s in ss}),
+            num_checkpoints=len(ss),
+            num_training_wordings=len(ss[0].instructions),
+        )
+        for t, ss in by_task.items()
+    }
+    calib = [w for t in sorted(tasks) if t in _REGISTRY for w in heldout_instructions(t, "calibration")]
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        known = [t for t in texts if t in text_table]
+        if len(known) == len(texts):
+            return torch.stack([text_table[t] for t in texts])
+        return encode_text(texts, text_encoder, tokenizer).cpu()
+
+    record_known_conditions(model, tasks, embed, calib, list(unrelated_instructions("calibration")))
+
+
 def train_prior(
     checkpoints: Iterable,
     vqvae: IGPGVQVAEModel,
@@ -190,7 +246,7 @@ def train_prior(
     out = Path(output_dir)
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
-    seqs = encode_corpus(vqvae, canonical_order(checkpoints))
+    seqs = encode_corpus(vqvae, canonical_order(checkpoints), args.wordings_per_task)
     model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
@@ -203,9 +259,16 @@ def train_prior(
     strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
     emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
+    _record_known_conditions(model, seqs, text_table, text_encoder, tokenizer, args)
     support = _support_pool({s.task for s in seqs}, args, cfg)
     data = PriorExamples(
-        seqs, cfg, text_table, support, args.condition_dropout, args.seed + accelerator.process_index
+        seqs,
+        cfg,
+        text_table,
+        support,
+        args.condition_dropout,
+        args.seed + accelerator.process_index,
+        args.canonical_probability,
     )
     loader = DataLoader(
         data,
