@@ -17,6 +17,7 @@ from torch import nn
 from transformers import GPT2LMHeadModel, PreTrainedModel
 
 from .conditioning.dataset import DatasetSetEncoder
+from .conditioning.text import TextAttentionPool
 from .configuration_igpg import IGPGPriorConfig
 
 # diffusers' loader looks up PreTrainedModel *in this module* to find the load method of a
@@ -30,7 +31,8 @@ __all__ = ["IGPGPriorModel", "IGPGConditions"]
 class IGPGConditions:
     """Condition inputs for a batch of B sequences; any may be None (-> learned null embedding).
 
-    text_embeds, arch_embeds: (B, E) text-encoder embeddings. dataset_feats (B, S, F) and
+    text_embeds, arch_embeds: (B, E) text-encoder embeddings; text_states (B, L, E) with text_mask (B, L): the
+    instruction's token states, which a prior with ``text_pooling="attention"`` pools itself. dataset_feats (B, S, F) and
     dataset_labels (B, S) from `prepare_support_set`, dataset_mask (B, S). block_index (B,) for
     block-wise generation. ``drop`` maps "text"/"arch"/"dataset" to (B,) bool rows to null out
     (condition dropout while training).
@@ -43,9 +45,11 @@ class IGPGConditions:
     dataset_mask: torch.Tensor | None = None
     block_index: torch.Tensor | None = None
     drop: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_states: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
 
     def batch_size(self) -> int | None:
-        for t in (self.text_embeds, self.arch_embeds, self.dataset_feats, self.block_index):
+        for t in (self.text_embeds, self.arch_embeds, self.dataset_feats, self.block_index, self.text_states):
             if t is not None:
                 return t.shape[0]
         return None
@@ -60,6 +64,8 @@ class IGPGConditions:
             mv(self.dataset_mask),
             mv(self.block_index),
             {k: mv(v) for k, v in self.drop.items()},
+            mv(self.text_states),
+            mv(self.text_mask),
         )
 
     def repeat_interleave(self, n: int) -> IGPGConditions:
@@ -72,6 +78,8 @@ class IGPGConditions:
             r(self.dataset_mask),
             r(self.block_index),
             {k: r(v) for k, v in self.drop.items()},
+            r(self.text_states),
+            r(self.text_mask),
         )
 
 
@@ -84,6 +92,8 @@ class IGPGPriorModel(GPT2LMHeadModel):
         super().__init__(config)
         d = config.n_embd
         self.text_proj = nn.Linear(config.text_embed_dim, d)
+        if config.text_pooling == "attention":  # pools the instruction's token states (TextAttentionPool)
+            self.text_pool = TextAttentionPool(config.text_embed_dim, config.text_pool_heads)
         self.arch_proj = nn.Linear(config.text_embed_dim, d)
         self.dataset_encoder = DatasetSetEncoder(
             config.dataset_feature_dim, config.max_classes, config.dataset_hidden_size, d
@@ -105,7 +115,7 @@ class IGPGPriorModel(GPT2LMHeadModel):
         parts = []
         for i, (name, emb) in enumerate(
             (
-                ("text", None if cond.text_embeds is None else self.text_proj(cond.text_embeds.to(dev, dt))),
+                ("text", self._text(cond, dev, dt)),
                 ("arch", None if cond.arch_embeds is None else self.arch_proj(cond.arch_embeds.to(dev, dt))),
                 (
                     "dataset",
@@ -131,6 +141,22 @@ class IGPGPriorModel(GPT2LMHeadModel):
             )
         parts.append(self.block_embed(block.to(dev)))
         return torch.stack(parts, 1)  # (B, P, d)
+
+    def _text(self, cond: IGPGConditions, dev, dt) -> torch.Tensor | None:
+        """The projected instruction (B, d): pooled from token states by ``text_pool`` if the prior has one."""
+        if getattr(self, "text_pool", None) is None:
+            return None if cond.text_embeds is None else self.text_proj(cond.text_embeds.to(dev, dt))
+        if cond.text_states is not None:
+            states, mask = cond.text_states.to(dev, dt), cond.text_mask
+            mask = torch.ones(states.shape[:2], dtype=torch.bool) if mask is None else mask
+        elif cond.text_embeds is not None:  # no token states given: the embedding as a one-token text
+            states, mask = (
+                cond.text_embeds.to(dev, dt).unsqueeze(1),
+                torch.ones(cond.text_embeds.shape[0], 1).bool(),
+            )
+        else:
+            return None
+        return self.text_proj(self.text_pool(states, mask.to(dev)))
 
     def embed_sequence(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Prefix (B, P, d) and weight tokens (B, N) -> inputs_embeds (B, P+N, d)."""

@@ -30,7 +30,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .conditioning import encode_text, prepare_support_set
+from .conditioning import encode_text, encode_text_states, pad_text_states, prepare_support_set
 from .conditioning.coverage import (
     ConditionReport,
     KnownTask,
@@ -172,6 +172,13 @@ class IGPGPipeline(DiffusionPipeline):
         x, y = (torch.as_tensor(t) for t in dataset)
         return x, y.long()
 
+    def _text_states(self, instruction: str) -> dict[str, torch.Tensor]:
+        """The instruction's token states (1, L, E) and mask, if the prior pools them itself; else nothing."""
+        if getattr(self.prior, "text_pool", None) is None:
+            return {}
+        states, mask = pad_text_states(encode_text_states([instruction], self.text_encoder, self.tokenizer))
+        return {"text_states": states, "text_mask": mask}
+
     def _dataset_condition(self, dataset: Any, batch: int) -> dict[str, torch.Tensor]:
         pair = self._labelled_samples(dataset)
         if pair is None:
@@ -257,7 +264,10 @@ class IGPGPipeline(DiffusionPipeline):
         # 3. encode the conditions (one row, expanded over samples by the sampler)
         with self._stage(self.text_encoder):
             emb = encode_text([instruction, arch_text], self.text_encoder, self.tokenizer)  # (2, E)
-        cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **self._dataset_condition(dataset, 1))
+            text = self._text_states(instruction)
+        cond = IGPGConditions(
+            text_embeds=emb[:1], arch_embeds=emb[1:], **text, **self._dataset_condition(dataset, 1)
+        )
         # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
         report = check_conditions(self.prior, instruction, emb[0], arch_text)
         # 4. sample weight tokens autoregressively (block by block past the context)

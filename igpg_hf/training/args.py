@@ -41,6 +41,8 @@ class PriorTrainingArgs:
     canonical_probability: float = 0.1
     # training wordings per task whose embeddings the prior keeps to say how close an instruction is
     known_wordings_per_task: int = 32
+    # steps that train a prior's attention text pooling to tell the known tasks apart, before it is frozen
+    text_pool_steps: int = 400
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0

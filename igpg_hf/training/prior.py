@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 
-from ..conditioning import encode_text, prepare_support_set
+from ..conditioning import encode_text, encode_text_states, pad_text_states, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
 from ..files import atomic_write_json
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
@@ -108,6 +108,7 @@ class PriorExamples(Dataset):
         dropout: float,
         seed: int,
         canonical_probability: float = 0.0,
+        text_states: dict[str, torch.Tensor] | None = None,
     ):
         self.seqs, self.cfg, self.text, self.support, self.dropout = (
             seqs,
@@ -118,6 +119,7 @@ class PriorExamples(Dataset):
         )
         self.rng = random.Random(seed)
         self.canonical_probability = canonical_probability
+        self.text_states = text_states  # wording -> (L, E) token states, for priors that pool them
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -128,17 +130,20 @@ class PriorExamples(Dataset):
         w = rng.choice(wins)
         tokens = s.tokens[w.context_start : w.stop]
         loss_mask = torch.arange(len(tokens)) >= (w.start - w.context_start)
+        # the canonical instruction (first) now and then, else any training wording
+        wording = (
+            s.instructions[0] if rng.random() < self.canonical_probability else rng.choice(s.instructions)
+        )
         item = {
             "tokens": tokens,
             "loss_mask": loss_mask,
             "block": w.index,
-            # the canonical instruction (first) now and then, else any training wording
-            "text": self.text[
-                s.instructions[0] if rng.random() < self.canonical_probability else rng.choice(s.instructions)
-            ],
+            "text": self.text[wording],
             "arch": self.text[s.arch_text],
             "drop": [rng.random() < self.dropout for _ in range(3)],
         }
+        if self.text_states is not None:
+            item["text_states"] = self.text_states[wording]
         pool = self.support.get(s.task)
         if pool:
             item["feats"], item["labels"] = rng.choice(pool)
@@ -165,6 +170,9 @@ def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.
             k = len(it["labels"])
             feats[b, :k], labels[b, :k], smask[b, :k] = it["feats"], it["labels"], True
     drop = torch.tensor([it["drop"] for it in items])  # (B, 3)
+    states = (
+        pad_text_states([it["text_states"].float() for it in items]) if "text_states" in items[0] else None
+    )
     cond = IGPGConditions(
         text_embeds=torch.stack([it["text"] for it in items]),
         arch_embeds=torch.stack([it["arch"] for it in items]),
@@ -173,6 +181,8 @@ def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.
         dataset_mask=smask,
         block_index=torch.tensor([it["block"] for it in items]),
         drop={"text": drop[:, 0], "arch": drop[:, 1], "dataset": drop[:, 2] | ~smask.any(1)},
+        text_states=None if states is None else states[0],
+        text_mask=None if states is None else states[1],
     )
     return cond, tokens, mask
 
@@ -190,6 +200,38 @@ def _support_pool(tasks: set[str], args: PriorTrainingArgs, config: IGPGPriorCon
                 x, y = sample_support_set(t, config.support_per_class, seed=k)
                 pool[t].append((prepare_support_set(x, y, config.dataset_feature_dim), y))
     return pool
+
+
+def _train_text_pool(model, seqs, states: dict[str, torch.Tensor], args: PriorTrainingArgs) -> None:
+    """Train the prior's text pooling to tell the known tasks apart from their training wordings, then freeze it.
+
+    Cosine logits against one learned prototype per task, cross-entropy, ``args.text_pool_steps`` steps of 128
+    wordings. Frozen afterwards, so the prior's own loss cannot make it fit the training templates. A corpus of
+    one task has nothing to tell apart: the pooling stays as initialized (and frozen).
+    """
+    pool = model.text_pool
+    by_task = {s.task: s.instructions for s in seqs}
+    examples = [(w, i) for i, t in enumerate(sorted(by_task)) for w in by_task[t]]
+    if len(by_task) > 1 and args.text_pool_steps > 0:
+        g = torch.Generator().manual_seed(args.seed)
+        dim = pool.key.in_features
+        protos = torch.nn.Parameter(torch.randn(len(by_task), dim, generator=g) * 0.1)
+        opt = torch.optim.AdamW([*pool.parameters(), protos], lr=2e-3, weight_decay=0.01)
+        pool.train()
+        for step in range(args.text_pool_steps):
+            idx = torch.randint(len(examples), (min(128, len(examples)),), generator=g).tolist()
+            x, m = pad_text_states([states[examples[i][0]].float() for i in idx])
+            y = torch.tensor([examples[i][1] for i in idx])
+            z = torch.nn.functional.normalize(pool(x, m), dim=-1)  # (B, E)
+            loss = torch.nn.functional.cross_entropy(
+                16 * z @ torch.nn.functional.normalize(protos, dim=-1).T, y
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if (step + 1) % 100 == 0:
+                logger.info("text pooling step %d: task loss %.4f", step + 1, loss.item())
+    pool.requires_grad_(False)
 
 
 def _record_known_conditions(model, seqs, text_table, text_encoder, tokenizer, args) -> None:
@@ -256,10 +298,23 @@ def train_prior(
             f"prior tokens_per_chunk {cfg.tokens_per_chunk} != VQ-VAE's {vqvae.config.tokens_per_chunk}"
         )
     cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
-    strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
-    emb = encode_text(strings, text_encoder, tokenizer).cpu()
+    wordings = sorted({t for s in seqs for t in s.instructions})
+    archs = sorted({s.arch_text for s in seqs} - set(wordings))
+    states = None
+    if getattr(model, "text_pool", None) is not None:
+        # one encoder pass: token states for the prior's pooling; their normalized mean is `encode_text`'s embedding
+        st = encode_text_states(wordings, text_encoder, tokenizer)
+        emb = torch.nn.functional.normalize(torch.stack([x.mean(0) for x in st]), dim=-1)
+        states = {w: x.half() for w, x in zip(wordings, st, strict=True)}  # half: 3,500 wordings ~ 70 MB
+        strings = [*wordings, *archs]
+        emb = torch.cat([emb, encode_text(archs, text_encoder, tokenizer).cpu()]) if archs else emb
+    else:
+        strings = [*wordings, *archs]
+        emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
     _record_known_conditions(model, seqs, text_table, text_encoder, tokenizer, args)
+    if states is not None:
+        _train_text_pool(model, seqs, states, args)
     support = _support_pool({s.task for s in seqs}, args, cfg)
     data = PriorExamples(
         seqs,
@@ -269,6 +324,7 @@ def train_prior(
         args.condition_dropout,
         args.seed + accelerator.process_index,
         args.canonical_probability,
+        states,
     )
     loader = DataLoader(
         data,
