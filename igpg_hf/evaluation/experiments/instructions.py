@@ -224,7 +224,9 @@ class Instructions(Experiment):
             return similarity_to_known(pipe.prior, embed(texts))[0].max(1).values.tolist()
 
         sim_heldout, sim_unrelated = best_similarity(all_heldout), best_similarity(unrel)
+        ident = _task_identification(pipe, tasks, archs_of, all_heldout, embed)
         return {
+            "task_identification": ident,
             "canonical": canonical,
             "wordings": wordings,
             "unrelated": unrelated,
@@ -238,7 +240,10 @@ class Instructions(Experiment):
                 .quantile(torch.tensor([0.0, 0.01, 0.05, 0.5]))
                 .tolist(),
             },
-            "summary": _summary(canonical, wordings, unrelated, sim_heldout, sim_unrelated, threshold),
+            "summary": {
+                **_summary(canonical, wordings, unrelated, sim_heldout, sim_unrelated, threshold),
+                **{f"task_identification_{k}": v for k, v in ident.items() if isinstance(v, float)},
+            },
         }
 
     # -------------------------------------------------------------------------------------------------
@@ -273,6 +278,9 @@ class Instructions(Experiment):
                 f"| held-out wordings flagged | {fmt(s['ood_flag_rate_heldout'], 3)} | | ≤ 0.05 |",
                 f"| copies of training checkpoints | {s['copies']} of {s['samples']} samples | | |",
                 "",
+                "Task identification of every held-out wording (nearest known wording of a task with the same "
+                f"architecture): MiniLM mean embedding {fmt(s.get('task_identification_mean_embedding'), 3)}, the "
+                f"prior's text pooling {fmt(s.get('task_identification_prior_text_pool'), 3)}. "
                 f"Retrieval picked the right task for {fmt(s['retrieval_task_accuracy'], 3)} of held-out wordings. "
                 f"Where retrieval wins (text only, ratio above the generated one): {s['retrieval_wins_text']} of "
                 f"{s['num_wordings']} (task, wording) pairs; with samples: {s['retrieval_wins_data']}.",
@@ -323,6 +331,49 @@ class Instructions(Experiment):
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         return path
+
+
+def _task_identification(pipe, tasks, archs_of, heldout: list[str], embed) -> dict[str, Any]:
+    """Share of held-out wordings whose nearest known wording (among tasks of the same architectures) is of the
+    right task: by the text encoder's mean embedding (what the out-of-distribution flag uses), and through the
+    prior's own text pooling when it has one (what the prior conditions on)."""
+    from ...conditioning import encode_text_states, pad_text_states
+
+    known = pipe.known_tasks()
+    owner = {w: t for t in tasks for w in heldout_instructions(t, "evaluation")}
+    rows = [(w, t) for t, k in known.items() if t in archs_of for w in k.wordings]
+    if not rows:
+        return {}
+    same = {t: {u for u in archs_of if set(archs_of[u]) & set(archs_of[t])} for t in archs_of}
+
+    def accuracy(q: torch.Tensor, keys: torch.Tensor) -> float:
+        q, keys = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(keys, dim=-1)
+        sims, ok = q @ keys.T, 0
+        for i, w in enumerate(heldout):
+            cand = [j for j, (_, t) in enumerate(rows) if t in same[owner[w]]]
+            ok += rows[cand[int(sims[i, cand].argmax())]][1] == owner[w]
+        return ok / len(heldout)
+
+    out = {
+        "num_wordings": len(heldout),
+        "mean_embedding": accuracy(embed(heldout), embed([w for w, _ in rows])),
+    }
+    pool = getattr(pipe.prior, "text_pool", None)
+    if pool is not None:
+        with torch.no_grad():
+
+            def pooled(texts: list[str]) -> torch.Tensor:
+                st = encode_text_states(texts, pipe.text_encoder, pipe.tokenizer)
+                dev = next(pool.parameters()).device
+                return torch.cat(
+                    [
+                        pool(*(t.to(dev) for t in pad_text_states(st[i : i + 256]))).cpu()
+                        for i in range(0, len(st), 256)
+                    ]
+                )
+
+            out["prior_text_pool"] = accuracy(pooled(heldout), pooled([w for w, _ in rows]))
+    return out
 
 
 def _share(xs: list[float], at_least: float) -> float:
