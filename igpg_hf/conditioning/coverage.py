@@ -109,7 +109,12 @@ def similarity_to_known(prior: Any, text_embeds: torch.Tensor) -> tuple[torch.Te
 
 
 def check_conditions(
-    prior: Any, instruction: str, text_embed: torch.Tensor, architecture_text: str | None, warn: bool = True
+    prior: Any,
+    instruction: str,
+    text_embed: torch.Tensor,
+    architecture_text: str | None,
+    warn: bool = True,
+    stacklevel: int = 3,
 ) -> ConditionReport:
     """Compare one call's instruction embedding (E,) and architecture description (None: not checked) with what
     ``prior`` knows.
@@ -151,7 +156,7 @@ def check_conditions(
         )
     if warn:
         for w in report.warnings:
-            warnings.warn(w, OutOfDistributionWarning, stacklevel=3)
+            warnings.warn(w, OutOfDistributionWarning, stacklevel=stacklevel)  # point at the user's call
     return report
 
 
