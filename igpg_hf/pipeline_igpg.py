@@ -269,7 +269,7 @@ class IGPGPipeline(DiffusionPipeline):
             text_embeds=emb[:1], arch_embeds=emb[1:], **text, **self._dataset_condition(dataset, 1)
         )
         # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
-        report = check_conditions(self.prior, instruction, emb[0], arch_text)
+        report = check_conditions(self.prior, instruction, emb[0], arch_text, stacklevel=4)  # under no_grad
         # 4. sample weight tokens autoregressively (block by block past the context)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         n_draw = num_samples * candidates_per_sample
