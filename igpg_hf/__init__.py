@@ -4,13 +4,17 @@
     pipe = IGPGPipeline.from_pretrained("path/or/repo")
     out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=5, seed=0)
 
-Names are imported lazily (transformers and diffusers take seconds to import), so the CLI starts fast.
+Names are imported lazily (transformers and diffusers take seconds to import), so the CLI starts fast. Importing
+the package registers the IGPG configs and models with transformers' Auto classes, also lazily (`igpg_hf._auto`):
+``AutoModelForCausalLM.from_pretrained(prior_dir)`` then returns an `IGPGPriorModel`.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from . import _auto
 
 __version__ = "0.1.0"
 
@@ -25,6 +29,7 @@ _EXPORTS = {
     "IGPGPipelineOutput": "pipeline_igpg",
     "LabelAlignment": "label_alignment",
     "align_labels": "label_alignment",
+    "SampledTokens": "sampling",
     "SamplingConfig": "sampling",
     "sample_weight_tokens": "sampling",
     "WeightLayout": "weights",
@@ -50,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .modeling_prior import IGPGConditions, IGPGPriorModel  # noqa: F401
     from .modeling_vqvae import IGPGVQVAEModel, IGPGVQVAEOutput  # noqa: F401
     from .pipeline_igpg import IGPGPipeline, IGPGPipelineOutput  # noqa: F401
-    from .sampling import SamplingConfig, sample_weight_tokens  # noqa: F401
+    from .sampling import SampledTokens, SamplingConfig, sample_weight_tokens  # noqa: F401
     from .weights import WeightLayout  # noqa: F401
     from .zoo import (  # noqa: F401
         ArchSpec,
@@ -60,6 +65,9 @@ if TYPE_CHECKING:  # pragma: no cover
         list_architectures,
         list_tasks,
     )
+
+
+_auto.install()
 
 
 def __getattr__(name: str) -> Any:

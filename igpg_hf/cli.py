@@ -183,8 +183,15 @@ PriorConfig = Annotated[
     list[str] | None,
     typer.Option(help="IGPGPriorConfig field change, FIELD=VALUE (repeatable), e.g. n_layer=6."),
 ]
-_VQVAE_RECIPE = ("vqvae_preset",)
-_PRIOR_RECIPE = ("prior_preset", "text_encoder", "support_per_class", "n_positions", "max_n_positions")
+_VQVAE_RECIPE = ("vqvae_preset", "align_checkpoints")
+_PRIOR_RECIPE = (
+    "prior_preset",
+    "text_encoder",
+    "support_per_class",
+    "n_positions",
+    "max_n_positions",
+    "align_checkpoints",
+)
 
 
 # --------------------------------------------------------------------------------------- listings
@@ -251,6 +258,12 @@ def zoo_ingest(
     ],
     out: Annotated[Path, typer.Option(help="Output corpus folder.")],
     metadata_file: Annotated[str, typer.Option(help="Metadata file inside FOLDER.")] = "metadata.json",
+    on_error: Annotated[
+        str,
+        typer.Option(
+            help="raise | skip: skip unreadable or non-finite checkpoints, listed in ingest_report.json"
+        ),
+    ] = "raise",
     verbose: Verbose = False,
 ) -> None:
     """Turn a folder of existing checkpoints into a corpus (bit-exact)."""
@@ -258,7 +271,7 @@ def zoo_ingest(
     from .corpus import ingest_folder
 
     try:
-        corpus = ingest_folder(folder, out, metadata_file=metadata_file)
+        corpus = ingest_folder(folder, out, metadata_file=metadata_file, on_error=on_error)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     _print_summary(corpus.summary())
@@ -437,6 +450,14 @@ def generate_cmd(
         str | None,
         typer.Option(help="Registered task whose samples decide --align-labels (default: --dataset)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch threads (default: $IGPG_NUM_THREADS, else 1: one generation is small work, and more "
+            "threads beside another busy process made it several times slower).",
+        ),
+    ] = None,
     changes: dict | None = None,
 ) -> None:
     """Generate weights for an architecture from an instruction and save them as safetensors.
@@ -444,14 +465,25 @@ def generate_cmd(
     Sampling defaults to GenerationSettings, the setting the demo and the benchmark measured.
     """
     _setup(False)
+    import torch
+    from diffusers.utils import logging as diffusers_logging
     from safetensors.torch import save_file
 
     from .files import atomic_path
     from .pipeline_igpg import IGPGPipeline
+    from .sampling import THREADS_ENV, generation_num_threads
 
     sampling = dataclasses.replace(GenerationSettings(), **changes["sampling"])
     try:
+        threads = threads or generation_num_threads(0.0)  # $IGPG_NUM_THREADS, else 1
+    except ValueError as e:
+        _fail(e)
+    os.environ[THREADS_ENV] = str(threads)  # the sampler's setting too
+    torch.set_num_threads(threads)
+    diffusers_logging.disable_progress_bar()
+    try:
         pipe = IGPGPipeline.from_pretrained(pipeline)
+        pipe.set_progress_bar_config(disable=True)
         res = pipe(
             instruction,
             architecture=architecture,
@@ -506,18 +538,18 @@ def generate_cmd(
 @app.command("push")
 def push_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline folder.")],
-    repo_id: Annotated[str, typer.Argument(help="Hub model repo id.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo id (without a namespace: yours).")],
     private: bool = False,
 ) -> None:
-    """Upload a trained pipeline (all components, model_index.json, model card) to the Hub."""
+    """Upload a saved pipeline folder as it is (components, model_index.json, model card); it must load first."""
     _setup(False)
-    from .pipeline_igpg import IGPGPipeline
+    from .hub import push_pipeline_folder
 
-    # the one library call; the Hub branch replaces it with a push of the saved folder as it is (no re-save)
-    IGPGPipeline.from_pretrained(pipeline).save_pretrained(
-        pipeline, push_to_hub=True, repo_id=repo_id, private=private
-    )
-    console.print(f"pushed {pipeline} to {repo_id}")
+    try:
+        commit = push_pipeline_folder(pipeline, repo_id, private=private)
+    except (ValueError, OSError) as e:
+        _fail(e)
+    console.print(f"pushed {pipeline} to {commit.repo_url.repo_id}: {commit}")
 
 
 # --------------------------------------------------------------------------------------- demo

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from transformers import GPT2Config, PreTrainedConfig
 
 __all__ = ["IGPGVQVAEConfig", "IGPGPriorConfig"]
+
+
+def _register_auto_models() -> None:
+    """The first IGPG config of a process registers the models with transformers' Auto classes (see `_auto`)."""
+    from . import _auto
+
+    try:
+        _auto.register_models()
+    except Exception:  # a config must load even where the model classes cannot be registered
+        logging.getLogger(__name__).warning(
+            "could not register the IGPG models with AutoModel", exc_info=True
+        )
 
 
 class IGPGVQVAEConfig(PreTrainedConfig):
@@ -28,8 +41,10 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     # "layer": each layer padded to a multiple of K on its own (chunks never straddle layers);
     # "model": the whole vector padded once (the paper's architecture-wise mode).
     chunk_mode: str = "layer"
-    # chunk position (index within the model, modulo max_positions) is fed to encoder and decoder
+    # chunk position (modulo max_positions) is fed to encoder and decoder: its index within the model
+    # (position_mode "model") or within its layer ("layer": the same for a layer at any depth of a family)
     use_position: bool = True
+    position_mode: str = "model"
     max_positions: int = 1024
     # "gumbel" (the paper's), or from vector-quantize-pytorch: "vq" (EMA VQ), "fsq"
     quantizer: str = "gumbel"
@@ -46,12 +61,19 @@ class IGPGVQVAEConfig(PreTrainedConfig):
     weight_stats: dict[str, list[float]] | None = None
     base_size: int = 0
     base_layout: str = ""
+    # the layouts ([name, shape, dtype] lists, in storage order) normalization was fitted on: the pipeline decodes a
+    # known architecture in the order it was trained in and matches entries by name (`igpg_hf.weights.match_layout`)
+    trained_layouts: list | None = None
+    # what the VQ-VAE was trained on and what it measured (filled by the training loop; goes into the model card)
+    training_summary: dict | None = None
 
     def __post_init__(self, **kwargs: Any):
         if self.chunk_mode not in ("layer", "model"):
             raise ValueError(f"chunk_mode must be 'layer' or 'model', got {self.chunk_mode!r}")
         if self.quantizer not in ("gumbel", "vq", "fsq"):
             raise ValueError(f"quantizer must be 'gumbel', 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.position_mode not in ("model", "layer"):
+            raise ValueError(f"position_mode must be 'model' or 'layer', got {self.position_mode!r}")
         if self.normalization not in ("layer", "delta", "none"):
             raise ValueError(f"normalization must be 'layer', 'delta' or 'none', got {self.normalization!r}")
         if self.chunk_size < 1 or self.tokens_per_chunk < 1:
@@ -63,6 +85,7 @@ class IGPGVQVAEConfig(PreTrainedConfig):
         if self.weight_stats is None:
             self.weight_stats = {}
         super().__post_init__(**kwargs)
+        _register_auto_models()
 
     @property
     def vocab_size(self) -> int:
@@ -134,6 +157,17 @@ class IGPGPriorConfig(GPT2Config):
     (for block-wise generation of models longer than the context). An absent condition uses a learned
     "null" embedding. Everything training and inference must agree on is a field here, saved in
     config.json and read back by the pipeline: prefix length, support-set size, text encoder name, context.
+
+    ``position_scheme`` says what a weight token knows of its place. ``"structure"`` (every preset): its role,
+    stage, block (counted from the start and from the end), layer within the block, chunk within the layer
+    (both ways) and token within the chunk (`igpg_hf.weights.token_structure`, computed from the layout with
+    the VQ-VAE's ``chunk_size`` / ``chunk_mode`` / ``tokens_per_chunk`` stored here), embedded by learned
+    tables (``structure_tables``: field -> rows; values past the largest one seen in training,
+    ``structure_seen_max``, share its row) and sinusoids (``structure_sinusoidal``), and added to the input
+    that predicts the token; the block offset in the prefix only says "first block" or "continuation", so
+    nothing caps the size of a model. ``"absolute"`` (the class default, so priors saved before this field
+    load as trained): the block offset is a learned table of ``max_blocks`` rows, which caps a model at
+    ``max_blocks`` blocks.
     """
 
     model_type = "igpg_prior"
@@ -151,6 +185,18 @@ class IGPGPriorConfig(GPT2Config):
     # labelled samples per class in the dataset condition: drawn so at training, and so at inference
     support_per_class: int = 5
     # the text encoder whose embeddings the prior was trained on (a Hub id or path)
+    # "structure" (token places from the layout) or "absolute" (block offset table of max_blocks rows)
+    position_scheme: str = "absolute"
+    # the VQ-VAE's chunking, to compute token places from a layout (set by train_prior)
+    chunk_size: int = 64
+    chunk_mode: str = "layer"
+    # learned fields of the structure embedding -> table rows; sinusoidal fields and their width each
+    structure_tables: dict[str, int] | None = None
+    structure_sinusoidal: list[str] | None = None
+    structure_sinusoid_dim: int = 32
+    # the largest value of every learned field in the training sequences (set by train_prior): larger values
+    # at inference (a deeper net's extra blocks) share that row instead of an untrained one
+    structure_seen_max: dict[str, int] | None = None
     text_encoder_name: str = ""
     # how n_positions was chosen at training ("longest": the longest training sequence + the prefix, at least
     # the preset's; "fixed": set by the recipe, longer models are generated block by block); "" = unknown
@@ -174,6 +220,9 @@ class IGPGPriorConfig(GPT2Config):
     known_architectures: list[str] | None = None
     ood_threshold: float | None = None
     ood_calibration: dict | None = None
+    # the layouts of the training sequences ([name, shape, dtype] lists, in the order their tokens run; set by
+    # train_prior), so generation decodes in that order and maps entries by name
+    trained_layouts: list | None = None
 
     def __post_init__(self, **kwargs: Any):
         # weight tokens have no BOS/EOS: sequences have a known length
@@ -192,7 +241,38 @@ class IGPGPriorConfig(GPT2Config):
             raise ValueError(f"text_pooling must be 'mean' or 'attention', got {self.text_pooling!r}")
         if self.context_rule not in ("", "longest", "fixed"):
             raise ValueError(f"context_rule must be 'longest', 'fixed' or '', got {self.context_rule!r}")
+        if self.position_scheme not in ("structure", "absolute"):
+            raise ValueError(
+                f"position_scheme must be 'structure' or 'absolute', got {self.position_scheme!r}"
+            )
+        if self.chunk_mode not in ("layer", "model"):
+            raise ValueError(f"chunk_mode must be 'layer' or 'model', got {self.chunk_mode!r}")
+        if self.structure_tables is None:
+            self.structure_tables = dict(self.STRUCTURE_TABLES)
+        if self.structure_sinusoidal is None:
+            self.structure_sinusoidal = list(self.STRUCTURE_SINUSOIDAL)
+        if any(int(v) < 1 for v in self.structure_tables.values()):
+            raise ValueError(f"structure_tables rows must be >= 1, got {self.structure_tables!r}")
+        if self.structure_sinusoid_dim < 2 or self.structure_sinusoid_dim % 2:
+            raise ValueError(
+                f"structure_sinusoid_dim must be even and >= 2, got {self.structure_sinusoid_dim!r}"
+            )
         super().__post_init__(**kwargs)
+        _register_auto_models()
+
+    # learned fields and their rows: roles (9), stages and blocks counted both ways, layers in a block, token in
+    # a chunk; values past the table share its last row
+    STRUCTURE_TABLES = {
+        "role": 16,
+        "stage": 8,
+        "stage_from_end": 8,
+        "block": 8,
+        "block_from_end": 8,
+        "layer": 8,
+        "token": 16,
+    }
+    # unbounded fields: chunk index inside a layer, counted both ways
+    STRUCTURE_SINUSOIDAL = ("chunk", "chunk_from_end")
 
     @property
     def known_wording_tasks(self) -> list[str]:
@@ -229,5 +309,5 @@ class IGPGPriorConfig(GPT2Config):
         """A named size: "tiny" (tests), "demo" (CPU demo), "small", "paper" (27.8 M, GPU)."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown IGPGPriorConfig preset {name!r}; known: {', '.join(cls.PRESETS)}")
-        base = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        base = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, position_scheme="structure")
         return cls(**{**base, **cls.PRESETS[name], **overrides})

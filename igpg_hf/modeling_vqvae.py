@@ -22,14 +22,18 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_igpg import IGPGVQVAEConfig
+from .hub import HubMixin
 from .quantizers import build_quantizer
 from .weights import (
+    STRUCTURE_FIELDS,
     WeightLayout,
+    chunk_segments,
     chunk_vector,
     denormalize_vector,
     fit_weight_stats,
     normalize_vector,
     num_chunks,
+    token_structure,
     unchunk_vector,
 )
 
@@ -57,12 +61,17 @@ def _mlp(n_in: int, hidden: int, n_out: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-class IGPGVQVAEModel(PreTrainedModel):
+class IGPGVQVAEModel(HubMixin, PreTrainedModel):
     """VQ-VAE that tokenizes neural-network weights: chunks of K values -> l codes each, and back."""
 
     config_class = IGPGVQVAEConfig
     base_model_prefix = "vqvae"
     main_input_name = "chunks"
+
+    def _hub_card(self):
+        from .cards import vqvae_card
+
+        return vqvae_card(self)
 
     def __init__(self, config: IGPGVQVAEConfig):
         super().__init__(config)
@@ -79,10 +88,12 @@ class IGPGVQVAEModel(PreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> IGPGVQVAEModel:
-        model = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, *args, **kwargs) -> IGPGVQVAEModel | tuple[IGPGVQVAEModel, dict]:
+        """transformers' ``from_pretrained`` (``output_loading_info=True`` gives ``(model, info)`` as usual)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         model._restore_quantizer_buffers()
-        return model
+        return loaded
 
     @torch.no_grad()
     def _restore_quantizer_buffers(self) -> None:
@@ -107,7 +118,7 @@ class IGPGVQVAEModel(PreTrainedModel):
         return positions % self.config.max_positions
 
     def _encode_latents(self, chunks: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        x = chunks  # (B, K)
+        x = chunks.to(self.dtype)  # (B, K); normalized weights arrive as float32 whatever the model's dtype
         if self.enc_pos is not None:
             x = x + self.enc_pos(self._positions(positions))
         z = self.encoder(x)  # (B, l*d)
@@ -125,9 +136,14 @@ class IGPGVQVAEModel(PreTrainedModel):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         tau: float = 1.0,
-        return_dict: bool = True,
-    ) -> IGPGVQVAEOutput:
-        """Reconstruct chunks (B, K); the loss is masked MSE on real values plus quantizer terms."""
+        return_dict: bool | None = None,
+    ) -> IGPGVQVAEOutput | tuple[torch.Tensor, ...]:
+        """Reconstruct chunks (B, K); the loss is masked MSE on real values plus quantizer terms.
+
+        ``return_dict=False`` (or ``config.return_dict=False``) gives the fields of `IGPGVQVAEOutput` as a tuple:
+        (loss, recon_loss, aux_loss, reconstruction, indices, perplexity), transformers' convention.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if positions is None:
             positions = torch.zeros(chunks.shape[0], dtype=torch.long, device=chunks.device)
         z = self._encode_latents(chunks, positions)
@@ -137,7 +153,7 @@ class IGPGVQVAEModel(PreTrainedModel):
             mask = torch.ones_like(chunks, dtype=torch.bool)
         m = mask.to(recon.dtype)
         recon_loss = ((recon - chunks) ** 2 * m).sum() / m.sum().clamp_min(1)
-        return IGPGVQVAEOutput(
+        out = IGPGVQVAEOutput(
             loss=recon_loss + q.aux_loss,
             recon_loss=recon_loss,
             aux_loss=q.aux_loss,
@@ -145,6 +161,7 @@ class IGPGVQVAEModel(PreTrainedModel):
             indices=q.indices,
             perplexity=q.perplexity,
         )
+        return out if return_dict else out.to_tuple()
 
     @torch.no_grad()
     def encode_chunks(
@@ -199,14 +216,27 @@ class IGPGVQVAEModel(PreTrainedModel):
         return self.base_vector.float().cpu()
 
     def prepare(
-        self, vector: torch.Tensor, layout: WeightLayout
+        self, vector: torch.Tensor, layout: WeightLayout, name: str = "weights"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw weight vector (D,) -> normalized chunks (M, K), mask (M, K), positions (M,)."""
+        """Raw weight vector (D,) -> normalized chunks (M, K), mask (M, K), positions (M,).
+
+        ValueError naming ``name`` and the entries if the vector holds NaN or infinite values.
+        """
         v = vector.float().cpu()
+        layout.check_finite(v, name)
         if self.config.normalization != "none":
             v = normalize_vector(v, layout, self.config.weight_stats, self._base(layout))
         chunks, mask = chunk_vector(v, layout, self.config.chunk_size, self.config.chunk_mode)
-        return chunks, mask, torch.arange(chunks.shape[0])
+        return chunks, mask, self.chunk_positions(layout)
+
+    def chunk_positions(self, layout: WeightLayout) -> torch.Tensor:
+        """The position (M,) int64 of every chunk of a layout: its index in the model, or in its layer."""
+        cfg = self.config
+        if cfg.position_mode == "layer":
+            return token_structure(layout, cfg.chunk_size, 1, cfg.chunk_mode)[
+                :, STRUCTURE_FIELDS.index("chunk")
+            ]
+        return torch.arange(num_chunks(layout, cfg.chunk_size, cfg.chunk_mode))
 
     def restore(self, chunks: torch.Tensor, layout: WeightLayout) -> torch.Tensor:
         """Normalized chunks (M, K) -> raw weight vector (D,)."""
@@ -216,21 +246,34 @@ class IGPGVQVAEModel(PreTrainedModel):
         return v
 
     @torch.no_grad()
-    def encode(self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None) -> torch.Tensor:
-        """A state dict -> its token ids (M*l,) int64."""
+    def encode(
+        self, state_dict: dict[str, torch.Tensor], layout: WeightLayout | None = None, name: str = "weights"
+    ) -> torch.Tensor:
+        """A state dict -> its token ids (M*l,) int64.
+
+        TypeError naming the entry for meta or sparse tensors; ValueError naming ``name`` (e.g. the checkpoint's
+        id) and the entries for NaN or infinite values, which would otherwise become ordinary tokens.
+        """
         layout = layout or WeightLayout.from_state_dict(state_dict)
         self.check_layout(layout)
-        chunks, _, pos = self.prepare(layout.vectorize(state_dict), layout)
+        chunks, _, pos = self.prepare(layout.vectorize(state_dict), layout, name)
         return self.encode_chunks(chunks.to(self.device), pos.to(self.device)).reshape(-1).cpu()
 
     @torch.no_grad()
     def decode(
-        self, token_ids: torch.Tensor, layout: WeightLayout, fill: dict[str, torch.Tensor] | None = None
+        self,
+        token_ids: torch.Tensor,
+        layout: WeightLayout,
+        fill: dict[str, torch.Tensor] | None = None,
+        batch_size: int = 4096,
     ) -> dict[str, torch.Tensor]:
         """Token ids (N,) of one model -> its state dict of ``layout`` (`decode_batch` for (B, N)).
 
-        ``fill`` supplies the non-float entries (e.g. BatchNorm's ``num_batches_tracked``). Raises ValueError when
-        ``token_ids`` is not 1-D, has another length than the layout needs, or holds ids outside the vocabulary.
+        ``fill`` supplies the non-float entries (e.g. BatchNorm's ``num_batches_tracked``). Chunks are decoded
+        ``batch_size`` at a time and each entry is restored on its own, so the peak stays near twice the model's
+        float32 bytes plus one batch (in one pass a 25.8 M-parameter model peaked at 97 bytes per weight: the
+        decoder's activations of every chunk at once). Raises ValueError when ``token_ids`` is not 1-D, has
+        another length than the layout needs, or holds ids outside the vocabulary.
         """
         self.check_layout(layout)
         if token_ids.ndim != 1:
@@ -241,19 +284,69 @@ class IGPGVQVAEModel(PreTrainedModel):
         n = self.num_tokens(layout)
         if token_ids.numel() != n:
             raise ValueError(f"layout needs {n} tokens, got {token_ids.numel()}")
-        idx = token_ids.reshape(-1, self.config.tokens_per_chunk).to(self.device)  # (M, l)
-        pos = torch.arange(idx.shape[0], device=self.device)
-        chunks = self.decode_indices(idx, pos)
-        return layout.devectorize(self.restore(chunks, layout), fill=fill)
+        idx = token_ids.reshape(-1, self.config.tokens_per_chunk)  # (M, l)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.config.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]"
+            )
+        chunks = torch.empty(idx.shape[0], self.config.chunk_size)  # (M, K) float32 on the CPU
+        positions = self.chunk_positions(layout)  # (M,): index in the model, or in the layer
+        for i in range(0, idx.shape[0], batch_size):
+            part = idx[i : i + batch_size].to(self.device)
+            pos = positions[i : i + part.shape[0]].to(self.device)
+            chunks[i : i + part.shape[0]] = (
+                self._decode_latents(self.quantizer.lookup(part), pos).float().cpu()
+            )
+        return self._restore_entries(chunks, layout, fill)
+
+    def _restore_entries(
+        self, chunks: torch.Tensor, layout: WeightLayout, fill: dict[str, torch.Tensor] | None
+    ) -> dict[str, torch.Tensor]:
+        """Normalized chunks (M, K) -> the state dict, entry by entry: ``layout.devectorize(self.restore(...))``
+        bit for bit, without a second copy of the whole vector or full-length normalization scales."""
+        K, base = self.config.chunk_size, self._base(layout)
+        views, row = [], 0  # each padded segment's values as a flat view of its chunk rows
+        for start, stop, n in chunk_segments(layout, K, self.config.chunk_mode):
+            views.append((start, stop, chunks[row : row + n].reshape(-1)))
+            row += n
+        slices = {e.name: s for e, s in layout.entry_slices()}
+        out, seg = {}, 0
+        for e in layout.entries:
+            if not e.is_float:
+                out[e.name] = (
+                    fill[e.name].clone()
+                    if fill is not None and e.name in fill
+                    else torch.zeros(e.shape, dtype=e.torch_dtype)
+                )
+                continue
+            s = slices[e.name]
+            while (
+                views[seg][1] < s.stop
+            ):  # entries never straddle segments: a segment is a layer or the model
+                seg += 1
+            start, _, flat = views[seg]
+            v = flat[s.start - start : s.stop - start]
+            if self.config.normalization == "none":
+                v = v.clone()  # a view of the chunks otherwise
+            else:
+                v = denormalize_vector(
+                    v, WeightLayout([e]), self.config.weight_stats, None if base is None else base[s]
+                )
+            out[e.name] = v.reshape(e.shape).to(e.torch_dtype)
+        return out
 
     @torch.no_grad()
     def decode_batch(
-        self, token_ids: torch.Tensor, layout: WeightLayout, fill: dict[str, torch.Tensor] | None = None
+        self,
+        token_ids: torch.Tensor,
+        layout: WeightLayout,
+        fill: dict[str, torch.Tensor] | None = None,
+        batch_size: int = 4096,
     ) -> list[dict[str, torch.Tensor]]:
         """Token ids (B, N) of B models of one layout -> a list of B state dicts (see `decode`)."""
         if token_ids.ndim != 2:
             raise ValueError(f"decode_batch takes token ids of shape (B, N), got {tuple(token_ids.shape)}")
-        return [self.decode(t, layout, fill) for t in token_ids]
+        return [self.decode(t, layout, fill, batch_size) for t in token_ids]
 
     @torch.no_grad()
     def reconstruct(
@@ -263,11 +356,23 @@ class IGPGVQVAEModel(PreTrainedModel):
         layout = layout or WeightLayout.from_state_dict(state_dict)
         return self.decode(self.encode(state_dict, layout), layout, fill=state_dict)
 
-    def fit_normalization(self, items: Iterable[tuple[WeightLayout, torch.Tensor]]) -> None:
-        """Measure normalization statistics (and the base in delta mode) from (layout, raw vector) pairs."""
+    def fit_normalization(self, items: Iterable[tuple]) -> None:
+        """Measure normalization statistics (and the base in delta mode) from (layout, raw vector) pairs.
+
+        Items may carry a name, ``(layout, vector, name)``, used in errors: a vector with NaN or infinite values
+        is a ValueError naming it and its entries. The distinct layouts are recorded in
+        ``config.trained_layouts``.
+        """
         items = list(items)
         if not items:
             raise ValueError("fit_normalization needs at least one checkpoint")
+        for i, item in enumerate(items):
+            item[0].check_finite(item[1], item[2] if len(item) > 2 else f"checkpoint {i}")
+        items = [(item[0], item[1]) for item in items]
+        seen: dict[str, list] = {}
+        for lay, _ in items:
+            seen.setdefault(lay.to_json(), lay.to_list())
+        self.config.trained_layouts = list(seen.values())
         if self.config.normalization == "delta":
             layouts = {lay.to_json() for lay, _ in items}
             if len(layouts) != 1:

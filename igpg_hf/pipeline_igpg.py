@@ -1,8 +1,9 @@
 """IGPGPipeline: an instruction (+ architecture, + a few data samples) -> loadable state dicts.
 
-    pipe = IGPGPipeline.from_pretrained("path/or/repo")
+    pipe = IGPGPipeline.from_pretrained("user/repo")  # a Hub repo id (revision= too) or a local folder
     out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=5, seed=0)
     model.load_state_dict(out.state_dicts[0], strict=True)
+    pipe.push_to_hub("my-pipeline")  # -> your-name/my-pipeline, with the project's model card
 
 The pipeline owns no weights of its own: components are the VQ-VAE (`IGPGVQVAEModel`, weights <-> tokens),
 the prior (`IGPGPriorModel`) and a Hugging Face text encoder with its (text) tokenizer. Device placement is
@@ -19,39 +20,37 @@ import copy
 import json
 import logging
 import os
+import tempfile
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .cards import component_cards_disabled, pipeline_card, write_card
 from .conditioning import encode_text, encode_text_states, pad_text_states, prepare_support_set
-from .conditioning.coverage import (
-    ConditionReport,
-    KnownTask,
-    check_conditions,
-    known_conditions_markdown,
-    known_tasks,
-)
+from .conditioning.coverage import ConditionReport, KnownTask, check_conditions, known_tasks
 from .configuration_igpg import IGPGPriorConfig
+from .hub import push_folder, snapshot
+from .integrity import verify_checksums, write_checksums
 from .label_alignment import LabelAlignment
 from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
 from .modeling_vqvae import IGPGVQVAEModel
-from .sampling import SamplingConfig, sample_weight_tokens, sequence_hash
-from .weights import WeightLayout
+from .sampling import SamplingConfig, sample_weight_tokens
+from .weights import WeightLayout, match_layout
 from .zoo.architectures import ArchSpec, get_architecture
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IGPGPipeline", "IGPGPipelineOutput"]
-
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md"
 
 
 @dataclass
@@ -92,6 +91,7 @@ class IGPGPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(vqvae=vqvae, prior=prior, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.set_progress_bar_config(disable=None)  # tqdm: a bar on a terminal, quiet elsewhere
 
     # ------------------------------------------------------------------ devices
     _offload_device: torch.device | None = None
@@ -122,14 +122,20 @@ class IGPGPipeline(DiffusionPipeline):
 
     @contextlib.contextmanager
     def _stage(self, component: nn.Module):
-        """Under model CPU offload: ``component`` on the execution device for the block, back on the CPU after."""
-        if self._offload_device is None:
+        """Under model CPU offload: ``component`` on the execution device for the block, back on the CPU after.
+
+        Re-entrant: inside an open stage of the same component nothing moves.
+        """
+        staged: set = self.__dict__.setdefault("_staged", set())
+        if self._offload_device is None or id(component) in staged:
             yield
             return
         component.to(self._offload_device)
+        staged.add(id(component))
         try:
             yield
         finally:
+            staged.discard(id(component))
             component.to("cpu")
             if self._offload_device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -172,11 +178,44 @@ class IGPGPipeline(DiffusionPipeline):
         x, y = (torch.as_tensor(t) for t in dataset)
         return x, y.long()
 
+    def _text_cache_keys(self) -> tuple:
+        dev = self._offload_device or self.text_encoder.device
+        return (id(self.text_encoder), id(self.tokenizer), str(dev), self.text_encoder.dtype)
+
+    def _text_cache_misses(self, texts: list[str], instruction: str) -> bool:
+        """Whether encoding ``texts`` (and the instruction's token states, if the prior pools them) runs the encoder."""
+        cache = self.__dict__.get("_text_cache", {})
+        owner = self._text_cache_keys()
+        missing = any((owner, t) not in cache for t in texts)
+        if getattr(self.prior, "text_pool", None) is not None:
+            missing = missing or (*owner, "states", instruction) not in cache
+        return missing
+
     def _text_states(self, instruction: str) -> dict[str, torch.Tensor]:
-        """The instruction's token states (1, L, E) and mask, if the prior pools them itself; else nothing."""
+        """The instruction's token states (1, L, E) and mask, if the prior pools them itself; else nothing.
+
+        Cached with the text embeddings (`_text_embeddings`): a repeated instruction runs no encoder.
+        """
         if getattr(self.prior, "text_pool", None) is None:
             return {}
-        states, mask = pad_text_states(encode_text_states([instruction], self.text_encoder, self.tokenizer))
+        cache: OrderedDict = self.__dict__.setdefault("_text_cache", OrderedDict())
+        dev = self._offload_device or self.text_encoder.device
+        key = (
+            id(self.text_encoder),
+            id(self.tokenizer),
+            str(dev),
+            self.text_encoder.dtype,
+            "states",
+            instruction,
+        )
+        if key not in cache:
+            with self._stage(self.text_encoder):
+                states = encode_text_states([instruction], self.text_encoder, self.tokenizer)
+            cache[key] = [x.cpu() for x in states]
+            while len(cache) > self._TEXT_CACHE_SIZE:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        states, mask = pad_text_states(cache[key])
         return {"text_states": states, "text_mask": mask}
 
     def _dataset_condition(self, dataset: Any, batch: int) -> dict[str, torch.Tensor]:
@@ -191,6 +230,30 @@ class IGPGPipeline(DiffusionPipeline):
         }
 
     # ------------------------------------------------------------------ call
+    _TEXT_CACHE_SIZE = 256
+
+    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """(len(texts), E) float32 embeddings on the CPU; a text seen before reuses its embedding.
+
+        Each text is encoded on its own (no padding to a batch partner), so a cached embedding is exactly what
+        encoding it again would give; the cache is keyed by encoder and device, and keeps the last 256 texts.
+        """
+        cache: OrderedDict = self.__dict__.setdefault("_text_cache", OrderedDict())
+        dev = self._offload_device or self.text_encoder.device
+        owner = (id(self.text_encoder), id(self.tokenizer), str(dev), self.text_encoder.dtype)
+        missing = [t for t in dict.fromkeys(texts) if (owner, t) not in cache]
+        if missing:
+            with self._stage(self.text_encoder):
+                for text in missing:
+                    cache[(owner, text)] = encode_text([text], self.text_encoder, self.tokenizer)[0].cpu()
+        out = []
+        for text in texts:
+            cache.move_to_end((owner, text))
+            out.append(cache[(owner, text)])
+        while len(cache) > self._TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+        return torch.stack(out)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -210,14 +273,22 @@ class IGPGPipeline(DiffusionPipeline):
         align_labels: bool = False,
         alignment_samples: tuple[torch.Tensor, torch.Tensor] | str | None = None,
         alignment_min_z: float = 2.0,
-    ) -> IGPGPipelineOutput:
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> IGPGPipelineOutput | tuple:
         """Generate ``num_samples`` state dicts for ``architecture`` following ``instruction``.
 
-        ``candidates_per_sample=k`` draws ``k * num_samples`` sequences and keeps the ``num_samples`` the
-        prior finds most likely (mean log-probability per token; no labels or data are used). With
-        ``exclude_copies=True`` sequences that repeat a training checkpoint token for token are ranked
-        last, so the result holds new weights whenever enough candidates are new (a warning says when
-        not). Kept samples stay in the order they were drawn.
+        Randomness, diffusers' way: ``generator`` is one ``torch.Generator`` for the whole batch, or a list with
+        one per sample, so that a sample does not depend on the batch (sample 0 of ``num_samples=3`` with
+        ``[g0, g1, g2]`` is the sample of ``num_samples=1`` with ``[g0]``). ``seed=s`` is a shortcut for the
+        generators ``s, s + 1, ...`` (sample i of ``num_samples=n, seed=s`` equals ``num_samples=1,
+        seed=s + i``). Neither: torch's global generator.
+
+        ``candidates_per_sample=k`` draws ``k * num_samples`` sequences (sample i's k candidates from its
+        generator) and keeps the ``num_samples`` the prior finds most likely (mean log-probability per token; no
+        labels or data are used). With ``exclude_copies=True`` sequences that repeat a training checkpoint token
+        for token are ranked last, so the result holds new weights whenever enough candidates are new (a warning
+        says when not). Kept samples stay in the order they were drawn.
 
         ``align_labels=True`` reorders each sample's output units (rows of the last ``nn.Linear``) to fit
         labelled samples: ``alignment_samples`` (a (samples, labels) pair or a task name), else the
@@ -225,6 +296,10 @@ class IGPGPipeline(DiffusionPipeline):
         reaches ``alignment_min_z``; see
         `igpg_hf.label_alignment`. It fixes heads whose classes are in another order than the task's
         (label-permuted tasks the prior never saw); it cannot fix features.
+
+        Progress over decode steps goes through ``self.progress_bar`` (quiet off a terminal; see diffusers'
+        ``set_progress_bar_config``). Returns an `IGPGPipelineOutput`, or with ``return_dict=False`` the tuple
+        of its fields in order (``[0]`` the state dicts; absent fields are None, so the length never changes).
         """
         t0 = time.perf_counter()
         # 1. check inputs
@@ -232,16 +307,6 @@ class IGPGPipeline(DiffusionPipeline):
             raise ValueError("instruction must be a non-empty string, e.g. 'Classify handwritten digits 0-9'")
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-        if candidates_per_sample < 1:
-            raise ValueError(f"candidates_per_sample must be at least 1, got {candidates_per_sample}")
-        known = (
-            getattr(self.prior.config, "training_sequence_hashes", None) if self.prior is not None else None
-        )
-        if exclude_copies and not known:
-            raise ValueError(
-                "exclude_copies=True needs a prior that stores its training-sequence fingerprints "
-                "(priors trained by igpg_hf >= 0.2 do); retrain the prior or pass exclude_copies=False"
-            )
         align_xy = (
             self._labelled_samples(
                 alignment_samples if alignment_samples is not None else dataset, "alignment_samples"
@@ -258,54 +323,51 @@ class IGPGPipeline(DiffusionPipeline):
             if getattr(self, name, None) is None:
                 raise ValueError(f"pipeline component {name!r} is missing; load a complete pipeline folder")
         # 2. resolve the architecture into the exact layout to produce
-        layout, arch_text, spec, template = self.resolve_architecture(architecture, architecture_text)
+        target, arch_text, spec, template = self.resolve_architecture(architecture, architecture_text)
+        # decode in the order the models were trained on (entries matched by name; issue 12)
+        layout = match_layout(target, self.prior.config.trained_layouts, self.vqvae.config.trained_layouts)
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
         # 3. encode the conditions (one row, expanded over samples by the sampler)
-        with self._stage(self.text_encoder):
-            emb = encode_text([instruction, arch_text], self.text_encoder, self.tokenizer)  # (2, E)
-            text = self._text_states(instruction)
+        new_text = self._text_cache_misses([instruction, arch_text], instruction)
+        with self._stage(self.text_encoder) if new_text else contextlib.nullcontext():  # one stage for both
+            emb = self._text_embeddings([instruction, arch_text])  # (2, E)
+            text = self._text_states(instruction)  # token states, for priors that pool the instruction
         cond = IGPGConditions(
             text_embeds=emb[:1], arch_embeds=emb[1:], **text, **self._dataset_condition(dataset, 1)
         )
         # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
         report = check_conditions(self.prior, instruction, emb[0], arch_text, stacklevel=4)  # under no_grad
-        # 4. sample weight tokens autoregressively (block by block past the context)
-        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        n_draw = num_samples * candidates_per_sample
-        with self._stage(self.prior):
-            tokens, loglik = sample_weight_tokens(
+        # 4. sample weight tokens (block by block past the context) and keep the best candidates
+        positions = None
+        if self.prior.uses_structure:  # the place of every token, from the layout, as at training
+            pc, vc = self.prior.config, self.vqvae.config
+            if (pc.chunk_size, pc.chunk_mode) != (vc.chunk_size, vc.chunk_mode):
+                raise ValueError(
+                    f"the prior's chunking (chunk_size={pc.chunk_size}, chunk_mode={pc.chunk_mode!r}) differs "
+                    f"from the VQ-VAE's ({vc.chunk_size}, {vc.chunk_mode!r}): they were not trained together"
+                )
+            positions = self.prior.weight_positions(layout)
+        with self._stage(self.prior), self.progress_bar(total=n_tokens) as bar:
+            sampled = sample_weight_tokens(
                 self.prior,
                 cond,
                 n_tokens,
-                n_draw,
-                sampling,
-                seed=seed,
-                use_cache=use_cache,
-                return_log_likelihood=True,
+                num_samples,
+                SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
+                seed,
+                use_cache,
+                positions,
+                generator=generator,
+                candidates_per_sample=candidates_per_sample,
+                exclude_copies=exclude_copies,
+                progress=bar.update,
             )
-        known_set = set(known or ())
-        copy_flags = [sequence_hash(t) in known_set for t in tokens] if known else None
-        if n_draw > num_samples:  # keep the most likely (new ones first if asked), in drawing order
-            rank = sorted(range(n_draw), key=lambda i: (exclude_copies and copy_flags[i], -float(loglik[i])))
-            keep = sorted(rank[:num_samples])
-        else:
-            keep = list(range(n_draw))
-        if exclude_copies and any(copy_flags[i] for i in keep):
-            logger.warning(
-                "only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
-                "samples are copies: raise candidates_per_sample",
-                n_draw - sum(copy_flags),
-                n_draw,
-                sum(copy_flags[i] for i in keep),
-            )
-        candidate_copies = sum(copy_flags) if copy_flags is not None else None
-        tokens, loglik = tokens[keep], loglik[keep]
-        copy_flags = [copy_flags[i] for i in keep] if copy_flags is not None else None
         # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
         fill = template.state_dict() if template is not None else None
         with self._stage(self.vqvae):
-            state_dicts = self.vqvae.decode_batch(tokens.to(self.vqvae.device), layout, fill=fill)
+            state_dicts = self.vqvae.decode_batch(sampled.tokens.to(self.vqvae.device), layout, fill=fill)
+        state_dicts = [target.arrange(sd) for sd in state_dicts]  # keyed in the module's order
         # 6. optionally reorder each sample's output units to the labelled samples
         alignments = None
         if align_labels:
@@ -320,18 +382,21 @@ class IGPGPipeline(DiffusionPipeline):
                 m = spec.build() if spec is not None else copy.deepcopy(template)
                 m.load_state_dict(sd, strict=True)
                 modules.append(m.eval())
-        return IGPGPipelineOutput(
+        output = IGPGPipelineOutput(
             state_dicts,
             modules,
-            tokens.cpu(),
+            sampled.tokens.cpu(),
             time.perf_counter() - t0,
-            log_likelihood=loglik.cpu().tolist(),
-            is_copy=copy_flags,
-            num_candidates=n_draw,
-            candidate_copies=candidate_copies,
+            log_likelihood=sampled.log_likelihood.cpu().tolist(),
+            is_copy=sampled.is_copy,
+            num_candidates=sampled.num_candidates,
+            candidate_copies=sampled.candidate_copies,
             label_alignments=alignments,
             conditions=report,
         )
+        if not return_dict:
+            return tuple(getattr(output, f.name) for f in fields(output))
+        return output
 
     # ------------------------------------------------------------------ what the prior knows
     def known_tasks(self) -> dict[str, KnownTask]:
@@ -351,48 +416,104 @@ class IGPGPipeline(DiffusionPipeline):
         report = check_conditions(self.prior, instruction, emb[0], arch_text)
         return report
 
-    # ------------------------------------------------------------------ saving
-    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
-        """diffusers' save (model_index.json + one folder per component) plus a model card README.md."""
-        repo_id = kwargs.pop("repo_id", None)
-        token, private = kwargs.pop("token", None), kwargs.pop("private", None)
-        commit_message = kwargs.pop("commit_message", "Upload IGPG pipeline")
-        super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
-        write_model_card(save_directory, self)
+    # ------------------------------------------------------------------ loading, saving, the Hub
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> IGPGPipeline:
+        """diffusers' load; a local folder is first checked against the checksums written when it was saved."""
+        if os.path.isdir(pretrained_model_name_or_path):  # IntegrityError naming each damaged file (issue 12)
+            verify_checksums(pretrained_model_name_or_path)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (
+            RuntimeError,
+            SafetensorError,
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+        ) as e:  # name no folder
+            lines = str(e).strip().splitlines()
+            more = f" (+{len(lines) - 3} lines)" if len(lines) > 3 else ""
+            raise ValueError(
+                f"cannot load the pipeline {pretrained_model_name_or_path}: "
+                + " ".join(lines[:3])[:500]
+                + more
+            ) from None
+
+    @classmethod
+    def download(cls, pretrained_model_name: str, **kwargs) -> str:
+        """A local copy of a pipeline repo on the Hub (all files), for ``from_pretrained("user/repo")``.
+
+        diffusers' own ``download`` refuses, before downloading anything, components whose library it does not
+        know (``["igpg_hf", "IGPGPriorModel"]``); the repo is fetched whole with ``snapshot_download`` instead,
+        then loaded exactly as a local folder. Honours ``revision``, ``cache_dir``, ``token``, ``force_download``
+        and ``local_files_only``; FileNotFoundError if no such repo (or revision) can be reached.
+        """
+        return snapshot(
+            pretrained_model_name,
+            revision=kwargs.get("revision"),
+            cache_dir=kwargs.get("cache_dir"),
+            token=kwargs.get("token"),
+            force_download=bool(kwargs.get("force_download")),
+            local_files_only=bool(kwargs.get("local_files_only")),
+        )
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        push_to_hub: bool = False,
+        *,
+        repo_id: str | None = None,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        revision: str | None = None,
+        **kwargs,
+    ):
+        """diffusers' save (model_index.json + one folder per component) plus the project's card (README.md).
+
+        ``push_to_hub=True`` then uploads the folder to ``repo_id`` (default: the folder's name, in your
+        namespace) exactly as `push_to_hub` does; returns the commit in that case.
+        """
+        with component_cards_disabled():  # one card, the pipeline's, not one per component folder
+            super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        write_card(pipeline_card(self), save_directory)
+        write_checksums(save_directory)  # verified by from_pretrained for a local folder
         if push_to_hub:
-            from huggingface_hub import HfApi
+            return push_folder(
+                save_directory,
+                repo_id or Path(save_directory).resolve().name,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+                commit_message=commit_message or "Upload IGPG pipeline",
+            )
+        return None
 
-            api = HfApi(token=token)
-            repo_id = repo_id or Path(save_directory).name
-            api.create_repo(repo_id, exist_ok=True, private=private)
-            api.upload_folder(repo_id=repo_id, folder_path=str(save_directory), commit_message=commit_message)
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        revision: str | None = None,
+    ):
+        """Save the pipeline (components, model_index.json, the project's card) and upload it to ``repo_id``.
 
-
-def write_model_card(save_directory: str | os.PathLike, pipe: IGPGPipeline) -> Path:
-    """Fill hub_cards/model_card.md with the components' settings and the recorded training summary."""
-    summary = dict(getattr(pipe.prior.config, "training_summary", None) or {})
-    vq, pr = pipe.vqvae.config, pipe.prior.config
-    values = {
-        "prior_params": f"{sum(p.numel() for p in pipe.prior.parameters()) / 1e6:.2f} M",
-        "prior_layers": pr.n_layer,
-        "prior_width": pr.n_embd,
-        "prior_context": pr.n_positions,
-        "vqvae_params": f"{sum(p.numel() for p in pipe.vqvae.parameters()) / 1e6:.2f} M",
-        "chunk_size": vq.chunk_size,
-        "tokens_per_chunk": vq.tokens_per_chunk,
-        "codebook_size": vq.vocab_size,
-        "quantizer": vq.quantizer,
-        "normalization": vq.normalization,
-        "text_encoder": pr.text_encoder_name or type(pipe.text_encoder).__name__,
-        "corpus": summary.get("corpus", "unknown"),
-        "training_summary": json.dumps(summary, indent=2, default=str),
-        "known_conditions": known_conditions_markdown(pr),
-    }
-    text = CARD_TEMPLATE.read_text() if CARD_TEMPLATE.exists() else "# IGPG pipeline\n\n{training_summary}\n"
-    for k, v in values.items():
-        text = text.replace("{" + k + "}", str(v))
-    path = Path(save_directory) / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+        ``repo_id`` without a namespace goes to yours; returns the commit (a str: its URL; ``.repo_url.repo_id``
+        is the namespaced id). Load it back with ``IGPGPipeline.from_pretrained(repo_id)``.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, safe_serialization=safe_serialization, variant=variant)
+            return push_folder(
+                tmp,
+                repo_id,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+                commit_message=commit_message or "Upload IGPG pipeline",
+            )

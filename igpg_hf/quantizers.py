@@ -116,7 +116,11 @@ class LibraryQuantizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         if self.kind == "fsq":
-            return self.q.indices_to_codes(indices)
+            dtype = next(self.q.parameters()).dtype
+            # FSQ computes codes in float32 from its level buffers, then projects them with its own (maybe bfloat16)
+            # layer: under autocast the projection takes either
+            with torch.autocast(indices.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                return self.q.indices_to_codes(indices).to(dtype)
         return self.q.get_codes_from_indices(indices)
 
 

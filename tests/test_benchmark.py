@@ -24,7 +24,7 @@ from igpg_hf.zoo.training import HyperParams, train_model
 SECTIONS = (
     "## 1. Seen tasks",
     "## 2. Unseen tasks",
-    "## 3. Unseen architectures",
+    "## 3. Cross-architecture generation",
     "## 4. VQ-VAE fidelity",
     "## 5. Novelty",
     "## 6. Speed and memory",
@@ -110,7 +110,15 @@ def test_smoke_figures_are_numbers(smoke):
             )
     assert isinstance(res["unseen"]["all_meet_20_points_aligned"], bool)
     for r in res["cross_arch"]["configs"].values():
-        assert isinstance(r["generated"]["recalibrated_mean"], float) and r["parameters"] > 0
+        for m in ("trained", "generated", "transplant", "random_init"):
+            assert all(
+                isinstance(r["methods"][m][k], float) for k in ("recalibrated_mean", "finetuned_mean")
+            ), m
+        assert r["parameters"] > 0 and r["kind"] in ("trained", "interior", "exterior")
+    s = res["cross_arch"]["summary"]
+    for k in ("in_distribution_ratio", "held_out_interior_ratio", "held_out_exterior_ratio"):
+        assert isinstance(s[k], float) and isinstance(s["transplant_" + k], float), k
+    assert set(res["cross_arch"]["ablations"]) == {"absolute"}
     assert all(isinstance(r["reconstructed"], float) for r in res["fidelity"]["rows"])
     assert all(
         isinstance(m["novelty"], float) and isinstance(m["copy"], bool) for m in res["novelty"]["models"]

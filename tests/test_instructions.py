@@ -88,7 +88,9 @@ def pipe():
     vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny"))
     vq.fit_normalization([(layout, layout.vectorize(arch.build().state_dict()))])
     prior = IGPGPriorModel(
-        IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16)
+        IGPGPriorConfig.from_preset(
+            "tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16, chunk_size=vq.config.chunk_size
+        )
     )
     enc, tok = load_text_encoder()
     tasks = {

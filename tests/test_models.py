@@ -128,7 +128,9 @@ def test_gumbel_temperature_anneals_and_cycles():
 
 
 def _prior(**kw):
+    # sequences without a layout: the absolute-position prior (structure priors: tests/test_structure.py)
     torch.manual_seed(0)
+    kw = {"position_scheme": "absolute", **kw}
     return IGPGPriorModel(
         IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16, **kw)
     )
@@ -160,14 +162,13 @@ def test_prior_loss_and_absent_conditions():
 
 def test_prior_sampling_is_seeded_and_survives_save_load(tmp_path):
     prior = _prior()
-    a = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0)
-    b = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0)
+    a = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0).tokens
+    b = sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0).tokens
     assert a.shape == (3, 40) and torch.equal(a, b)
-    assert torch.equal(a, sample_weight_tokens(prior, _cond(1), 40, num_samples=3, seed=0, use_cache=False))
     prior.save_pretrained(tmp_path)
     again = IGPGPriorModel.from_pretrained(tmp_path)
-    assert torch.equal(sample_weight_tokens(again, _cond(1), 40, num_samples=3, seed=0), a)
-    greedy = sample_weight_tokens(prior, _cond(1), 10, sampling=SamplingConfig(do_sample=False))
+    assert torch.equal(sample_weight_tokens(again, _cond(1), 40, num_samples=3, seed=0).tokens, a)
+    greedy = sample_weight_tokens(prior, _cond(1), 10, sampling=SamplingConfig(do_sample=False)).tokens
     assert greedy.shape == (1, 10)
 
 
@@ -177,7 +178,7 @@ def test_block_wise_generation_past_the_context():
     wins = block_windows(n, prior.config.max_weight_tokens, prior.config.block_overlap, 2)
     assert wins[0].start == 0 and wins[-1].stop == n and len(wins) > 3
     assert all(w.start - w.context_start == 16 for w in wins[1:])
-    out = sample_weight_tokens(prior, _cond(1), n, num_samples=2, seed=1)
+    out = sample_weight_tokens(prior, _cond(1), n, num_samples=2, seed=1).tokens
     assert out.shape == (2, n)
 
 
@@ -195,3 +196,73 @@ def test_config_presets_and_validation():
         IGPGPriorConfig.from_preset("huge")
     with pytest.raises(ValueError, match="quantizer"):
         IGPGVQVAEConfig(quantizer="kmeans")
+
+
+# --------------------------------------------------------------------------------------- conventions
+def test_vqvae_follows_transformers_conventions(tmp_path, sd_layout):
+    sd, layout = sd_layout
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny")).eval()
+    vq.fit_normalization([(layout, layout.vectorize(sd))])
+    vq.save_pretrained(tmp_path)
+    model, info = IGPGVQVAEModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert isinstance(model, IGPGVQVAEModel) and not info["missing_keys"] and not info["unexpected_keys"]
+    x, pos = torch.randn(4, 32), torch.arange(4)
+    out, tup = vq(x, pos), vq(x, pos, return_dict=False)
+    assert isinstance(tup, tuple) and len(tup) == 6 and torch.equal(tup[3], out.reconstruction)
+    assert torch.equal(tup[0], out.loss) and torch.equal(tup[4], out.indices)
+
+
+@pytest.mark.parametrize("quantizer", ["gumbel", "fsq"])
+def test_vqvae_encodes_and_decodes_in_bfloat16(quantizer, sd_layout):
+    sd, layout = sd_layout
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny", quantizer=quantizer)).eval()
+    vq.fit_normalization([(layout, layout.vectorize(sd))])
+    ref = vq.encode(sd)
+    ids = vq.to(torch.bfloat16).encode(sd)
+    assert ids.shape == ref.shape and ids.dtype == torch.int64 and (ids == ref).float().mean() > 0.9
+    back = vq.decode(ids, layout, fill=sd)
+    assert all(back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape for k in sd)
+
+
+def test_plain_loop_through_forward_trains_the_conditioning():
+    """A generic loop that only calls forward() (as Trainer does) updates every conditioning module."""
+    prior = _prior()
+    tokens, cond = torch.randint(0, 64, (2, 50)), _cond()
+    mask = torch.ones(2, 50, dtype=torch.bool)
+    out = prior(conditions=cond, weight_tokens=tokens, loss_mask=mask)
+    assert torch.allclose(out.loss, prior.sequence_loss(cond, tokens, mask))
+    assert out.logits.shape == (2, prior.config.num_prefix_tokens + 50, 64)
+    opt = torch.optim.SGD(prior.parameters(), lr=0.1)
+    before = {n: p.detach().clone() for n, p in prior.named_parameters()}
+    prior(conditions=cond, weight_tokens=tokens).loss.backward()
+    opt.step()
+    changed = {n.split(".")[0] for n, p in prior.named_parameters() if not torch.equal(p, before[n])}
+    assert {"text_proj", "arch_proj", "dataset_encoder", "block_embed", "transformer"} <= changed
+    # conditions alone (no weight tokens) are a mistake, named as such; plain GPT-2 calls still work
+    with pytest.raises(ValueError, match="need weight_tokens"):
+        prior(conditions=cond)
+    with pytest.raises(ValueError, match="labels are built"):
+        prior(conditions=cond, weight_tokens=tokens, labels=tokens)
+    assert prior(inputs_embeds=torch.randn(1, 3, prior.config.n_embd)).logits.shape == (1, 3, 64)
+
+
+def test_models_save_their_own_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    prior = _prior(training_summary={"prior_steps": 5, "prior_final_loss": 2.5})
+    prior.save_pretrained(tmp_path / "prior")
+    data = ModelCard.load(tmp_path / "prior" / "README.md").data
+    assert data.library_name == "igpg_hf" and [r.metric_value for r in data.eval_results] == [2.5]
+    assert data.datasets is None  # no Hub corpus recorded: no dataset link invented
+
+
+def test_save_options_reach_transformers(tmp_path):
+    """diffusers passes variant/max_shard_size to a component only if its save_pretrained names them."""
+    import inspect
+
+    prior = _prior()
+    assert {"variant", "max_shard_size"} <= set(inspect.signature(prior.save_pretrained).parameters)
+    prior.save_pretrained(tmp_path, variant="fp16")
+    assert (tmp_path / "model.fp16.safetensors").exists()
+    again = IGPGPriorModel.from_pretrained(tmp_path, variant="fp16")
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), prior.parameters(), strict=True))

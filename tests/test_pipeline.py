@@ -23,7 +23,9 @@ def pipe():
     vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny"))
     vq.fit_normalization([(layout, layout.vectorize(sd))])
     prior = IGPGPriorModel(
-        IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16)
+        IGPGPriorConfig.from_preset(
+            "tiny", vocab_size=64, tokens_per_chunk=2, chunk_size=32, block_overlap=16
+        )
     )
     enc, tok = load_text_encoder()
     return IGPGPipeline(vqvae=vq.eval(), prior=prior.eval(), text_encoder=enc, tokenizer=tok)
@@ -112,14 +114,17 @@ def test_candidates_likelihood_and_copy_exclusion(pipe):
     from igpg_hf.modeling_prior import IGPGConditions
     from igpg_hf.sampling import block_windows, sequence_hash
 
-    kw = dict(architecture="tiny_cnn", seed=5)
-    plain = pipe("Classify handwritten digits", num_samples=6, **kw)
+    def kw():  # one stream for the whole batch: 6 samples and 2 x 3 candidates draw the same 6 sequences
+        return dict(architecture="tiny_cnn", generator=torch.Generator().manual_seed(5))
+
+    plain = pipe("Classify handwritten digits", num_samples=6, **kw())
     assert plain.is_copy is None and plain.num_candidates == 6 and len(plain.log_likelihood) == 6
     # the reported log-likelihood is the prior's own mean log-probability per token of the sequence
     _, text, _, _ = pipe.resolve_architecture("tiny_cnn")
     emb = encode_text(["Classify handwritten digits", text], pipe.text_encoder, pipe.tokenizer)
     cond = IGPGConditions(text_embeds=emb[:1].expand(6, -1), arch_embeds=emb[1:].expand(6, -1))
     cfg, toks, total = pipe.prior.config, plain.token_ids, torch.zeros(6)
+    places = pipe.prior.weight_positions(pipe.resolve_architecture("tiny_cnn")[0])
     wins = block_windows(toks.shape[1], cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
     assert len(wins) > 1  # the tiny prior's context is shorter than the model: scored window by window
     with torch.no_grad():
@@ -127,28 +132,30 @@ def test_candidates_likelihood_and_copy_exclusion(pipe):
             cond.block_index = torch.full((6,), w.index, dtype=torch.long)
             pre = pipe.prior.build_prefix(cond, 6)
             logits = pipe.prior(
-                inputs_embeds=pipe.prior.embed_sequence(pre, toks[:, w.context_start : w.stop])
+                inputs_embeds=pipe.prior.embed_sequence(
+                    pre, toks[:, w.context_start : w.stop], places[w.context_start : w.stop]
+                )
             ).logits
             new = toks[:, w.start : w.stop]
             lp = torch.log_softmax(logits[:, -new.shape[1] - 1 : -1].float(), -1)
             total += lp.gather(-1, new[..., None]).squeeze(-1).sum(1)
     assert torch.allclose(total / toks.shape[1], torch.tensor(plain.log_likelihood), atol=1e-4)
     # best of 3 candidates per sample: the kept ones are the most likely of a larger seeded draw
-    best = pipe("Classify handwritten digits", num_samples=2, candidates_per_sample=3, **kw)
+    best = pipe("Classify handwritten digits", num_samples=2, candidates_per_sample=3, **kw())
     assert best.num_candidates == 6 and len(best.state_dicts) == 2
     assert sorted(best.log_likelihood) == sorted(plain.log_likelihood)[-2:]
     # exclude_copies needs the training fingerprints; pretend two of the six draws were training sequences
     with pytest.raises(ValueError, match="fingerprints"):
-        pipe("Classify handwritten digits", num_samples=2, exclude_copies=True, **kw)
+        pipe("Classify handwritten digits", num_samples=2, exclude_copies=True, **kw())
     order = sorted(range(6), key=lambda i: -plain.log_likelihood[i])
     pipe.prior.config.training_sequence_hashes = [sequence_hash(plain.token_ids[i]) for i in order[:2]]
     try:
         new = pipe(
-            "Classify handwritten digits", num_samples=2, candidates_per_sample=3, exclude_copies=True, **kw
+            "Classify handwritten digits", num_samples=2, candidates_per_sample=3, exclude_copies=True, **kw()
         )
         assert new.is_copy == [False, False] and new.candidate_copies == 2
         assert sorted(new.log_likelihood) == sorted(plain.log_likelihood[i] for i in order[2:4])
-        plain2 = pipe("Classify handwritten digits", num_samples=6, **kw)
+        plain2 = pipe("Classify handwritten digits", num_samples=6, **kw())
         assert sum(plain2.is_copy) == 2
     finally:
         pipe.prior.config.training_sequence_hashes = None
@@ -187,8 +194,12 @@ def test_model_cpu_offload_moves_one_component_per_stage(pipe):
         pipe.enable_model_cpu_offload(device="cpu")  # the same staging as on a GPU, checkable on a CPU runner
         moves.clear()
         out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=6)
-        assert [n for n, _ in moves] == ["text_encoder", "text_encoder", "prior", "prior", "vqvae", "vqvae"]
+        # the texts' embeddings are cached from the call above: the text encoder has no stage
+        assert [n for n, _ in moves] == ["prior", "prior", "vqvae", "vqvae"]
         assert torch.equal(out.token_ids, ref.token_ids)
+        moves.clear()
+        pipe("Classify handwritten digits, offloaded", architecture="tiny_cnn", num_samples=2, seed=6)
+        assert [n for n, _ in moves] == ["text_encoder", "text_encoder", "prior", "prior", "vqvae", "vqvae"]
         pipe.to("cpu")  # turns offload off
         moves.clear()
         pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=1, seed=6)
@@ -207,3 +218,70 @@ def test_support_set_size_comes_from_the_prior_config(pipe):
         assert len(pipe._labelled_samples("mnist")[1]) == 20
     finally:
         pipe.prior.config.support_per_class = 5
+
+
+def _g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_generators_make_samples_batch_independent(pipe):
+    text, kw = "Classify handwritten digits", dict(architecture="tiny_cnn", top_k=20)
+    three = pipe(text, num_samples=3, generator=[_g(0), _g(1), _g(2)], **kw)
+    one = pipe(text, num_samples=1, generator=[_g(0)], **kw)
+    assert torch.equal(three.token_ids[0], one.token_ids[0])
+    assert all(torch.equal(three.state_dicts[0][k], one.state_dicts[0][k]) for k in one.state_dicts[0])
+    # seed=s is the shortcut for the generators s, s + 1, ...: sample 2 of seed=0 is the sample of seed=2
+    assert torch.equal(pipe(text, num_samples=3, seed=0, **kw).token_ids, three.token_ids)
+    assert torch.equal(pipe(text, num_samples=1, seed=2, **kw).token_ids[0], three.token_ids[2])
+    # one generator for the whole batch (generate()'s stream): reproducible, and it advances
+    g = _g(4)
+    first, second = pipe(text, num_samples=2, generator=g, **kw), pipe(text, num_samples=2, generator=g, **kw)
+    assert torch.equal(first.token_ids, pipe(text, num_samples=2, generator=_g(4), **kw).token_ids)
+    assert not torch.equal(first.token_ids, second.token_ids)
+    with pytest.raises(ValueError, match="one per sample"):
+        pipe(text, num_samples=2, generator=[_g(0)], **kw)
+
+
+def test_return_dict_false_gives_the_fields_as_a_tuple(pipe):
+    from dataclasses import fields
+
+    from igpg_hf import IGPGPipelineOutput
+
+    out = pipe("Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=1)
+    tup = pipe(
+        "Classify handwritten digits", architecture="tiny_cnn", num_samples=2, seed=1, return_dict=False
+    )
+    assert isinstance(tup, tuple) and len(tup) == len(fields(IGPGPipelineOutput))  # None fields kept
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(tup[0], out.state_dicts, strict=True) for k in a)
+    assert torch.equal(tup[2], out.token_ids) and tup[1] is None
+
+
+def test_progress_bar_counts_decode_steps(pipe):
+    import io
+
+    buf = io.StringIO()
+    pipe.set_progress_bar_config(file=buf, disable=False)
+    try:
+        out = pipe("Classify handwritten digits", architecture="resnet_small", seed=0)  # block by block
+    finally:
+        pipe.set_progress_bar_config(disable=None)
+    n = out.token_ids.shape[1]
+    assert f"{n}/{n}" in buf.getvalue()
+
+
+def test_repeated_instructions_reuse_their_text_embedding(pipe):
+    from igpg_hf.conditioning import encode_text
+
+    calls = []
+    hook = pipe.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        a = pipe("Recognise a digit from its outline", architecture="tiny_cnn", seed=0)
+        assert len(calls) >= 1
+        calls.clear()
+        b = pipe("Recognise a digit from its outline", architecture="tiny_cnn", seed=0)
+        assert calls == [] and torch.equal(a.token_ids, b.token_ids)
+    finally:
+        hook.remove()
+    # the cached embedding is the text encoded on its own
+    fresh = encode_text(["Recognise a digit from its outline"], pipe.text_encoder, pipe.tokenizer)[0]
+    assert torch.equal(pipe._text_embeddings(["Recognise a digit from its outline"])[0], fresh)

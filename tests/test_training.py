@@ -1,9 +1,12 @@
 """Training loops: they learn, they resume after an interruption, and they run in 2 CPU processes."""
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -138,21 +141,85 @@ def test_prior_rejects_mismatched_vqvae(tmp_path, checkpoints):
         train_prior(checkpoints, vq, TinyText(), tiny_tokenizer, cfg, tmp_path / "prior", progress=False)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_two_process_cpu_training_step(tmp_path):
+def test_accelerate_launch_two_cpu_processes_train_one_model(tmp_path, checkpoints):
+    """`accelerate launch --multi_gpu --num_processes 2` on a CPU machine: one job of 2 ranks, not 2 jobs.
+
+    Both ranks end with identical weights (gradients averaged) and split every epoch's batches between them:
+    together they see each training row once, as one process would (with a plain `Accelerator()` each rank ran
+    the whole job on its own).
+    """
+    from collections import Counter
+
+    from _ddp_train_step import row_digests
+
+    from igpg_hf.corpus import CorpusWriter
+    from igpg_hf.modeling_vqvae import IGPGVQVAEModel
+    from igpg_hf.training.vqvae import collect_chunks
+
+    with CorpusWriter(tmp_path / "zoo") as w:
+        for c in [FakeCheckpoint(t, s) for t in ("mnist", "mnist_rot90") for s in range(4)]:
+            w.add(c.sd, {"model_id": c.metadata.model_id, "task": c.metadata.task, "arch_spec": c.spec})
     script = Path(__file__).parent / "_ddp_train_step.py"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(_free_port())]
+    steps = 12
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)],
+        [*launch, str(script), str(tmp_path), str(tmp_path / "zoo"), str(steps)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(r["world"] == 2 and "MULTI_CPU" in r["type"] for r in ranks)
-    # different data shards, same weights after the step: gradients were all-reduced
-    assert ranks[0]["digest"] == pytest.approx(ranks[1]["digest"], rel=1e-6)
-    assert torch.tensor(ranks[0]["digest"]).isfinite()
+    # one model: the same weights on both ranks after training
+    for key in ("vqvae_digest", "prior_digest"):
+        assert ranks[0][key] == pytest.approx(ranks[1][key], rel=1e-9) and math.isfinite(ranks[0][key])
+    # half the batches each: in every epoch the ranks' batches are disjoint shares of the training rows
+    vq = IGPGVQVAEModel.from_pretrained(tmp_path / "run" / "vqvae" / "final")
+    from igpg_hf.corpus import WeightCorpus
+
+    chunks, _, _ = collect_chunks(vq, WeightCorpus.load(str(tmp_path / "zoo")), fit=False)
+    rows, batch = Counter(row_digests(chunks)), 32
+    per_rank_epoch = (chunks.shape[0] // batch) // 2  # full batches (drop_last), split over 2 ranks
+    assert all(len(r["vqvae_batches"]) == steps for r in ranks) and steps >= per_rank_epoch > 0
+    # the one-cycle schedule runs over the optimizer steps, as in one process (not num_processes times faster)
+    opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
+    expected = []
+    for _ in range(steps):
+        expected.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert all(r["vqvae_lrs"] == pytest.approx(expected) for r in ranks)
+    epoch = [Counter(d for b in r["vqvae_batches"][:per_rank_epoch] for d in b) for r in ranks]
+    assert all(sum(e.values()) == per_rank_epoch * batch for e in epoch)
+    assert not (epoch[0] + epoch[1]) - rows  # together at most once each: no row trained twice in the epoch
+
+
+def test_training_records_which_corpus_it_read(tmp_path):
+    from igpg_hf.training.provenance import corpus_summary, track_sources
+
+    seen: set = set()
+    items = [SimpleNamespace(source="user/zoo"), SimpleNamespace(source="user/zoo")]
+    assert list(track_sources(iter(items), seen)) == items and seen == {"user/zoo"}  # one pass
+    assert corpus_summary(seen) == {"corpus": "user/zoo", "corpus_repo_id": "user/zoo"}
+    # a local folder is named, never published with its path; mixed or unknown sources link no dataset
+    assert corpus_summary({str(tmp_path / "zoo")}) == {"corpus": "local folder 'zoo'"}
+    assert corpus_summary({"user/zoo", None}) == {"corpus": "user/zoo and checkpoints of unknown origin"}
+    assert corpus_summary({None}) == {}
 
 
 def test_recipe_builds_the_configs_training_and_inference_share():
@@ -160,7 +227,9 @@ def test_recipe_builds_the_configs_training_and_inference_share():
 
     from igpg_hf.training import PipelineRecipe
 
-    vq = SimpleNamespace(config=SimpleNamespace(vocab_size=64, tokens_per_chunk=2))
+    vq = SimpleNamespace(
+        config=SimpleNamespace(vocab_size=64, tokens_per_chunk=2, chunk_size=32, chunk_mode="layer")
+    )
     smoke = PipelineRecipe.from_preset("smoke")
     c = smoke.prior_config(vq, longest_sequence=300)
     assert (c.n_positions, c.context_rule) == (304, "longest")  # the longest sequence + the 4-token prefix

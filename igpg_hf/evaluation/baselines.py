@@ -3,12 +3,16 @@
 - `retrieve_by_embedding`: the zoo task whose instruction embedding is nearest to the query's;
 - `select_best`: the state dict with the best accuracy on a small labelled sample (`labelled_subset`);
 - `add_noise`: a checkpoint plus Gaussian noise, scaled per entry by that entry's std;
-- `average_state_dicts`: the mean of checkpoints, BatchNorm statistics recomputed on training data.
+- `average_state_dicts`: the mean of checkpoints, BatchNorm statistics recomputed on training data;
+- `transplant_depth` / `nearest_depth`: a trained ResNet moved to another depth (blocks cut from the end of a
+  stage, or added as identity maps), the cross-architecture baseline.
 
 `finetune_job` runs `finetune` on a picklable job, so fine-tuning curves can go to a process pool.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -25,6 +29,8 @@ __all__ = [
     "labelled_subset",
     "finetune_job",
     "train_job",
+    "transplant_depth",
+    "nearest_depth",
     "NOISE_SKIP",
 ]
 
@@ -120,3 +126,59 @@ def train_job(job: tuple) -> list:
 
     spec_json, task, hp, keep = job
     return train_model(ArchSpec.from_json(spec_json), task, HyperParams(**hp), list(keep))
+
+
+def nearest_depth(target: list[int], trained: list[list[int]]) -> list[int]:
+    """The trained block configuration nearest to ``target`` (L1 over blocks per stage); ties go to the one that
+    cuts fewest blocks (adding identity blocks keeps the function, cutting does not), then to the smallest."""
+    if not trained:
+        raise ValueError("nearest_depth needs at least one trained configuration, got none")
+
+    def key(b):
+        return (
+            sum(abs(x - y) for x, y in zip(b, target, strict=True)),
+            sum(max(x - y, 0) for x, y in zip(b, target, strict=True)),
+            list(b),
+        )
+
+    return list(min(trained, key=key))
+
+
+def transplant_depth(
+    spec: ArchSpec, state_dict: dict[str, torch.Tensor], target: ArchSpec, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A trained ResNet's weights moved to the block configuration of ``target`` (same family and widths).
+
+    Per stage: blocks past the target's depth are cut from the end (not function-preserving); missing blocks
+    are added after the last one as identity maps: weights copied from the stage's last block where the shapes
+    agree (else ``target``'s fresh initialization, seeded), and the last BatchNorm's scale and shift at zero,
+    so the residual branch adds nothing and, as the stage's input is already rectified, the net computes the
+    same function. ValueError unless both are ResNets of the same widths.
+    """
+    if spec.family != "resnet" or target.family != "resnet":
+        raise ValueError(f"transplant_depth needs two ResNets, got {spec.family!r} and {target.family!r}")
+    if {k: v for k, v in spec.params.items() if k != "blocks"} != {
+        k: v for k, v in target.params.items() if k != "blocks"
+    }:
+        raise ValueError(f"transplant_depth changes blocks only: {spec.to_json()} vs {target.to_json()}")
+    torch.manual_seed(seed)
+    fresh = target.build().state_dict()
+    src_blocks = spec.params["blocks"]
+    out = {}
+    for k, v in fresh.items():
+        m = re.match(r"layer(\d)\.(\d+)\.(.*)", k)
+        if not m:
+            out[k] = state_dict[k].clone()
+            continue
+        s, b, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        n = src_blocks[s - 1]
+        if b < n:
+            out[k] = state_dict[k].clone()
+            continue
+        src = state_dict.get(f"layer{s}.{n - 1}.{rest}")
+        out[k] = src.clone() if src is not None and src.shape == v.shape else v.clone()
+        if rest in ("bn2.weight", "bn2.bias") or (
+            target.params["norm"] != "batch" and rest.startswith("conv2.")
+        ):
+            out[k] = torch.zeros_like(v)  # the residual branch of a new block outputs zero: an identity map
+    return out

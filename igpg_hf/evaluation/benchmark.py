@@ -28,6 +28,7 @@ import torch
 from ..files import atomic_write_json
 from ..training.recipe import PipelineRecipe
 from ..training.zoo_builder import ZooConfig
+from ..training.zoo_presets import resnet_depth_grid
 from .experiments import EXPERIMENTS, ExperimentResult, default_parts, get_experiment
 from .settings import GenerationSettings
 from .zoos import Zoo, ZooSetup, load_zoo, record_build
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["BenchConfig", "BenchContext", "BenchResult", "run_benchmark"]
 
 _DIGITS = ["digits", "digits_rot90", "digits_rot180"]
-_RESNET_GPU_BLOCKS = [[a, b, c] for a in (1, 2, 3) for b in (1, 2, 3) for c in (1, 2, 3)]
+# n in 2..5 per stage, minus the interior depths the gpu cross_arch experiment holds out (60 configurations)
+_RESNET_GPU_BLOCKS = resnet_depth_grid(2, 5, ([3, 3, 3], [2, 4, 3], [4, 3, 2], [4, 5, 3]))
 
 
 def _recipe(preset: str, prior_changes: dict | None = None, **changes: Any) -> PipelineRecipe:

@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_directory, atomic_path, atomic_write_json
+from ..files import (
+    FolderLock,
+    atomic_directory,
+    atomic_path,
+    atomic_write_json,
+    recover_directory,
+    remove_stale_temporaries,
+)
 from ..training.pipeline import PipelineRecipe, train_pipeline
 from ..training.zoo_builder import build_zoo
 from ..zoo.tasks import get_task
@@ -149,7 +156,9 @@ def run_demo(
     config = config or DemoConfig()
     gen_cfg = config.generation
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "demo output folder").acquire()  # one demo per folder; checks it is writable
+    recover_directory(out / "pipeline")  # a kill between the two renames of the pipeline save
+    remove_stale_temporaries(out)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -286,10 +295,11 @@ def run_demo(
         "corpus": f"igpg_hf zoo preset {config.zoo_preset!r}",
         "demo_results": summary,
     }
-    with atomic_directory(out / "pipeline") as tmp:
+    with atomic_directory(out / "pipeline") as tmp:  # whole or not at all: a kill leaves no half pipeline
         pipe.save_pretrained(tmp)
     atomic_write_json(out / "results.json", result.to_dict())
     plot_demo(result, out / "results.png")
+    lock.release()
     return result
 
 

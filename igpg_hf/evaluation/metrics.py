@@ -121,17 +121,33 @@ def finetune(
     batch_size: int = 64,
     seed: int = 0,
     data: TaskData | None = None,
+    recalibrate: bool = False,
 ) -> dict[int, float]:
-    """Fine-tune from ``state_dict`` (None: random init) with Adam; test accuracy after each step count in ``steps``."""
+    """Fine-tune from ``state_dict`` (None: random init) with Adam; test accuracy after each step count in ``steps``.
+
+    ``recalibrate``: BatchNorm statistics are recomputed on the training inputs before the first step and before
+    every measurement (on a copy, so training keeps its usual running averages), as for nets measured unchanged.
+    """
     data = data or load_task_data(task)
     torch.manual_seed(seed)
     m = spec.build() if state_dict is None else _load(spec, copy.deepcopy(state_dict))
+
+    def measure() -> float:
+        if not recalibrate:
+            return accuracy(m, data.x_test, data.y_test)
+        return accuracy(recalibrate_batchnorm(copy.deepcopy(m), data.x_train), data.x_test, data.y_test)
+
+    if recalibrate:
+        momentum = {b: b.momentum for b in m.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)}
+        recalibrate_batchnorm(m, data.x_train)
+        for b, mom in momentum.items():
+            b.momentum = mom
     opt = torch.optim.Adam(m.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     out, step, n = {}, 0, len(data.x_train)
     todo = sorted(steps)
     if todo and todo[0] == 0:
-        out[0] = accuracy(m, data.x_test, data.y_test)
+        out[0] = measure()
     while step < todo[-1]:
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
@@ -143,7 +159,7 @@ def finetune(
             opt.step()
             step += 1
             if step in todo:
-                out[step] = accuracy(m, data.x_test, data.y_test)
+                out[step] = measure()
             if step >= todo[-1]:
                 break
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,25 @@ def _checkpoints(corpus_or_checkpoints: Any) -> list:
     if not checkpoints:
         raise ValueError("the corpus has no checkpoints to train a pipeline on")
     return checkpoints
+
+
+def _training_set(corpus_or_checkpoints: Any, recipe: PipelineRecipe) -> Callable[[], list]:
+    """The checkpoints the stages train on (ValueError now if there are none), permutation-aligned on first use
+    if the recipe says so: stages that are reused need no alignment."""
+    loaded = _checkpoints(corpus_or_checkpoints)
+    memo: list[list] = []
+
+    def get() -> list:
+        if not memo:
+            checkpoints = loaded
+            if recipe.align_checkpoints:
+                from ..zoo.alignment import align_checkpoints
+
+                checkpoints = align_checkpoints(checkpoints)
+            memo.append(checkpoints)
+        return memo[0]
+
+    return get
 
 
 def _check_stage(stage_dir: Path, recipe: PipelineRecipe, stage: str) -> None:
@@ -81,14 +100,17 @@ def train_pipeline_vqvae(
     progress: bool = True,
 ) -> IGPGVQVAEModel:
     """The first stage of `train_pipeline` alone: the VQ-VAE in ``output_dir/vqvae`` (reused or resumed)."""
-    stage = Path(output_dir) / "vqvae"
+    return _vqvae_stage(_training_set(corpus_or_checkpoints, recipe), recipe, Path(output_dir), progress)
+
+
+def _vqvae_stage(training_set: Callable[[], list], recipe: PipelineRecipe, out: Path, progress: bool):
+    stage = out / "vqvae"
     config = recipe.vqvae_config()  # a bad preset or field is a ValueError before anything is written
     _check_stage(stage, recipe, "vqvae")
     if (stage / "final" / "config.json").exists():
         logger.info("reusing the VQ-VAE in %s", stage / "final")
         return IGPGVQVAEModel.from_pretrained(stage / "final").eval()
-    checkpoints = _checkpoints(corpus_or_checkpoints)
-    return train_vqvae(checkpoints, config, stage, recipe.vqvae_training, progress=progress).eval()
+    return train_vqvae(training_set(), config, stage, recipe.vqvae_training, progress=progress).eval()
 
 
 def train_pipeline(
@@ -108,9 +130,9 @@ def train_pipeline(
     a VQ-VAE that cannot encode the corpus.
     """
     out = Path(output_dir)
-    checkpoints = _checkpoints(corpus_or_checkpoints)
+    training_set = _training_set(corpus_or_checkpoints, recipe)
     if vqvae is None:
-        vqvae = train_pipeline_vqvae(checkpoints, recipe, out, progress=progress)
+        vqvae = _vqvae_stage(training_set, recipe, out, progress)
     elif not isinstance(vqvae, IGPGVQVAEModel):
         vqvae = IGPGVQVAEModel.from_pretrained(vqvae)
     vqvae = vqvae.eval()
@@ -121,6 +143,7 @@ def train_pipeline(
         logger.info("reusing the prior in %s", final)
         prior = IGPGPriorModel.from_pretrained(final)
     else:
+        checkpoints = training_set()
         longest = max(vqvae.num_tokens(c.layout) for c in checkpoints)
         config = recipe.prior_config(vqvae, longest)
         config.training_summary = {"recipe": recipe.to_dict()}

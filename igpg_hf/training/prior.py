@@ -13,26 +13,30 @@ VQ-VAE trainer.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..conditioning import encode_text, encode_text_states, pad_text_states, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
-from ..files import atomic_write_json
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..sampling import block_windows, sequence_hash
+from ..weights.structure import STRUCTURE_FIELDS
+from .accelerator import make_accelerator
 from .args import PriorTrainingArgs
+from .checkpointing import RunFolder, data_fingerprint, run_settings
 from .loop import run_training
+from .provenance import base_model_summary, corpus_summary, track_sources
 from .vqvae import canonical_order
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,8 @@ class EncodedCheckpoint:
     arch_text: str
     task: str
     model_id: str
+    layout: Any = None  # WeightLayout of the checkpoint: the order its tokens run in
+    positions: torch.Tensor | None = None  # (N, F) token places (structure priors), set by train_prior
 
 
 def _sample_wordings(wordings: tuple[str, ...], n: int | None, key: str, head: int = 4) -> tuple[str, ...]:
@@ -82,13 +88,16 @@ def encode_corpus(
     out = []
     for c in checkpoints:
         m = c.metadata
+        if not (m.arch_text or "").strip():
+            raise ValueError(
+                f"checkpoint {m.model_id!r} has no architecture text (arch_text), which conditions the prior: "
+                "store it with an arch_spec (arch_text is derived from it) or an arch_text when it is written or "
+                "ingested"
+            )
+        tokens = vqvae.encode(c.state_dict(), c.layout, f"checkpoint {m.model_id!r}")
         out.append(
             EncodedCheckpoint(
-                vqvae.encode(c.state_dict(), c.layout),
-                _instructions(m, wordings_per_task),
-                m.arch_text,
-                m.task,
-                m.model_id,
+                tokens, _instructions(m, wordings_per_task), m.arch_text, m.task, m.model_id, c.layout
             )
         )
     if not out:
@@ -97,7 +106,11 @@ def encode_corpus(
 
 
 class PriorExamples(Dataset):
-    """Map-style dataset: item i is a random block window of checkpoint i with sampled conditions."""
+    """Map-style dataset: item i is a random block window of checkpoint i with sampled conditions.
+
+    The draw is a pure function of (seed, epoch, i) (`draw`), never of a generator's running state, so a resumed
+    run draws exactly what the interrupted one would have.
+    """
 
     def __init__(
         self,
@@ -117,7 +130,7 @@ class PriorExamples(Dataset):
             support,
             dropout,
         )
-        self.rng = random.Random(seed)
+        self.seed = seed
         self.canonical_probability = canonical_probability
         self.text_states = text_states  # wording -> (L, E) token states, for priors that pool them
 
@@ -125,7 +138,12 @@ class PriorExamples(Dataset):
         return len(self.seqs)
 
     def __getitem__(self, i: int) -> dict:
-        s, cfg, rng = self.seqs[i], self.cfg, self.rng
+        return self.draw(i, 0)
+
+    def draw(self, i: int, epoch: int) -> dict:
+        """Example ``i`` as drawn in ``epoch``: window, instruction wording, dropped conditions, support set."""
+        s, cfg = self.seqs[i], self.cfg
+        rng = random.Random(f"{self.seed}|{epoch}|{i}")  # str seeds hash with SHA-512: same in every process
         wins = block_windows(len(s.tokens), cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
         w = rng.choice(wins)
         tokens = s.tokens[w.context_start : w.stop]
@@ -136,6 +154,7 @@ class PriorExamples(Dataset):
         )
         item = {
             "tokens": tokens,
+            "positions": None if s.positions is None else s.positions[w.context_start : w.stop],
             "loss_mask": loss_mask,
             "block": w.index,
             "text": self.text[wording],
@@ -152,11 +171,19 @@ class PriorExamples(Dataset):
         return item
 
 
-def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.Tensor, torch.Tensor]:
-    """Pad a batch: tokens (B, N), loss_mask (B, N) False on padding/context, conditions."""
+def collate(
+    items: list[dict], feature_dim: int
+) -> tuple[IGPGConditions, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pad a batch: conditions, tokens (B, N), loss_mask (B, N) False on padding/context, and the tokens' places
+    (B, N, F), -1 on padding (None for absolute priors)."""
     B, N = len(items), max(len(it["tokens"]) for it in items)
     tokens = torch.zeros(B, N, dtype=torch.long)
     mask = torch.zeros(B, N, dtype=torch.bool)
+    places = None
+    if items[0].get("positions") is not None:
+        places = torch.full((B, N, items[0]["positions"].shape[-1]), -1, dtype=torch.long)
+        for b, it in enumerate(items):
+            places[b, : len(it["positions"])] = it["positions"]
     S = max((len(it["labels"]) for it in items if "labels" in it), default=1)
     feats, labels, smask = (
         torch.zeros(B, S, feature_dim),
@@ -184,7 +211,29 @@ def collate(items: list[dict], feature_dim: int) -> tuple[IGPGConditions, torch.
         text_states=None if states is None else states[0],
         text_mask=None if states is None else states[1],
     )
-    return cond, tokens, mask
+    return cond, tokens, mask, places
+
+
+def _structure(model: IGPGPriorModel, seqs: list[EncodedCheckpoint], vqvae: IGPGVQVAEModel) -> None:
+    """Store the VQ-VAE's chunking in the prior's config, give every sequence its token places, and record the
+    largest value of every learned field (values past it at inference share its row)."""
+    cfg = model.config
+    cfg.chunk_size, cfg.chunk_mode = vqvae.config.chunk_size, vqvae.config.chunk_mode
+    if not model.uses_structure:
+        return
+    cache: dict[str, torch.Tensor] = {}
+    for s in seqs:
+        key = s.layout.to_json()
+        if key not in cache:
+            cache[key] = model.weight_positions(s.layout)
+        s.positions = cache[key]
+        if len(s.positions) != len(s.tokens):
+            raise ValueError(
+                f"checkpoint {s.model_id!r}: {len(s.tokens)} tokens but {len(s.positions)} token places "
+                "(the prior's chunking differs from the VQ-VAE's)"
+            )
+    seen = torch.stack([p.max(0).values for p in cache.values()]).max(0).values
+    cfg.structure_seen_max = {f: int(seen[STRUCTURE_FIELDS.index(f)]) for f in cfg.structure_tables}
 
 
 def _support_pool(tasks: set[str], args: PriorTrainingArgs, config: IGPGPriorConfig) -> dict:
@@ -231,6 +280,7 @@ def _train_text_pool(model, seqs, states: dict[str, torch.Tensor], args: PriorTr
             opt.step()
             if (step + 1) % 100 == 0:
                 logger.info("text pooling step %d: task loss %.4f", step + 1, loss.item())
+        opt.zero_grad(set_to_none=True)  # no stale gradient: the prior's optimizer would apply it once
     pool.requires_grad_(False)
 
 
@@ -284,12 +334,22 @@ def train_prior(
     prior's vocabulary or tokens per chunk differ from the VQ-VAE's, or the corpus is empty.
     """
     args = args or PriorTrainingArgs()
-    accelerator = accelerator or Accelerator()
-    out = Path(output_dir)
+    accelerator = accelerator or make_accelerator()
+    with RunFolder(output_dir, accelerator) as run:  # writable, locked, before any work
+        return _train_prior(
+            checkpoints, vqvae, text_encoder, tokenizer, config, run, args, accelerator, progress
+        )
+
+
+def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args, accelerator, progress):
+    out = run.path
     torch.manual_seed(args.seed)
     vqvae = vqvae.eval()
-    seqs = encode_corpus(vqvae, canonical_order(checkpoints), args.wordings_per_task)
-    model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
+    sources: set = set()
+    seqs = encode_corpus(vqvae, canonical_order(track_sources(checkpoints, sources)), args.wordings_per_task)
+    # a copy: training records what it saw in the config, and the caller's object must not change under it
+    model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(copy.deepcopy(config))
+    provenance = {**corpus_summary(sources), **base_model_summary(model)}
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
         raise ValueError(f"prior vocab_size {cfg.vocab_size} != VQ-VAE vocabulary {vqvae.config.vocab_size}")
@@ -298,6 +358,8 @@ def train_prior(
             f"prior tokens_per_chunk {cfg.tokens_per_chunk} != VQ-VAE's {vqvae.config.tokens_per_chunk}"
         )
     cfg.training_sequence_hashes = sorted({sequence_hash(s.tokens) for s in seqs})
+    _structure(model, seqs, vqvae)
+    cfg.trained_layouts = list({s.layout.to_json(): s.layout.to_list() for s in seqs}.values())
     wordings = sorted({t for s in seqs for t in s.instructions})
     archs = sorted({s.arch_text for s in seqs} - set(wordings))
     states = None
@@ -316,40 +378,47 @@ def train_prior(
     if states is not None:
         _train_text_pool(model, seqs, states, args)
     support = _support_pool({s.task for s in seqs}, args, cfg)
+    settings = run_settings(
+        args,
+        cfg,
+        data_fingerprint(
+            *(s.tokens for s in seqs), [[s.model_id, s.instructions, s.arch_text, s.task] for s in seqs]
+        ),
+    )
+    done = run.finished(IGPGPriorModel, settings)
+    if done is not None:
+        return done
     data = PriorExamples(
         seqs,
         cfg,
         text_table,
         support,
         args.condition_dropout,
-        args.seed + accelerator.process_index,
+        args.seed,
         args.canonical_probability,
         states,
-    )
-    loader = DataLoader(
-        data,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=len(data) >= args.batch_size,
-        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
-        generator=torch.Generator().manual_seed(args.seed),
     )
     t0 = time.perf_counter()
 
     def step_fn(m, batch, step):
-        cond, tokens, mask = batch
-        # prefix built outside forward; the GPT runs through the (possibly DDP-wrapped) model
-        embeds, labels = accelerator.unwrap_model(m).build_inputs(cond, tokens, mask)
-        loss = m(inputs_embeds=embeds, labels=labels, use_cache=False).loss
+        cond, tokens, mask, places = batch
+        # the prefix is built inside forward, so the (possibly DDP-wrapped) model sees every parameter it trains
+        loss = m(
+            conditions=cond, weight_tokens=tokens, loss_mask=mask, weight_positions=places, use_cache=False
+        ).loss
         return loss, {"loss": loss.item()}, f"loss {loss.item():.3f}"
 
     model, history = run_training(
         accelerator,
         model,
-        loader,
+        data,
         step_fn,
         out,
         steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        collate_fn=lambda b: collate(b, cfg.dataset_feature_dim),
+        settings=settings,
         lr=args.lr,
         weight_decay=args.weight_decay,
         log_every=args.log_every,
@@ -361,19 +430,19 @@ def train_prior(
     if accelerator.is_main_process:
         model.config.training_summary = {
             **(model.config.training_summary or {}),
+            **provenance,
             "prior_steps": args.steps,
             "prior_final_loss": history[-1]["loss"] if history else None,
             "num_sequences": len(seqs),
         }
-        model.save_pretrained(out / "final")
-        atomic_write_json(
-            out / "final" / "training_log.json",
-            {
-                "args": asdict(args),
-                "history": history,
-                "num_sequences": len(seqs),
-                "seconds": time.perf_counter() - t0,
-            },
-        )
-    accelerator.wait_for_everyone()
+    run.save_final(
+        model,
+        {
+            "args": asdict(args),
+            "history": history,
+            "num_sequences": len(seqs),
+            "seconds": time.perf_counter() - t0,
+            "settings": settings,
+        },
+    )
     return model

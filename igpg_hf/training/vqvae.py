@@ -16,17 +16,18 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..configuration_igpg import IGPGVQVAEConfig
-from ..files import atomic_write_json
 from ..modeling_vqvae import IGPGVQVAEModel
+from .accelerator import make_accelerator
 from .args import VQVAETrainingArgs
+from .checkpointing import RunFolder, data_fingerprint, run_settings
 from .loop import run_training
+from .provenance import corpus_summary, track_sources
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,12 @@ def canonical_order(checkpoints: Iterable) -> list:
 
 def collect_chunks(model: IGPGVQVAEModel, checkpoints: Iterable, fit: bool = True):
     """(chunks (M, K), masks (M, K), positions (M,)) of every checkpoint; fits normalization first if asked."""
-    items = [(c.layout, c.vector()) for c in checkpoints]
+    items = [(c.layout, c.vector(), f"checkpoint {c.metadata.model_id!r}") for c in checkpoints]
     if not items:
         raise ValueError("the corpus has no checkpoints to train the VQ-VAE on")
     if fit:
         model.fit_normalization(items)
-    parts = [model.prepare(vec, layout) for layout, vec in items]
+    parts = [model.prepare(vec, layout, name) for layout, vec, name in items]
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
@@ -74,22 +75,27 @@ def train_vqvae(
     """Train (or resume training) the VQ-VAE; saves it with ``save_pretrained`` to ``output_dir/final``.
 
     ``checkpoints``: corpus checkpoints (any order: they are sorted by ``model_id`` first). ``config``: a config,
-    or a model to keep training. Raises ValueError on an empty corpus.
+    or a model to keep training. The run folder is locked and checked for writability before any work; a finished
+    run with the same settings and data is returned as it is, a killed one resumes from its last checkpoint, and
+    one with other settings is refused (ValueError naming the change). Raises ValueError on an empty corpus.
     """
     args = args or VQVAETrainingArgs()
-    accelerator = accelerator or Accelerator()
-    out = Path(output_dir)
+    accelerator = accelerator or make_accelerator()
+    with RunFolder(output_dir, accelerator) as run:  # writable, locked, before any work
+        return _train_vqvae(checkpoints, config, run, args, accelerator, progress)
+
+
+def _train_vqvae(checkpoints, config, run, args, accelerator, progress):
+    out = run.path
     torch.manual_seed(args.seed)
     model = config if isinstance(config, IGPGVQVAEModel) else IGPGVQVAEModel(config)
-    chunks, masks, positions = collect_chunks(model, canonical_order(checkpoints))
+    sources: set = set()
+    chunks, masks, positions = collect_chunks(model, canonical_order(track_sources(checkpoints, sources)))
     logger.info("vqvae: %d chunks of %d values from the corpus", chunks.shape[0], chunks.shape[1])
-    loader = DataLoader(
-        TensorDataset(chunks, masks, positions),
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=chunks.shape[0] >= args.batch_size,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    settings = run_settings(args, model.config, data_fingerprint(chunks, masks, positions))
+    done = run.finished(IGPGVQVAEModel, settings)
+    if done is not None:
+        return done
     cfg = model.config
     t0 = time.perf_counter()
 
@@ -110,10 +116,13 @@ def train_vqvae(
     model, history = run_training(
         accelerator,
         model,
-        loader,
+        TensorDataset(chunks, masks, positions),
         step_fn,
         out,
         steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        settings=settings,
         lr=args.lr,
         weight_decay=args.weight_decay,
         log_every=args.log_every,
@@ -121,16 +130,23 @@ def train_vqvae(
         name="vqvae",
         progress=progress,
     )
-    if accelerator.is_main_process:
-        model.save_pretrained(out / "final")
-        atomic_write_json(
-            out / "final" / "training_log.json",
-            {
-                "args": asdict(args),
-                "history": history,
-                "num_chunks": int(chunks.shape[0]),
-                "seconds": time.perf_counter() - t0,
-            },
-        )
-    accelerator.wait_for_everyone()
+    last = history[-1] if history else {}
+    model.config.training_summary = {
+        **(model.config.training_summary or {}),
+        **corpus_summary(sources),
+        "vqvae_steps": args.steps,
+        "final_recon_mse": last.get("recon_mse"),
+        "final_perplexity": last.get("perplexity"),
+        "num_chunks": int(chunks.shape[0]),
+    }
+    run.save_final(
+        model,
+        {
+            "args": asdict(args),
+            "history": history,
+            "num_chunks": int(chunks.shape[0]),
+            "seconds": time.perf_counter() - t0,
+            "settings": settings,
+        },
+    )
     return model

@@ -2,8 +2,9 @@
 
 Runs are deterministic (stable ``run_id`` from task, architecture and hyperparameters; model ids
 ``f"{run_id}-e{epoch}"``), so a killed build resumes where it stopped: runs whose checkpoints are all in the
-corpus are skipped, and the writer is flushed every `FLUSH_EVERY_S` seconds. On CPU runs go to a pool of
-single-threaded processes; on CUDA runs of one (task, architecture) are trained together with
+corpus are skipped, and the writer is flushed every `FLUSH_EVERY_S` seconds, on SIGTERM and on any error. One
+build per corpus folder (the writer's lock); pool workers die with the build, even when it is killed. On CPU runs
+go to a pool of single-threaded processes; on CUDA runs of one (task, architecture) are trained together with
 `train_models_batched`.
 """
 
@@ -18,15 +19,18 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..corpus import ZOO_KINDS, CheckpointMetadata, CorpusWriter, WeightCorpus
+from ..files import atomic_write_json, ensure_writable
 from ..progress import progress_bar
 from ..zoo.architectures import ACTIVATIONS, FAMILIES, ArchSpec, architecture_for_task, list_architectures
 from ..zoo.tasks import TaskSpec, get_task, list_tasks, load_task_data, register_task
@@ -335,8 +339,41 @@ def plan_runs(config: ZooConfig) -> list[ZooRun]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _worker_init() -> None:
+def _die_with_parent(parent: int) -> None:
+    """Make this worker die when the build process does, even by SIGKILL (it would train on, orphaned)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:  # other systems: poll
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if not sys.platform.startswith("linux"):
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_init(parent: int | None = None) -> None:
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the build handles Ctrl-C and terminates the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if parent is not None:
+        _die_with_parent(parent)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that finished runs are flushed before the build exits."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated(128 + signum)
 
 
 def _ensure_task(task: TaskSpec) -> TaskSpec:
@@ -391,12 +428,6 @@ def _execute(
     else:
         for run_id, result in pool.imap_unordered(_train_run, items, chunksize=1):
             yield by_id[run_id], result
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _train_pending(
@@ -491,18 +522,27 @@ def build_zoo(
     num_workers = num_workers or os.cpu_count() or 1
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers!r}")
-    out_dir = Path(out_dir)
-    pool = None
-    if dev.type == "cpu" and num_workers > 1:  # fork before the writer and progress bar start threads
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(num_workers, initializer=_worker_init)
-    start = time.perf_counter()
+    out_dir = ensure_writable(out_dir)  # a read-only folder is found now, not after training
+    pool, writer = None, None
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
-        writer = CorpusWriter(out_dir, shard_rows=256)
+        if dev.type == "cpu" and num_workers > 1:  # fork before the writer and progress bar start threads
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            pool = mp.get_context(method).Pool(num_workers, initializer=_worker_init, initargs=(os.getpid(),))
+        start = time.perf_counter()
+        writer = CorpusWriter(out_dir, shard_rows=256)  # refuses a second build on the same folder
         stats = _train_pending(config, runs, writer, pool, dev, progress)
+    except BaseException:
+        if writer is not None:
+            writer.release()  # _train_pending flushed what was finished
+        raise
     finally:
         if pool is not None:
             pool.terminate()
+            pool.join()
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     stats["num_workers"] = num_workers if dev.type == "cpu" else 1
     seconds = time.perf_counter() - start
     corpus = writer.close()
@@ -526,6 +566,6 @@ def build_zoo(
         stats["checkpoints_per_second"] or 0,
         stats["checkpoints_total"],
     )
-    _atomic_json(out_dir / "build_stats.json", stats)
+    atomic_write_json(out_dir / "build_stats.json", stats)
     corpus.build_stats = stats
     return corpus

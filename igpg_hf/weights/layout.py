@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LayoutEntry", "WeightLayout", "layer_name"]
+__all__ = ["LayoutEntry", "WeightLayout", "check_tensor", "layer_name", "match_layout"]
 
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -33,6 +33,29 @@ _DTYPES = {
         torch.bool,
     )
 }
+
+
+def check_tensor(name: str, value: Any) -> None:
+    """TypeError naming ``name`` unless ``value`` is a dense tensor with data and a supported dtype.
+
+    Meta tensors (no data), sparse or quantized layouts and unsupported dtypes would otherwise fail later inside
+    torch with errors that name no entry.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor")
+    if value.is_meta:
+        raise TypeError(
+            f"state dict entry {name!r} is a meta tensor (shape only, no values); load real weights"
+        )
+    if value.layout != torch.strided or value.is_quantized:
+        raise TypeError(
+            f"state dict entry {name!r} has layout {value.layout}{' (quantized)' if value.is_quantized else ''}; "
+            "only dense tensors are supported (convert with .to_dense() / .dequantize())"
+        )
+    if str(value.dtype).removeprefix("torch.") not in _DTYPES:
+        raise TypeError(
+            f"state dict entry {name!r} has unsupported dtype {value.dtype}; supported: {', '.join(_DTYPES)}"
+        )
 
 
 def layer_name(entry_name: str) -> str:
@@ -79,14 +102,11 @@ class WeightLayout:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> WeightLayout:
+        """The layout of a state dict, in its key order; TypeError naming an entry that is not plain tensor data."""
         entries = []
         for k, v in state_dict.items():
-            if not isinstance(v, torch.Tensor):
-                raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
-            dt = str(v.dtype).removeprefix("torch.")
-            if dt not in _DTYPES:
-                raise TypeError(f"state dict entry {k!r} has unsupported dtype {v.dtype}")
-            entries.append(LayoutEntry(k, tuple(v.shape), dt))
+            check_tensor(k, v)
+            entries.append(LayoutEntry(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")))
         return cls(entries)
 
     @classmethod
@@ -138,6 +158,7 @@ class WeightLayout:
             )
         for e in self.entries:
             t = state_dict[e.name]
+            check_tensor(e.name, t)
             if tuple(t.shape) != e.shape:
                 raise ValueError(
                     f"state dict entry {e.name!r} has shape {tuple(t.shape)}, layout expects {e.shape}"
@@ -157,15 +178,38 @@ class WeightLayout:
         return torch.cat(parts).numpy().tobytes()
 
     def from_bytes(self, data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+        """Inverse of ``to_bytes``, bit for bit, whatever the entries' sizes and alignment."""
         if len(data) != self.nbytes:
             raise ValueError(f"weight bytes have length {len(data)}, layout expects {self.nbytes}")
-        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         out, off = {}, 0
         for e in self.entries:
             n = e.nbytes
-            out[e.name] = buf[off : off + n].view(e.torch_dtype).reshape(e.shape).clone()
+            # each entry gets its own buffer: a view at an offset that is not a multiple of the element size
+            # fails (an fp16 entry of 3 values before an fp32 one), so entries are never viewed in place
+            raw = torch.empty(n, dtype=torch.uint8)
+            if n:
+                raw.numpy()[:] = memoryview(data)[off : off + n]
+            out[e.name] = raw.view(e.torch_dtype).reshape(e.shape)
             off += n
         return out
+
+    def arrange(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of ``state_dict`` in this layout's order, matched by name (ValueError naming missing keys)."""
+        missing = [e.name for e in self.entries if e.name not in state_dict]
+        if missing:
+            raise ValueError(f"state dict lacks the layout's entries {missing[:5]}")
+        return {e.name: state_dict[e.name] for e in self.entries}
+
+    def check_finite(self, vector: torch.Tensor, what: str = "weights") -> None:
+        """ValueError naming ``what`` and every entry of the vector (D,) that holds NaN or infinite values."""
+        if torch.isfinite(vector).all():
+            return
+        bad = [
+            f"{e.name!r} ({int((~torch.isfinite(vector[s])).sum())} of {e.numel})"
+            for e, s in self.entry_slices()
+            if not torch.isfinite(vector[s]).all()
+        ]
+        raise ValueError(f"{what}: NaN or infinite values in {', '.join(bad[:5])}")
 
     # -- float vector ---------------------------------------------------------------------------
     def vectorize(self, state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -210,3 +254,36 @@ class WeightLayout:
             else:
                 out.append((name, s))
         return out
+
+
+def match_layout(target: WeightLayout, *trained: list | None) -> WeightLayout:
+    """The layout to encode or decode ``target``'s weights in, given the layouts a model was trained on.
+
+    Entries are matched by name, never by position. ``trained`` are lists of layouts (`WeightLayout` or
+    ``to_list()`` form; None or empty lists are skipped), e.g. ``prior.config.trained_layouts``:
+
+    - a trained layout with the same entry names gives the order (safetensors files store keys sorted, so a
+      model trained on them learned that order); shapes and dtypes come from ``target``;
+    - a trained layout with the same shapes and dtypes under other names is a ValueError naming the differing
+      keys (a wrapper prefix such as DDP's ``module.``, or renamed layers: decoding by position would scramble);
+    - otherwise ``target`` itself: a new architecture, in its module's order.
+    """
+    layouts = [
+        t if isinstance(t, WeightLayout) else WeightLayout.from_list(t) for lst in trained for t in lst or ()
+    ]
+    names = {e.name for e in target.entries}
+    by_name = {e.name: e for e in target.entries}
+    for lay in layouts:
+        if {e.name for e in lay.entries} == names:
+            return WeightLayout([by_name[e.name] for e in lay.entries])
+    signature = sorted((e.shape, e.dtype) for e in target.entries)
+    for lay in layouts:
+        if sorted((e.shape, e.dtype) for e in lay.entries) == signature:
+            ours = [e.name for e in target.entries if e.name not in {x.name for x in lay.entries}]
+            theirs = [e.name for e in lay.entries if e.name not in names]
+            raise ValueError(
+                "the architecture's entries have the shapes of a layout the model was trained on but other "
+                f"names: {ours[:5]} here, {theirs[:5]} in training. Weights are matched by name: rename the "
+                "entries (or re-ingest the training checkpoints without wrapper prefixes such as 'module.')"
+            )
+    return target

@@ -32,10 +32,17 @@ def stats_key_candidates(name: str) -> list[str]:
 
 
 def fit_weight_stats(items: Iterable[tuple[WeightLayout, torch.Tensor]]) -> dict[str, list[float]]:
-    """Mean and std per entry, per role and per weight/bias kind over (layout, vector) pairs."""
+    """Mean and std per entry, per role and per weight/bias kind over (layout, vector) pairs.
+
+    Empty (0-element) entries contribute nothing: their values come from their role or kind at decode time.
+    ValueError if a vector holds NaN or infinite values (they would turn every statistic they touch into NaN).
+    """
     acc: dict[str, list[float]] = {}  # key -> [count, sum, sum of squares]
-    for layout, vec in items:
+    for i, (layout, vec) in enumerate(items):
+        layout.check_finite(vec, f"weights {i}")
         for e, s in layout.entry_slices():
+            if e.numel == 0:
+                continue
             v = vec[s].double()
             for key in stats_key_candidates(e.name):
                 a = acc.setdefault(key, [0.0, 0.0, 0.0])

@@ -53,6 +53,7 @@ LABELS = {
     "generated_aligned": "generated, label-aligned on 500 labelled (mean ± std)",
     "nearest_by_embedding_aligned": "retrieval by embedding, label-aligned",
     "best_on_500_aligned": "retrieval: best zoo checkpoint on 500 labelled after label alignment",
+    "transplant": "transplant of the nearest trained depth",
 }
 COLORS = {
     "random_init": "#999999",

@@ -4,10 +4,6 @@ training time, and the VQ-VAE's encode + decode cost against model size."""
 from __future__ import annotations
 
 import json
-import re
-import resource
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +11,11 @@ from typing import Any
 import torch
 
 from ...zoo.tasks import get_task
+from ..hardware import peak_memory
 from .base import Experiment, ExperimentResult, fmt
 from .fidelity import short_architecture
 
-__all__ = ["Speed", "SpeedConfig", "SpeedResult", "measure_peak"]
+__all__ = ["Speed", "SpeedConfig", "SpeedResult"]
 
 
 @dataclass
@@ -80,35 +77,6 @@ class SpeedResult(ExperimentResult):
         ]
 
 
-def _rss_mb(field_name: str) -> float:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field_name}:\s+(\d+)", text).group(1)) / 1024
-
-
-def measure_peak(fn: Callable[[], Any]) -> tuple[Any, float, float, str]:
-    """(result, seconds, peak resident memory above the start in MB, method) of calling ``fn``."""
-    try:  # Linux: reset the high-water mark, so VmHWM - VmRSS is this call's peak growth
-        Path("/proc/self/clear_refs").write_text("5")
-        start, method = (
-            _rss_mb("VmRSS"),
-            "peak RSS (VmHWM after reset via /proc/self/clear_refs) minus RSS at start",
-        )
-    except OSError:
-        start, method = (
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "ru_maxrss delta (growth only)",
-        )
-    t = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t
-    peak = (
-        _rss_mb("VmHWM")
-        if method.startswith("peak")
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    return out, seconds, max(0.0, peak - start), method
-
-
 def _vqvae_cost(vq, arch: dict) -> dict:
     """Time and peak memory of encoding and decoding one freshly initialized model of ``arch``."""
     from ...weights import WeightLayout
@@ -118,8 +86,8 @@ def _vqvae_cost(vq, arch: dict) -> dict:
     module = spec.build()
     sd, params = module.state_dict(), sum(p.numel() for p in module.parameters())
     layout = WeightLayout.from_state_dict(sd)
-    toks, t_enc, m_enc, _ = measure_peak(lambda: vq.encode(sd, layout))
-    _, t_dec, m_dec, _ = measure_peak(lambda: vq.decode(toks, layout, fill=sd))
+    toks, t_enc, m_enc, _ = peak_memory(lambda: vq.encode(sd, layout))
+    _, t_dec, m_dec, _ = peak_memory(lambda: vq.decode(toks, layout, fill=sd))
     return {
         "architecture": spec.text(),
         "parameters": params,
@@ -148,7 +116,7 @@ class Speed(Experiment):
         pipe(instr, architecture=spec, dataset=task, num_samples=1, seed=0)  # warm-up
         timings: dict[str, Any] = {}
         for n in (1, cfg.samples):
-            _, sec, mb, method = measure_peak(
+            _, sec, mb, method = peak_memory(
                 lambda n=n: pipe(instr, architecture=spec, dataset=task, num_samples=n, seed=1)
             )
             timings[f"generate_{n}"] = {"seconds": sec, "peak_mb": mb, "seconds_per_model": sec / n}
@@ -156,7 +124,7 @@ class Speed(Experiment):
         cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **pipe._text_states(instr))
         n_tok = pipe.vqvae.num_tokens(z.by_task[task][0].layout)
         for cache in (True, False):
-            _, sec, mb, _ = measure_peak(
+            _, sec, mb, _ = peak_memory(
                 lambda c=cache: sample_weight_tokens(
                     pipe.prior,
                     cond,
@@ -165,6 +133,9 @@ class Speed(Experiment):
                     SamplingConfig(temperature=z.settings.temperature),
                     0,
                     c,
+                    positions=pipe.prior.weight_positions(z.by_task[task][0].layout)
+                    if pipe.prior.uses_structure
+                    else None,
                 )
             )
             timings[f"prior_kv_cache_{str(cache).lower()}"] = {
@@ -175,7 +146,7 @@ class Speed(Experiment):
                 "tokens_per_model": n_tok,
             }
         hp = HyperParams(lr=1e-3, epochs=z.epochs)
-        _, sec, mb, _ = measure_peak(lambda: train_model(spec, task, hp, [z.epochs]))
+        _, sec, mb, _ = peak_memory(lambda: train_model(spec, task, hp, [z.epochs]))
         timings["train_one_model"] = {"seconds": sec, "peak_mb": mb, "epochs": z.epochs}
         stats_path = ctx.out / "zoo_builds.json"
         if stats_path.exists():
