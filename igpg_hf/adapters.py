@@ -429,7 +429,7 @@ def adapter_specs_of(checkpoints) -> list[dict[str, Any]]:
     """The distinct `AdapterSpec` dicts of the adapters among corpus checkpoints (rows with a peft config)."""
     out: dict[str, dict] = {}
     for c in checkpoints:
-        hp = c.metadata.hyperparams or {}
+        hp = getattr(c.metadata, "hyperparams", None) or {}
         if adapter_base_of(hp) is None:
             continue
         spec = AdapterSpec(hp["peft_config"], c.layout, adapter_base_of(hp) or "unknown", hp.get("base_arch"))

@@ -184,7 +184,9 @@ def _params(model) -> str:
 
 
 def pipeline_card(pipe) -> ModelCard:
-    """The card of a saved `IGPGPipeline`: components, the prior's training summary and its results."""
+    """The card of a saved `IGPGPipeline`: components, what the prior knows, its training summary and results."""
+    from .conditioning.coverage import known_conditions_markdown
+
     vq, pr = pipe.vqvae.config, pipe.prior.config
     summary = getattr(pr, "training_summary", None)
     return _model_card(
@@ -200,6 +202,7 @@ def pipeline_card(pipe) -> ModelCard:
         codebook_size=vq.vocab_size,
         text_encoder=pr.text_encoder_name or type(pipe.text_encoder).__name__,
         corpus=(summary or {}).get("corpus") or "not recorded",
+        known_conditions=known_conditions_markdown(pr),
     )
 
 

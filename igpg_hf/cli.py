@@ -543,6 +543,14 @@ def generate_cmd(
         f"generated {len(res.state_dicts)} model(s) in {res.seconds:.2f} s (temperature {sampling.temperature}, "
         f"top-k {sampling.top_k}, top-p {sampling.top_p})"
     )
+    c = res.conditions
+    if c is not None and c.nearest_tasks:
+        console.print(
+            "nearest known tasks: "
+            + ", ".join(f"{t} ({s:.2f})" for t, s in c.nearest_tasks)
+            + ("  OUT OF DISTRIBUTION" if c.out_of_distribution else "")
+            + ("  architecture never trained on" if c.architecture_known is False else "")
+        )
 
 
 def _generate_adapters(

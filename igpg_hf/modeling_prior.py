@@ -24,6 +24,7 @@ from torch import nn
 from transformers import GPT2LMHeadModel, PreTrainedModel
 
 from .conditioning.dataset import DatasetSetEncoder
+from .conditioning.text import TextAttentionPool
 from .configuration_igpg import IGPGPriorConfig
 from .hub import HubMixin
 from .weights.structure import STRUCTURE_FIELDS, token_structure
@@ -39,7 +40,8 @@ __all__ = ["IGPGPriorModel", "IGPGConditions", "StructureEmbedding"]
 class IGPGConditions:
     """Condition inputs for a batch of B sequences; any may be None (-> learned null embedding).
 
-    text_embeds, arch_embeds: (B, E) text-encoder embeddings. dataset_feats (B, S, F) and
+    text_embeds, arch_embeds: (B, E) text-encoder embeddings; text_states (B, L, E) with text_mask (B, L): the
+    instruction's token states, which a prior with ``text_pooling="attention"`` pools itself. dataset_feats (B, S, F) and
     dataset_labels (B, S) from `prepare_support_set`, dataset_mask (B, S). block_index (B,) for
     block-wise generation. ``drop`` maps "text"/"arch"/"dataset" to (B,) bool rows to null out
     (condition dropout while training).
@@ -52,9 +54,11 @@ class IGPGConditions:
     dataset_mask: torch.Tensor | None = None
     block_index: torch.Tensor | None = None
     drop: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_states: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
 
     def batch_size(self) -> int | None:
-        for t in (self.text_embeds, self.arch_embeds, self.dataset_feats, self.block_index):
+        for t in (self.text_embeds, self.arch_embeds, self.dataset_feats, self.block_index, self.text_states):
             if t is not None:
                 return t.shape[0]
         return None
@@ -69,6 +73,8 @@ class IGPGConditions:
             mv(self.dataset_mask),
             mv(self.block_index),
             {k: mv(v) for k, v in self.drop.items()},
+            mv(self.text_states),
+            mv(self.text_mask),
         )
 
     def repeat_interleave(self, n: int) -> IGPGConditions:
@@ -81,6 +87,8 @@ class IGPGConditions:
             r(self.dataset_mask),
             r(self.block_index),
             {k: r(v) for k, v in self.drop.items()},
+            r(self.text_states),
+            r(self.text_mask),
         )
 
 
@@ -156,6 +164,8 @@ class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
         super().__init__(config)
         d = config.n_embd
         self.text_proj = nn.Linear(config.text_embed_dim, d)
+        if config.text_pooling == "attention":  # pools the instruction's token states (TextAttentionPool)
+            self.text_pool = TextAttentionPool(config.text_embed_dim, config.text_pool_heads)
         self.arch_proj = nn.Linear(config.text_embed_dim, d)
         self.dataset_encoder = DatasetSetEncoder(
             config.dataset_feature_dim, config.max_classes, config.dataset_hidden_size, d
@@ -164,6 +174,9 @@ class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
         # absolute: one row per block index (caps a model at max_blocks blocks); structure: first / continuation
         self.block_embed = nn.Embedding(2 if self.uses_structure else config.max_blocks, d)
         self.structure_embed = StructureEmbedding(config) if self.uses_structure else None
+        n_known = len(config.known_wording_tasks)
+        if n_known:  # text-encoder embeddings of the known wordings (M, E), filled by train_prior
+            self.register_buffer("known_text_embeds", torch.zeros(n_known, config.text_embed_dim))
         self.post_init()
 
     @property
@@ -186,7 +199,7 @@ class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
         parts = []
         for i, (name, emb) in enumerate(
             (
-                ("text", None if cond.text_embeds is None else self.text_proj(cond.text_embeds.to(dev, dt))),
+                ("text", self._text(cond, dev, dt)),
                 ("arch", None if cond.arch_embeds is None else self.arch_proj(cond.arch_embeds.to(dev, dt))),
                 (
                     "dataset",
@@ -214,6 +227,22 @@ class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
             )
         parts.append(self.block_embed(block.to(dev)))
         return torch.stack(parts, 1)  # (B, P, d)
+
+    def _text(self, cond: IGPGConditions, dev, dt) -> torch.Tensor | None:
+        """The projected instruction (B, d): pooled from token states by ``text_pool`` if the prior has one."""
+        if getattr(self, "text_pool", None) is None:
+            return None if cond.text_embeds is None else self.text_proj(cond.text_embeds.to(dev, dt))
+        if cond.text_states is not None:
+            states, mask = cond.text_states.to(dev, dt), cond.text_mask
+            mask = torch.ones(states.shape[:2], dtype=torch.bool) if mask is None else mask
+        elif cond.text_embeds is not None:  # no token states given: the embedding as a one-token text
+            states, mask = (
+                cond.text_embeds.to(dev, dt).unsqueeze(1),
+                torch.ones(cond.text_embeds.shape[0], 1).bool(),
+            )
+        else:
+            return None
+        return self.text_proj(self.text_pool(states, mask.to(dev)))
 
     def _places(self, positions: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
         """Places (B, length, F) from (N, F) or (B, N, F) positions, cut or padded with -1 (no place) to length."""

@@ -40,7 +40,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapters import AdapterSpec, base_model_identity, is_base_model_folder, save_adapter
 from .cards import component_cards_disabled, pipeline_card, write_card
-from .conditioning import encode_text, prepare_support_set
+from .conditioning import encode_text, encode_text_states, pad_text_states, prepare_support_set
+from .conditioning.coverage import ConditionReport, KnownTask, check_conditions, known_tasks
 from .configuration_igpg import IGPGPriorConfig
 from .hub import push_folder, snapshot
 from .integrity import verify_checksums, write_checksums
@@ -65,7 +66,9 @@ class IGPGPipelineOutput(BaseOutput):
     training checkpoint token for token (None if the prior stores no training fingerprints);
     num_candidates / candidate_copies: how many sequences were drawn to choose from, and how many of
     them were copies (None if unknown); label_alignments: per sample, how its output units were
-    reordered to the labelled samples (`LabelAlignment`; None unless ``align_labels=True``); adapter: the
+    reordered to the labelled samples (`LabelAlignment`; None unless ``align_labels=True``); conditions: how
+    close the instruction and architecture are to what the prior was trained on (nearest known tasks with their
+    similarity, the out-of-distribution flag, whether the architecture is known; `ConditionReport`); adapter: the
     `AdapterSpec` the state dicts follow when the call generated adapters (``save_adapters`` writes them)."""
 
     state_dicts: list[dict[str, torch.Tensor]]
@@ -77,6 +80,7 @@ class IGPGPipelineOutput(BaseOutput):
     num_candidates: int | None = None
     candidate_copies: int | None = None
     label_alignments: list[LabelAlignment] | None = None
+    conditions: ConditionReport | None = None
     adapter: AdapterSpec | None = None
 
     def save_adapters(
@@ -144,14 +148,20 @@ class IGPGPipeline(DiffusionPipeline):
 
     @contextlib.contextmanager
     def _stage(self, component: nn.Module):
-        """Under model CPU offload: ``component`` on the execution device for the block, back on the CPU after."""
-        if self._offload_device is None:
+        """Under model CPU offload: ``component`` on the execution device for the block, back on the CPU after.
+
+        Re-entrant: inside an open stage of the same component nothing moves.
+        """
+        staged: set = self.__dict__.setdefault("_staged", set())
+        if self._offload_device is None or id(component) in staged:
             yield
             return
         component.to(self._offload_device)
+        staged.add(id(component))
         try:
             yield
         finally:
+            staged.discard(id(component))
             component.to("cpu")
             if self._offload_device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -222,6 +232,46 @@ class IGPGPipeline(DiffusionPipeline):
             raise TypeError(f"{what} must be a (samples, labels) pair of tensors, or a registered task name")
         x, y = (torch.as_tensor(t) for t in dataset)
         return x, y.long()
+
+    def _text_cache_keys(self) -> tuple:
+        dev = self._offload_device or self.text_encoder.device
+        return (id(self.text_encoder), id(self.tokenizer), str(dev), self.text_encoder.dtype)
+
+    def _text_cache_misses(self, texts: list[str], instruction: str) -> bool:
+        """Whether encoding ``texts`` (and the instruction's token states, if the prior pools them) runs the encoder."""
+        cache = self.__dict__.get("_text_cache", {})
+        owner = self._text_cache_keys()
+        missing = any((owner, t) not in cache for t in texts)
+        if getattr(self.prior, "text_pool", None) is not None:
+            missing = missing or (*owner, "states", instruction) not in cache
+        return missing
+
+    def _text_states(self, instruction: str) -> dict[str, torch.Tensor]:
+        """The instruction's token states (1, L, E) and mask, if the prior pools them itself; else nothing.
+
+        Cached with the text embeddings (`_text_embeddings`): a repeated instruction runs no encoder.
+        """
+        if getattr(self.prior, "text_pool", None) is None:
+            return {}
+        cache: OrderedDict = self.__dict__.setdefault("_text_cache", OrderedDict())
+        dev = self._offload_device or self.text_encoder.device
+        key = (
+            id(self.text_encoder),
+            id(self.tokenizer),
+            str(dev),
+            self.text_encoder.dtype,
+            "states",
+            instruction,
+        )
+        if key not in cache:
+            with self._stage(self.text_encoder):
+                states = encode_text_states([instruction], self.text_encoder, self.tokenizer)
+            cache[key] = [x.cpu() for x in states]
+            while len(cache) > self._TEXT_CACHE_SIZE:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        states, mask = pad_text_states(cache[key])
+        return {"text_states": states, "text_mask": mask}
 
     def _dataset_condition(self, dataset: Any, batch: int) -> dict[str, torch.Tensor]:
         pair = self._labelled_samples(dataset)
@@ -357,8 +407,15 @@ class IGPGPipeline(DiffusionPipeline):
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
         # 3. encode the conditions (one row, expanded over samples by the sampler)
-        emb = self._text_embeddings([instruction, arch_text])  # (2, E)
-        cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **self._dataset_condition(dataset, 1))
+        new_text = self._text_cache_misses([instruction, arch_text], instruction)
+        with self._stage(self.text_encoder) if new_text else contextlib.nullcontext():  # one stage for both
+            emb = self._text_embeddings([instruction, arch_text])  # (2, E)
+            text = self._text_states(instruction)  # token states, for priors that pool the instruction
+        cond = IGPGConditions(
+            text_embeds=emb[:1], arch_embeds=emb[1:], **text, **self._dataset_condition(dataset, 1)
+        )
+        # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
+        report = check_conditions(self.prior, instruction, emb[0], arch_text, stacklevel=4)  # under no_grad
         # 4. sample weight tokens (block by block past the context) and keep the best candidates
         positions = None
         if self.prior.uses_structure:  # the place of every token, from the layout, as at training
@@ -414,11 +471,30 @@ class IGPGPipeline(DiffusionPipeline):
             num_candidates=sampled.num_candidates,
             candidate_copies=sampled.candidate_copies,
             label_alignments=alignments,
+            conditions=report,
             adapter=adapter_spec,
         )
         if not return_dict:
             return tuple(getattr(output, f.name) for f in fields(output))
         return output
+
+    # ------------------------------------------------------------------ what the prior knows
+    def known_tasks(self) -> dict[str, KnownTask]:
+        """The tasks the prior was trained on: canonical instruction, sample wordings, architectures (by name)."""
+        return known_tasks(self.prior.config)
+
+    def known_architectures(self) -> list[str]:
+        """The architecture descriptions the prior has training checkpoints of."""
+        return list(self.prior.config.known_architectures or [])
+
+    def check_instruction(self, instruction: str, architecture: Any = None) -> ConditionReport:
+        """How close ``instruction`` (and optionally an architecture) is to what the prior knows, without
+        generating; warns like a call would (`OutOfDistributionWarning`)."""
+        arch_text = self.resolve_architecture(architecture)[1] if architecture is not None else None
+        with self._stage(self.text_encoder):
+            emb = encode_text([instruction], self.text_encoder, self.tokenizer)
+        report = check_conditions(self.prior, instruction, emb[0], arch_text)
+        return report
 
     # ------------------------------------------------------------------ loading, saving, the Hub
     @classmethod

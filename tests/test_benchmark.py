@@ -34,7 +34,7 @@ SECTIONS = (
 )
 
 
-PARTS = ("seen", "unseen", "cross_arch", "fidelity", "novelty", "speed")
+PARTS = ("seen", "unseen", "cross_arch", "fidelity", "novelty", "speed", "lora")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def _numbers(obj, path=""):
         yield path, obj
 
 
-def test_smoke_writes_six_parts_report_and_plots(smoke):
+def test_smoke_writes_seven_parts_report_and_plots(smoke):
     out, res = smoke
     assert (
         tuple(default_parts()) == PARTS
@@ -159,7 +159,12 @@ def test_report_of_some_parts(smoke, tmp_path):
     some = {k: v for k, v in res.items() if k not in ("unseen", "cross_arch", "speed")}
     text = write_report(some, tmp_path / "report.md").read_text()
     assert "## 1. Seen tasks" in text and "## 5. Novelty" in text and "## 2. Unseen" not in text
-    assert sorted(p.name for p in plot_all(some, tmp_path)) == ["fidelity.png", "novelty.png", "seen.png"]
+    assert sorted(p.name for p in plot_all(some, tmp_path)) == [
+        "fidelity.png",
+        "lora.png",
+        "novelty.png",
+        "seen.png",
+    ]
 
 
 def test_config_presets_and_errors(tmp_path):

@@ -31,7 +31,7 @@ def _prior(sharpness: float = 1.0, attn: str | None = None, **kw) -> IGPGPriorMo
     peaked like a trained prior's (top-p then keeps few tokens and takes the partial-sort path)."""
     torch.manual_seed(0)
     cfg = dict(
-        vocab_size=512, tokens_per_chunk=2, block_overlap=16, position_scheme="absolute"
+        vocab_size=512, tokens_per_chunk=2, block_overlap=16, position_scheme="absolute", text_pooling="mean"
     )  # as generate()
     prior = IGPGPriorModel(IGPGPriorConfig.from_preset("tiny", **{**cfg, **kw})).eval()
     if attn:

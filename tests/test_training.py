@@ -84,8 +84,20 @@ def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):
     from igpg_hf import IGPGPriorModel
     from igpg_hf.sampling import sequence_hash
 
-    saved = IGPGPriorModel.from_pretrained(tmp_path / "prior" / "final").config.training_sequence_hashes
+    prior = IGPGPriorModel.from_pretrained(tmp_path / "prior" / "final")
+    saved = prior.config.training_sequence_hashes
     assert saved == sorted({sequence_hash(vq.encode(c.state_dict(), c.layout)) for c in checkpoints})
+    # ... what it was trained on (tasks, sampled wordings, architectures, a calibrated OOD threshold), and its
+    # instruction pooling, trained on the tasks' wordings and frozen before the prior's own steps
+    known = prior.config.known_tasks
+    assert set(known) == {"mnist", "mnist_rot90"} and known["mnist"]["num_checkpoints"] == 3
+    from igpg_hf.zoo.instructions import training_instructions
+
+    n_mnist = min(PriorTrainingArgs().wordings_per_task, len(training_instructions("mnist")))
+    assert known["mnist"]["num_training_wordings"] == n_mnist
+    assert prior.known_text_embeds.shape == (2 * PriorTrainingArgs().known_wordings_per_task, 384)
+    assert prior.config.ood_threshold is not None and "heldout_flag_rate" in prior.config.ood_calibration
+    assert prior.config.text_pooling == "attention" and hasattr(prior, "text_pool")
 
 
 def test_any_order_of_the_checkpoints_trains_identical_weights(tmp_path, checkpoints):

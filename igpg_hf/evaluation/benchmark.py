@@ -69,6 +69,7 @@ def _zoo_setups(preset: str) -> dict[str, ZooSetup]:
                 _recipe("smoke", {"use_dataset_condition": False}, n_positions=128),
                 **small,
             ),
+            "general": ZooSetup("tiny", {"tasks": ["iris", "wine", "digits"]}, _recipe("smoke"), **small),
         }
     if preset == "gpu":
         gen = GenerationSettings(num_samples=20)
@@ -86,6 +87,7 @@ def _zoo_setups(preset: str) -> dict[str, ZooSetup]:
                 _recipe("gpu", n_positions=1024),
                 gen,
             ),
+            "general": ZooSetup("default", {}, _recipe("general-gpu"), gen),
         }
     return {
         "seen": ZooSetup("demo", {}, _recipe("demo")),
@@ -95,6 +97,9 @@ def _zoo_setups(preset: str) -> dict[str, ZooSetup]:
         "resnet": ZooSetup(
             "resnet_depths", {}, _recipe("resnet"), GenerationSettings(num_samples=5), num_random_init=3
         ),
+        # one pipeline for every trainable task and all three families (the instructions experiment; an existing
+        # default zoo: --set instructions.general_corpus=DIR)
+        "general": ZooSetup("default", {}, _recipe("general")),
     }
 
 

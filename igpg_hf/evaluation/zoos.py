@@ -42,6 +42,9 @@ class ZooSetup:
     recipe: PipelineRecipe = field(default_factory=PipelineRecipe)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     num_random_init: int = 10  # random-init baselines per task
+    corpus: str | None = (
+        None  # an existing corpus (folder or Hub id) of this zoo to use instead of building it
+    )
 
     def __post_init__(self):
         if isinstance(self.recipe, dict):
@@ -193,6 +196,7 @@ def load_zoo(
     out, timings = Path(out), timings if timings is not None else {}
     t = time.perf_counter()
     zc = setup.zoo_config()
+    corpus = corpus or setup.corpus
     if corpus:
         checkpoints = list(WeightCorpus.load(corpus))
     else:

@@ -34,6 +34,15 @@ class PriorTrainingArgs:
     condition_dropout: float = 0.1
     support_pool: int = 4  # support sets drawn per task (config.support_per_class samples per class each)
     use_dataset_condition: bool = True
+    # instruction wordings per task the prior trains on (`igpg_hf.zoo.instructions`: the canonical instruction, its
+    # paraphrases, then a fixed sample of the grammar's training wordings); None: all of them
+    wordings_per_task: int | None = 96
+    # how often an example takes the canonical instruction instead of a sampled wording
+    canonical_probability: float = 0.1
+    # training wordings per task whose embeddings the prior keeps to say how close an instruction is
+    known_wordings_per_task: int = 32
+    # steps that train a prior's attention text pooling to tell the known tasks apart, before it is frozen
+    text_pool_steps: int = 400
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0

@@ -13,6 +13,7 @@ VQ-VAE trainer.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -26,7 +27,7 @@ from accelerate import Accelerator
 from torch.utils.data import Dataset
 
 from ..adapters import adapter_specs_of
-from ..conditioning import encode_text, prepare_support_set
+from ..conditioning import encode_text, encode_text_states, pad_text_states, prepare_support_set
 from ..configuration_igpg import IGPGPriorConfig
 from ..modeling_prior import IGPGConditions, IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
@@ -57,18 +58,33 @@ class EncodedCheckpoint:
     positions: torch.Tensor | None = None  # (N, F) token places (structure priors), set by train_prior
 
 
-def _instructions(meta) -> tuple[str, ...]:
+def _sample_wordings(wordings: tuple[str, ...], n: int | None, key: str, head: int = 4) -> tuple[str, ...]:
+    """The first ``head`` wordings (canonical, paraphrases) and a fixed random sample of the rest, ``n`` in all."""
+    if n is None or len(wordings) <= n:
+        return tuple(wordings)
+    head = min(head, n)
+    rest = random.Random(f"wordings/{key}").sample(list(wordings[head:]), n - head)
+    return (*wordings[:head], *rest)
+
+
+def _instructions(meta, per_task: int | None = None) -> tuple[str, ...]:
+    """A checkpoint's training wordings, canonical first: a registered task's grammar wordings
+    (`igpg_hf.zoo.instructions.training_instructions`; with ``per_task``, its registered ones and a fixed sample of
+    the rest), else the checkpoint's own instruction."""
+    from ..zoo.instructions import training_instructions
     from ..zoo.tasks import _REGISTRY
 
     spec = _REGISTRY.get(meta.task)
     if spec is not None:
-        return spec.instructions
+        return _sample_wordings(training_instructions(spec), per_task, spec.name, len(spec.instructions))
     if not meta.instruction:
         raise ValueError(f"checkpoint {meta.model_id!r} has neither a registered task nor an instruction")
     return (meta.instruction,)
 
 
-def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedCheckpoint]:
+def encode_corpus(
+    vqvae: IGPGVQVAEModel, checkpoints: Iterable, wordings_per_task: int | None = None
+) -> list[EncodedCheckpoint]:
     """Encode every checkpoint into its token sequence with the frozen VQ-VAE (in the order given)."""
     out = []
     for c in checkpoints:
@@ -80,7 +96,11 @@ def encode_corpus(vqvae: IGPGVQVAEModel, checkpoints: Iterable) -> list[EncodedC
                 "ingested"
             )
         tokens = vqvae.encode(c.state_dict(), c.layout, f"checkpoint {m.model_id!r}")
-        out.append(EncodedCheckpoint(tokens, _instructions(m), m.arch_text, m.task, m.model_id, c.layout))
+        out.append(
+            EncodedCheckpoint(
+                tokens, _instructions(m, wordings_per_task), m.arch_text, m.task, m.model_id, c.layout
+            )
+        )
     if not out:
         raise ValueError("the corpus has no checkpoints to train the prior on")
     return out
@@ -101,6 +121,8 @@ class PriorExamples(Dataset):
         support: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
         dropout: float,
         seed: int,
+        canonical_probability: float = 0.0,
+        text_states: dict[str, torch.Tensor] | None = None,
     ):
         self.seqs, self.cfg, self.text, self.support, self.dropout = (
             seqs,
@@ -110,6 +132,8 @@ class PriorExamples(Dataset):
             dropout,
         )
         self.seed = seed
+        self.canonical_probability = canonical_probability
+        self.text_states = text_states  # wording -> (L, E) token states, for priors that pool them
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -125,15 +149,21 @@ class PriorExamples(Dataset):
         w = rng.choice(wins)
         tokens = s.tokens[w.context_start : w.stop]
         loss_mask = torch.arange(len(tokens)) >= (w.start - w.context_start)
+        # the canonical instruction (first) now and then, else any training wording
+        wording = (
+            s.instructions[0] if rng.random() < self.canonical_probability else rng.choice(s.instructions)
+        )
         item = {
             "tokens": tokens,
             "positions": None if s.positions is None else s.positions[w.context_start : w.stop],
             "loss_mask": loss_mask,
             "block": w.index,
-            "text": self.text[rng.choice(s.instructions)],
+            "text": self.text[wording],
             "arch": self.text[s.arch_text],
             "drop": [rng.random() < self.dropout for _ in range(3)],
         }
+        if self.text_states is not None:
+            item["text_states"] = self.text_states[wording]
         pool = self.support.get(s.task)
         if pool:
             item["feats"], item["labels"] = rng.choice(pool)
@@ -168,6 +198,9 @@ def collate(
             k = len(it["labels"])
             feats[b, :k], labels[b, :k], smask[b, :k] = it["feats"], it["labels"], True
     drop = torch.tensor([it["drop"] for it in items])  # (B, 3)
+    states = (
+        pad_text_states([it["text_states"].float() for it in items]) if "text_states" in items[0] else None
+    )
     cond = IGPGConditions(
         text_embeds=torch.stack([it["text"] for it in items]),
         arch_embeds=torch.stack([it["arch"] for it in items]),
@@ -176,6 +209,8 @@ def collate(
         dataset_mask=smask,
         block_index=torch.tensor([it["block"] for it in items]),
         drop={"text": drop[:, 0], "arch": drop[:, 1], "dataset": drop[:, 2] | ~smask.any(1)},
+        text_states=None if states is None else states[0],
+        text_mask=None if states is None else states[1],
     )
     return cond, tokens, mask, places
 
@@ -217,6 +252,71 @@ def _support_pool(tasks: set[str], args: PriorTrainingArgs, config: IGPGPriorCon
     return pool
 
 
+def _train_text_pool(model, seqs, states: dict[str, torch.Tensor], args: PriorTrainingArgs) -> None:
+    """Train the prior's text pooling to tell the known tasks apart from their training wordings, then freeze it.
+
+    Cosine logits against one learned prototype per task, cross-entropy, ``args.text_pool_steps`` steps of 128
+    wordings. Frozen afterwards, so the prior's own loss cannot make it fit the training templates. A corpus of
+    one task has nothing to tell apart: the pooling stays as initialized (and frozen).
+    """
+    pool = model.text_pool
+    by_task = {s.task: s.instructions for s in seqs}
+    examples = [(w, i) for i, t in enumerate(sorted(by_task)) for w in by_task[t]]
+    if len(by_task) > 1 and args.text_pool_steps > 0:
+        g = torch.Generator().manual_seed(args.seed)
+        dim = pool.key.in_features
+        protos = torch.nn.Parameter(torch.randn(len(by_task), dim, generator=g) * 0.1)
+        opt = torch.optim.AdamW([*pool.parameters(), protos], lr=2e-3, weight_decay=0.01)
+        pool.train()
+        for step in range(args.text_pool_steps):
+            idx = torch.randint(len(examples), (min(128, len(examples)),), generator=g).tolist()
+            x, m = pad_text_states([states[examples[i][0]].float() for i in idx])
+            y = torch.tensor([examples[i][1] for i in idx])
+            z = torch.nn.functional.normalize(pool(x, m), dim=-1)  # (B, E)
+            loss = torch.nn.functional.cross_entropy(
+                16 * z @ torch.nn.functional.normalize(protos, dim=-1).T, y
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if (step + 1) % 100 == 0:
+                logger.info("text pooling step %d: task loss %.4f", step + 1, loss.item())
+        opt.zero_grad(set_to_none=True)  # no stale gradient: the prior's optimizer would apply it once
+    pool.requires_grad_(False)
+
+
+def _record_known_conditions(model, seqs, text_table, text_encoder, tokenizer, args) -> None:
+    """Known tasks, wordings and architectures into the prior; the out-of-distribution threshold calibrated on
+    held-out calibration wordings of these tasks against the calibration half of the unrelated instructions."""
+    from ..conditioning.coverage import KnownTask, record_known_conditions
+    from ..zoo.instructions import heldout_instructions, unrelated_instructions
+    from ..zoo.tasks import _REGISTRY
+
+    by_task: dict[str, list[EncodedCheckpoint]] = {}
+    for s in seqs:
+        by_task.setdefault(s.task, []).append(s)
+    tasks = {
+        t: KnownTask(
+            name=t,
+            instruction=ss[0].instructions[0],
+            wordings=list(_sample_wordings(ss[0].instructions, args.known_wordings_per_task, f"known/{t}")),
+            architectures=sorted({s.arch_text for s in ss}),
+            num_checkpoints=len(ss),
+            num_training_wordings=len(ss[0].instructions),
+        )
+        for t, ss in by_task.items()
+    }
+    calib = [w for t in sorted(tasks) if t in _REGISTRY for w in heldout_instructions(t, "calibration")]
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        known = [t for t in texts if t in text_table]
+        if len(known) == len(texts):
+            return torch.stack([text_table[t] for t in texts])
+        return encode_text(texts, text_encoder, tokenizer).cpu()
+
+    record_known_conditions(model, tasks, embed, calib, list(unrelated_instructions("calibration")))
+
+
 def train_prior(
     checkpoints: Iterable,
     vqvae: IGPGVQVAEModel,
@@ -248,8 +348,9 @@ def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args,
     vqvae = vqvae.eval()
     sources: set = set()
     checkpoints = canonical_order(track_sources(checkpoints, sources))
-    seqs = encode_corpus(vqvae, checkpoints)
-    model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(config)
+    seqs = encode_corpus(vqvae, checkpoints, args.wordings_per_task)
+    # a copy: training records what it saw in the config, and the caller's object must not change under it
+    model = config if isinstance(config, IGPGPriorModel) else IGPGPriorModel(copy.deepcopy(config))
     provenance = {**corpus_summary(sources), **base_model_summary(model)}
     cfg = model.config
     if cfg.vocab_size != vqvae.config.vocab_size:
@@ -262,9 +363,23 @@ def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args,
     cfg.adapter_specs = adapter_specs_of(checkpoints) or None
     _structure(model, seqs, vqvae)
     cfg.trained_layouts = list({s.layout.to_json(): s.layout.to_list() for s in seqs}.values())
-    strings = sorted({t for s in seqs for t in s.instructions} | {s.arch_text for s in seqs})
-    emb = encode_text(strings, text_encoder, tokenizer).cpu()
+    wordings = sorted({t for s in seqs for t in s.instructions})
+    archs = sorted({s.arch_text for s in seqs} - set(wordings))
+    states = None
+    if getattr(model, "text_pool", None) is not None:
+        # one encoder pass: token states for the prior's pooling; their normalized mean is `encode_text`'s embedding
+        st = encode_text_states(wordings, text_encoder, tokenizer)
+        emb = torch.nn.functional.normalize(torch.stack([x.mean(0) for x in st]), dim=-1)
+        states = {w: x.half() for w, x in zip(wordings, st, strict=True)}  # half: 3,500 wordings ~ 70 MB
+        strings = [*wordings, *archs]
+        emb = torch.cat([emb, encode_text(archs, text_encoder, tokenizer).cpu()]) if archs else emb
+    else:
+        strings = [*wordings, *archs]
+        emb = encode_text(strings, text_encoder, tokenizer).cpu()
     text_table = dict(zip(strings, emb, strict=True))
+    _record_known_conditions(model, seqs, text_table, text_encoder, tokenizer, args)
+    if states is not None:
+        _train_text_pool(model, seqs, states, args)
     support = _support_pool({s.task for s in seqs}, args, cfg)
     settings = run_settings(
         args,
@@ -276,7 +391,16 @@ def _train_prior(checkpoints, vqvae, text_encoder, tokenizer, config, run, args,
     done = run.finished(IGPGPriorModel, settings)
     if done is not None:
         return done
-    data = PriorExamples(seqs, cfg, text_table, support, args.condition_dropout, args.seed)
+    data = PriorExamples(
+        seqs,
+        cfg,
+        text_table,
+        support,
+        args.condition_dropout,
+        args.seed,
+        args.canonical_probability,
+        states,
+    )
     t0 = time.perf_counter()
 
     def step_fn(m, batch, step):

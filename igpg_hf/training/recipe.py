@@ -212,6 +212,25 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
         vqvae_training=VQVAETrainingArgs(steps=60, batch_size=64, checkpoint_every=1000, log_every=20),
         prior_training=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=1000, log_every=10),
     ),
+    # one pipeline for the whole default zoo (all trainable tasks, three families, `igpg-hf zoo build --preset
+    # default`) on 2 CPU cores, sized for <= 60 minutes: the FSQ VQ-VAE (the quantizer that held up on varied zoos)
+    # and a 6-layer x 192 prior (the demo's 4 x 128 memorized 144 sequences; this zoo has 1,212), 5,000 steps of 32
+    # over the instruction grammar's training wordings. The sizes are reasoned from the demo and related-zoo
+    # calibrations, not yet measured on the full zoo (README, Results)
+    "general": PipelineRecipe(
+        vqvae_preset="fsq",
+        vqvae_training=VQVAETrainingArgs(steps=4000, lr=3e-3),
+        prior_overrides=dict(n_layer=6, n_embd=192, n_head=6),
+        prior_training=PriorTrainingArgs(steps=5000, batch_size=32, lr=2e-3, checkpoint_every=1000),
+    ),
+    # the same zoo on a GPU: the "base" VQ-VAE and the "small" prior, longer (never run to the end yet)
+    "general-gpu": PipelineRecipe(
+        vqvae_preset="base",
+        vqvae_training=VQVAETrainingArgs(steps=20000, lr=1e-3),
+        prior_preset="small",
+        prior_training=PriorTrainingArgs(steps=30000, batch_size=64, lr=1e-3, checkpoint_every=5000),
+        max_n_positions=1024,
+    ),
     # a GPU: larger VQ-VAE and prior, 20,000 steps each (never run to the end yet)
     "gpu": PipelineRecipe(
         vqvae_preset="base",

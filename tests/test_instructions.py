@@ -1,0 +1,146 @@
+"""Instruction wordings (split by wording), what the prior knows, and the out-of-distribution flag."""
+
+import warnings
+
+import pytest
+import torch
+
+from igpg_hf import (
+    IGPGPipeline,
+    IGPGPriorConfig,
+    IGPGPriorModel,
+    IGPGVQVAEConfig,
+    IGPGVQVAEModel,
+    WeightLayout,
+)
+from igpg_hf.conditioning import encode_text, load_text_encoder
+from igpg_hf.conditioning.coverage import (
+    KnownTask,
+    OutOfDistributionWarning,
+    calibrate_threshold,
+    record_known_conditions,
+)
+from igpg_hf.zoo import get_architecture, get_task, list_tasks
+from igpg_hf.zoo.instructions import (
+    SPLITS,
+    grammar_pieces,
+    heldout_instructions,
+    task_wordings,
+    training_instructions,
+    unrelated_instructions,
+)
+
+
+def test_no_heldout_template_or_synonym_reaches_training():
+    train = [w for t in list_tasks() for w in task_wordings(t, "train")]
+    train_text = "\n".join(w.text.lower() for w in train)
+    values = [
+        dict(d=d, dw=dw, k=k)
+        for d, dw in ((30, "thirty"), (90, "ninety"), (180, "one hundred and eighty"))
+        for k in (1, 2)
+    ]
+    for split in ("calibration", "evaluation"):
+        for piece in grammar_pieces(split):
+            # a whole held-out phrase (rendered), or the fixed text of a held-out template, is in no training wording
+            texts = [piece.split("{x}")[0]] if "{x}" in piece else {piece.format(**v) for v in values}
+            for text in texts:
+                assert text.strip(" ,:?.").lower() not in train_text, (split, piece)
+    # every training wording is made of training pieces only (or is a registered instruction)
+    train_pieces = set(grammar_pieces("train")) | {""}
+    assert all(w.pieces == ("registered",) or set(w.pieces) <= train_pieces for w in train)
+    # the three splits share no wording, and held-out ones are made of their own split's pieces
+    for t in ("mnist_rot120", "digits_evenodd", "wine", "synthetic2", "mnist1d_reverse"):
+        sets = {s: {w.text for w in task_wordings(t, s)} for s in SPLITS}
+        assert all(sets[s] for s in SPLITS)
+        assert not (sets["train"] & sets["calibration"] or sets["train"] & sets["evaluation"])
+        assert not sets["calibration"] & sets["evaluation"]
+        for s in ("calibration", "evaluation"):
+            assert all(set(w.pieces) <= set(grammar_pieces(s)) | {""} for w in task_wordings(t, s))
+    assert not set(unrelated_instructions("calibration")) & set(unrelated_instructions("evaluation"))
+
+
+def test_wordings_are_deterministic_and_keep_the_task_specific():
+    assert training_instructions("mnist_rot90")[0] == get_task("mnist_rot90").instruction
+    assert heldout_instructions("mnist_rot120", n=4) == heldout_instructions("mnist_rot120", n=4)
+    assert all("120" in w or "hundred and twenty" in w for w in heldout_instructions("mnist_rot120"))
+    assert all("2" in w for w in heldout_instructions("synthetic2"))
+    with pytest.raises(ValueError, match="split"):
+        task_wordings("mnist", "test")
+
+
+def test_calibrate_threshold_separates_and_reports_rates():
+    t, stats = calibrate_threshold([0.7, 0.8, 0.9, 0.55], [0.2, 0.3, 0.4])
+    assert t == pytest.approx(0.475) and stats["heldout_flag_rate"] == 0 and stats["unrelated_flag_rate"] == 1
+    # overlapping sets: the lowest balanced error (1 of 4 wordings flagged beats 1 of 3 unrelated missed)
+    t, stats = calibrate_threshold([0.7, 0.8, 0.9, 0.55], [0.2, 0.3, 0.6])
+    assert (
+        t == pytest.approx(0.65) and stats["heldout_flag_rate"] == 0.25 and stats["unrelated_flag_rate"] == 1
+    )
+    with pytest.raises(ValueError, match="calibration needs"):
+        calibrate_threshold([], [0.1])
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    arch = get_architecture("tiny_cnn")
+    layout = WeightLayout.from_state_dict(arch.build().state_dict())
+    vq = IGPGVQVAEModel(IGPGVQVAEConfig.from_preset("tiny"))
+    vq.fit_normalization([(layout, layout.vectorize(arch.build().state_dict()))])
+    prior = IGPGPriorModel(
+        IGPGPriorConfig.from_preset(
+            "tiny", vocab_size=64, tokens_per_chunk=2, block_overlap=16, chunk_size=vq.config.chunk_size
+        )
+    )
+    enc, tok = load_text_encoder()
+    tasks = {
+        t: KnownTask(t, get_task(t).instruction, list(training_instructions(t)[:8]), [arch.text()], 3, 50)
+        for t in ("mnist", "mnist_rot90", "mnist_invert")
+    }
+    calib = [w for t in tasks for w in heldout_instructions(t, "calibration")]
+    record_known_conditions(
+        prior, tasks, lambda xs: encode_text(xs, enc, tok), calib, list(unrelated_instructions("calibration"))
+    )
+    return IGPGPipeline(vqvae=vq.eval(), prior=prior.eval(), text_encoder=enc, tokenizer=tok)
+
+
+def test_unrelated_instruction_and_unknown_architecture_warn_and_are_flagged(pipe):
+    with pytest.warns(OutOfDistributionWarning, match="out of distribution"):
+        out = pipe("Translate English sentences into French", architecture="tiny_cnn", seed=0)
+    assert out.conditions.out_of_distribution and out.conditions.similarity < out.conditions.threshold
+    assert out.conditions.architecture_known and len(out.state_dicts) == 1  # flagged, still generated
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "error", OutOfDistributionWarning
+        )  # a held-out wording of a known task: no warning
+        ok = pipe(
+            "Can you build a network that recognises digits that people wrote on paper?", "tiny_cnn", seed=0
+        )
+    assert not ok.conditions.out_of_distribution and ok.conditions.nearest_tasks[0][0] == "mnist"
+    assert [t for t, _ in ok.conditions.nearest_tasks] and len(ok.conditions.nearest_tasks) == 3
+    with pytest.warns(OutOfDistributionWarning, match="never trained on"):
+        other = pipe(
+            "Classify handwritten digits", architecture=get_architecture("tiny_cnn", activation="relu")
+        )
+    assert other.conditions.architecture_known is False and other.conditions.nearest_architecture
+    with pytest.warns(OutOfDistributionWarning):
+        assert pipe.check_instruction("Predict house prices from square footage").out_of_distribution
+
+
+def test_known_tasks_saved_and_reloaded_with_the_pipeline(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    again = IGPGPipeline.from_pretrained(tmp_path)
+    assert again.known_tasks() == pipe.known_tasks() and set(again.known_tasks()) == {
+        "mnist",
+        "mnist_rot90",
+        "mnist_invert",
+    }
+    assert again.known_architectures() == [get_architecture("tiny_cnn").text()]
+    assert torch.equal(again.prior.known_text_embeds, pipe.prior.known_text_embeds)
+    assert again.prior.config.ood_threshold == pipe.prior.config.ood_threshold
+    card = (tmp_path / "README.md").read_text()
+    assert (
+        "mnist_rot90" in card
+        and get_task("mnist_invert").instruction in card
+        and "out of distribution" in card
+    )
