@@ -217,6 +217,7 @@ def test_generate_cli_writes_adapter_folders_that_reproduce_the_reported_accurac
         assert 100.0 * evaluate(model, data.x_test, data.y_test)[0] == pytest.approx(reported, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_readme_adapter_snippet_runs(lora_pipeline, lora_zoo, tmp_path):
     """The README's adapter block, on the tiny zoo and the smoke recipe (the fixtures' folders are reused)."""
     import re

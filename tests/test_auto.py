@@ -55,6 +55,7 @@ print(json.dumps(result))
     ],
     ids=["igpg_hf-first", "transformers-first"],
 )
+@pytest.mark.slow  # two fresh interpreters importing transformers: CI runs them
 def test_auto_classes_in_a_fresh_process(saved, first):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

@@ -55,6 +55,7 @@ def _numbers(obj, path=""):
         yield path, obj
 
 
+@pytest.mark.slow
 def test_smoke_writes_seven_parts_report_and_plots(smoke):
     out, res = smoke
     assert (
@@ -73,6 +74,7 @@ def test_smoke_writes_seven_parts_report_and_plots(smoke):
         assert (out / f"{png}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_smoke_figures_are_numbers(smoke):
     _, res = smoke
     assert isinstance(res["seen"]["mean_generated_over_zoo"], float)
@@ -142,6 +144,7 @@ def test_smoke_figures_are_numbers(smoke):
     assert all(isinstance(v, float) for v in res["timings"].values())
 
 
+@pytest.mark.slow
 def test_smoke_rerun_reuses_everything(smoke):
     out, res = smoke
     again = run_benchmark(
@@ -152,6 +155,7 @@ def test_smoke_rerun_reuses_everything(smoke):
     assert again["timings"]["total_seconds"] < res["timings"]["total_seconds"]
 
 
+@pytest.mark.slow
 def test_report_of_some_parts(smoke, tmp_path):
     from igpg_hf.evaluation.report import plot_all, write_report
 
@@ -203,6 +207,7 @@ class Toy(Experiment):
         return [f"## {self.title}", "", *(f"- {t}: {a:.1f}" for t, a in r.tasks.items()), ""]
 
 
+@pytest.mark.slow
 def test_an_experiment_is_one_class_and_one_registry_line(smoke, monkeypatch):
     """The driver, results.json, the report and `--parts` pick up a registered experiment with no other edit."""
     out, res = smoke
@@ -217,6 +222,7 @@ def test_an_experiment_is_one_class_and_one_registry_line(smoke, monkeypatch):
     assert json.loads((out / "results.json").read_text())["meta"]["parts"] == ["toy"]
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_opt_in_experiments_and_config_changes(smoke, tmp_path):
     """quantizers and label_alignment run only when named; `with_changes` sets an experiment's field."""

@@ -140,6 +140,7 @@ def test_train_vqvae_keeps_the_presets_quantizer(zoo, tmp_path):
     assert typo.exit_code == 2 and "unknown IGPGVQVAEConfig field(s) ['chunk_sise']" in typo.output
 
 
+@pytest.mark.slow
 def test_training_ignores_the_corpus_order(zoo, run, tmp_path):
     """The same checkpoints stored in reverse order give bit-identical weights (here `train pipeline`, the two
     stages at once, against `train vqvae` + `train prior` on the original order)."""
@@ -205,6 +206,7 @@ def test_generate_errors(run):
     assert bad.exit_code == 2 and "unknown architecture" in bad.output
 
 
+@pytest.mark.slow
 def test_bench_parts_runs_only_those(smoke_bench, tmp_path):
     """`bench --parts speed` runs the speed experiment alone (its zoo and pipeline reused from another run)."""
     done, _ = smoke_bench

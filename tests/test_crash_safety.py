@@ -210,6 +210,7 @@ def test_vqvae_killed_then_resumed_is_bit_identical(
     assert log["history"] == reference_vqvae[1]["history"] and stale(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_prior_killed_then_resumed_is_bit_identical(tmp_path, checkpoints, caplog):
     vq = _vqvae(checkpoints, tmp_path / "vq", VQVAETrainingArgs(steps=2, batch_size=16))
     cfg = IGPGPriorConfig.from_preset(

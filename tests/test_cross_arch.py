@@ -26,6 +26,7 @@ def test_the_preset_grid_holds_out_the_experiments_depths():
         CrossArchConfig(ablations=["rope"])
 
 
+@pytest.mark.slow
 def test_a_grid_zoo_rebuilds_to_the_same_ids_and_weights(tmp_path):
     cfg = ZooConfig(
         name="grid",

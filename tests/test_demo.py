@@ -14,6 +14,9 @@ from igpg_hf.evaluation.demo import DemoConfig, run_demo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.slow  # the demo end to end (smoke preset) and the scripts run on it: CI runs them
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")

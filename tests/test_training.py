@@ -100,6 +100,7 @@ def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):
     assert prior.config.text_pooling == "attention" and hasattr(prior, "text_pool")
 
 
+@pytest.mark.slow
 def test_any_order_of_the_checkpoints_trains_identical_weights(tmp_path, checkpoints):
     """Both trainers put the checkpoints in canonical order themselves (before, forward and reversed lists gave
     different VQ-VAE weights after 20 steps of the tiny preset)."""

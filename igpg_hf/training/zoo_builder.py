@@ -675,7 +675,11 @@ def build_zoo(
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
         if dev.type == "cpu" and num_workers > 1:  # fork before the writer and progress bar start threads
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            # fork only a single-threaded process: a lock another thread holds at the fork (a server, a logging
+            # handler, a progress monitor) stays locked forever in the child, which then hangs (seen in the test
+            # suite once its in-process Hub server thread was running); otherwise spawn, slower to start but safe
+            single = threading.active_count() == 1
+            method = "fork" if single and "fork" in mp.get_all_start_methods() else "spawn"
             pool = mp.get_context(method).Pool(num_workers, initializer=_worker_init, initargs=(os.getpid(),))
         start = time.perf_counter()
         writer = CorpusWriter(out_dir, shard_rows=256)  # refuses a second build on the same folder
