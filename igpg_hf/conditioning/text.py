@@ -52,11 +52,8 @@ def load_text_encoder(name_or_path: str | None = None) -> tuple[PreTrainedModel,
     return enc, tok
 
 
-@torch.no_grad()
-def encode_text(
-    texts: list[str] | str, encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64
-) -> torch.Tensor:
-    """Texts -> (B, E) L2-normalized mean-pooled embeddings (on the encoder's device)."""
+def _checked_texts(texts: list[str] | str) -> list[str]:
+    """The texts as a list; ValueError naming the first empty one."""
     if isinstance(texts, str):
         texts = [texts]
     for i, t in enumerate(texts):
@@ -64,13 +61,30 @@ def encode_text(
             raise ValueError(
                 f"text condition {i} is empty; give an instruction such as 'Classify handwritten digits'"
             )
-    out = []
+    return texts
+
+
+def _hidden_states(
+    texts: list[str], encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int
+):
+    """(tokenized batch on the encoder's device, last hidden states (B, T, E)) per batch of ``batch_size`` texts:
+    the one place both `encode_text` and `encode_text_states` run the encoder."""
     for i in range(0, len(texts), batch_size):
         batch = tokenizer(
             texts[i : i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt"
         )
         batch = {k: v.to(encoder.device) for k, v in batch.items()}
-        hidden = encoder(**batch).last_hidden_state  # (B, T, E)
+        yield batch, encoder(**batch).last_hidden_state
+
+
+@torch.no_grad()
+def encode_text(
+    texts: list[str] | str, encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64
+) -> torch.Tensor:
+    """Texts -> (B, E) L2-normalized mean-pooled embeddings (on the encoder's device)."""
+    texts = _checked_texts(texts)
+    out = []
+    for batch, hidden in _hidden_states(texts, encoder, tokenizer, batch_size):
         m = (
             batch["attention_mask"].unsqueeze(-1).to(hidden.device, hidden.dtype)
         )  # hooks may have moved the output
@@ -87,21 +101,11 @@ def encode_text_states(
 
     The mean of a text's states, L2-normalized, is its `encode_text` embedding.
     """
-    if isinstance(texts, str):
-        texts = [texts]
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise ValueError(
-                f"text condition {i} is empty; give an instruction such as 'Classify handwritten digits'"
-            )
+    texts = _checked_texts(texts)
     out = []
-    for i in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[i : i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt"
-        )
+    for batch, hidden in _hidden_states(texts, encoder, tokenizer, batch_size):
         n = batch["attention_mask"].sum(1).tolist()
-        batch = {k: v.to(encoder.device) for k, v in batch.items()}
-        hidden = encoder(**batch).last_hidden_state.float().cpu()  # (B, T, E)
+        hidden = hidden.float().cpu()  # (B, T, E)
         out += [h[:k].clone() for h, k in zip(hidden, n, strict=True)]
     return out
 
