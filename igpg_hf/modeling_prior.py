@@ -184,6 +184,11 @@ class IGPGPriorModel(HubMixin, GPT2LMHeadModel):
         """Whether weight tokens carry their place in the architecture (``position_scheme="structure"``)."""
         return self.config.position_scheme == "structure"
 
+    def decode_step_flops(self, rows: int = 1) -> float:
+        """FLOPs of one decode step over ``rows`` sequences: 2 x (GPT-2 block and head parameters) per row."""
+        n = sum(p.numel() for p in self.transformer.h.parameters()) + self.lm_head.weight.numel()
+        return 2.0 * n * rows
+
     def weight_positions(self, layout) -> torch.Tensor:
         """The places (N, F) of a `WeightLayout`'s N weight tokens under this prior's chunking (the VQ-VAE's)."""
         cfg = self.config

@@ -49,7 +49,7 @@ from .label_alignment import LabelAlignment
 from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
 from .modeling_vqvae import IGPGVQVAEModel
-from .sampling import SamplingConfig, sample_weight_tokens
+from .sampling import SamplingConfig, generation_num_threads, sample_weight_tokens, torch_threads
 from .weights import WeightLayout, match_layout
 from .zoo.architectures import ArchSpec, get_architecture
 
@@ -330,6 +330,7 @@ class IGPGPipeline(DiffusionPipeline):
         alignment_min_z: float = 2.0,
         adapter: AdapterSpec | str | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        num_threads: int | None = None,
         return_dict: bool = True,
     ) -> IGPGPipelineOutput | tuple:
         """Generate ``num_samples`` state dicts for ``architecture`` following ``instruction``.
@@ -357,6 +358,11 @@ class IGPGPipeline(DiffusionPipeline):
         an `AdapterSpec`, an adapter folder whose spec to follow, or the base's identity (``"sha256:..."``, one of
         ``self.adapter_specs()``). ``out.adapter`` is the spec and ``out.save_adapters(dir)`` writes peft
         folders; load one with ``PeftModel.from_pretrained(base, folder)`` or `igpg_hf.adapters.load_adapter`.
+
+        ``num_threads``: torch intra-op threads for the whole call (text encoding, sampling, decoding), restored
+        after; default `igpg_hf.sampling.generation_num_threads` (``$IGPG_NUM_THREADS``, else one thread when a
+        decode step is small, as for every preset prior at one sample: such calls are bound by per-op overhead, and
+        more threads made them several times slower beside another busy process).
 
         Progress over decode steps goes through ``self.progress_bar`` (quiet off a terminal; see diffusers'
         ``set_progress_bar_config``). Returns an `IGPGPipelineOutput`, or with ``return_dict=False`` the tuple
@@ -406,61 +412,73 @@ class IGPGPipeline(DiffusionPipeline):
             )
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
-        # 3. encode the conditions (one row, expanded over samples by the sampler)
-        new_text = self._text_cache_misses([instruction, arch_text], instruction)
-        with self._stage(self.text_encoder) if new_text else contextlib.nullcontext():  # one stage for both
-            emb = self._text_embeddings([instruction, arch_text])  # (2, E)
-            text = self._text_states(instruction)  # token states, for priors that pool the instruction
-        cond = IGPGConditions(
-            text_embeds=emb[:1], arch_embeds=emb[1:], **text, **self._dataset_condition(dataset, 1)
-        )
-        # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
-        report = check_conditions(self.prior, instruction, emb[0], arch_text, stacklevel=4)  # under no_grad
-        # 4. sample weight tokens (block by block past the context) and keep the best candidates
-        positions = None
-        if self.prior.uses_structure:  # the place of every token, from the layout, as at training
-            pc, vc = self.prior.config, self.vqvae.config
-            if (pc.chunk_size, pc.chunk_mode) != (vc.chunk_size, vc.chunk_mode):
-                raise ValueError(
-                    f"the prior's chunking (chunk_size={pc.chunk_size}, chunk_mode={pc.chunk_mode!r}) differs "
-                    f"from the VQ-VAE's ({vc.chunk_size}, {vc.chunk_mode!r}): they were not trained together"
-                )
-            positions = self.prior.weight_positions(layout)
-        with self._stage(self.prior), self.progress_bar(total=n_tokens) as bar:
-            sampled = sample_weight_tokens(
-                self.prior,
-                cond,
-                n_tokens,
-                num_samples,
-                SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
-                seed,
-                use_cache,
-                positions,
-                generator=generator,
-                candidates_per_sample=candidates_per_sample,
-                exclude_copies=exclude_copies,
-                progress=bar.update,
+        n_draw = num_samples * candidates_per_sample
+        if num_threads is None:
+            num_threads = generation_num_threads(self.prior.decode_step_flops(n_draw))
+        elif num_threads < 1:
+            raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+        with torch_threads(num_threads):
+            # 3. encode the conditions (one row, expanded over samples by the sampler)
+            new_text = self._text_cache_misses([instruction, arch_text], instruction)
+            with (
+                self._stage(self.text_encoder) if new_text else contextlib.nullcontext()
+            ):  # one stage for both
+                emb = self._text_embeddings([instruction, arch_text])  # (2, E)
+                text = self._text_states(instruction)  # token states, for priors that pool the instruction
+            cond = IGPGConditions(
+                text_embeds=emb[:1], arch_embeds=emb[1:], **text, **self._dataset_condition(dataset, 1)
             )
-        # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
-        fill = template.state_dict() if template is not None else None
-        with self._stage(self.vqvae):
-            state_dicts = self.vqvae.decode_batch(sampled.tokens.to(self.vqvae.device), layout, fill=fill)
-        if target is not None:
-            state_dicts = [target.arrange(sd) for sd in state_dicts]  # keyed in the module's order
-        # 6. optionally reorder each sample's output units to the labelled samples
-        alignments = None
-        if align_labels:
-            scratch = spec.build() if spec is not None else copy.deepcopy(template)
-            aligned = [align_labels_fn(scratch, sd, *align_xy, min_z=alignment_min_z) for sd in state_dicts]
-            state_dicts, alignments = [a[0] for a in aligned], [a[1] for a in aligned]
-        # 7. optionally instantiate the modules
-        modules = None
-        if return_modules:
-            modules = []
-            for sd in state_dicts:
-                m = spec.build() if spec is not None else copy.deepcopy(template)
-                m.load_state_dict(sd, strict=True)
-                modules.append(m.eval())
+            # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
+            report = check_conditions(
+                self.prior, instruction, emb[0], arch_text, stacklevel=4
+            )  # under no_grad
+            # 4. sample weight tokens (block by block past the context) and keep the best candidates
+            positions = None
+            if self.prior.uses_structure:  # the place of every token, from the layout, as at training
+                pc, vc = self.prior.config, self.vqvae.config
+                if (pc.chunk_size, pc.chunk_mode) != (vc.chunk_size, vc.chunk_mode):
+                    raise ValueError(
+                        f"the prior's chunking (chunk_size={pc.chunk_size}, chunk_mode={pc.chunk_mode!r}) differs "
+                        f"from the VQ-VAE's ({vc.chunk_size}, {vc.chunk_mode!r}): they were not trained together"
+                    )
+                positions = self.prior.weight_positions(layout)
+            with self._stage(self.prior), self.progress_bar(total=n_tokens) as bar:
+                sampled = sample_weight_tokens(
+                    self.prior,
+                    cond,
+                    n_tokens,
+                    num_samples,
+                    SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
+                    seed,
+                    use_cache,
+                    positions,
+                    generator=generator,
+                    candidates_per_sample=candidates_per_sample,
+                    exclude_copies=exclude_copies,
+                    progress=bar.update,
+                )
+            # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
+            fill = template.state_dict() if template is not None else None
+            with self._stage(self.vqvae):
+                state_dicts = self.vqvae.decode_batch(sampled.tokens.to(self.vqvae.device), layout, fill=fill)
+            if target is not None:
+                state_dicts = [target.arrange(sd) for sd in state_dicts]  # keyed in the module's order
+            # 6. optionally reorder each sample's output units to the labelled samples
+            alignments = None
+            if align_labels:
+                scratch = spec.build() if spec is not None else copy.deepcopy(template)
+                aligned = [
+                    align_labels_fn(scratch, sd, *align_xy, min_z=alignment_min_z) for sd in state_dicts
+                ]
+                state_dicts, alignments = [a[0] for a in aligned], [a[1] for a in aligned]
+            # 7. optionally instantiate the modules
+            modules = None
+            if return_modules:
+                modules = []
+                for sd in state_dicts:
+                    m = spec.build() if spec is not None else copy.deepcopy(template)
+                    m.load_state_dict(sd, strict=True)
+                    modules.append(m.eval())
         output = IGPGPipelineOutput(
             state_dicts,
             modules,

@@ -347,6 +347,11 @@ def _gelu_new_(x: torch.Tensor) -> torch.Tensor:
     return x.mul_(0.5).mul_(t)
 
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """transformers' GELUTanh ("gelu_pytorch_tanh"): torch's fused tanh GELU, without the module call."""
+    return F.gelu(x, approximate="tanh")
+
+
 class _Layer:
     __slots__ = (
         "ln1",
@@ -404,8 +409,8 @@ class _Decoder:
         self.head_w = prior.lm_head.weight
         self.scalings = [blk.attn.scaling for blk in tr.h]
         self.eager = cfg._attn_implementation == "eager"
-        gelu_new = cfg.activation_function == "gelu_new"
-        self.layers = [_Layer(blk, _gelu_new_ if gelu_new else blk.mlp.act) for blk in tr.h]
+        act = {"gelu_new": _gelu_new_, "gelu_pytorch_tanh": _gelu_tanh}.get(cfg.activation_function)
+        self.layers = [_Layer(blk, act or blk.mlp.act) for blk in tr.h]
         dt, dev = self.wte.dtype, self.wte.device
         # (layer, k/v, B, H, T, hd): one write per step for keys and values together, no concatenation
         self.kv = torch.empty(len(self.layers), 2, rows, self.H, max_len, self.hd, dtype=dt, device=dev)
@@ -654,8 +659,7 @@ def sample_weight_tokens(
     cond = cond.repeat_interleave(n_draw).to(dev)
     out = torch.empty(B, num_tokens, dtype=torch.long, device=dev)
     logp = torch.zeros(B, dtype=torch.float32, device=dev)
-    n_params = sum(p.numel() for p in prior.transformer.h.parameters()) + prior.lm_head.weight.numel()
-    threads = num_threads if num_threads is not None else generation_num_threads(2.0 * n_params * B)
+    threads = num_threads if num_threads is not None else generation_num_threads(prior.decode_step_flops(B))
     with torch_threads(threads):
         if backend == "loop":
             max_len = max(cfg.num_prefix_tokens + w.stop - w.context_start for w in wins)

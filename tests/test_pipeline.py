@@ -285,3 +285,23 @@ def test_repeated_instructions_reuse_their_text_embedding(pipe):
     # the cached embedding is the text encoded on its own
     fresh = encode_text(["Recognise a digit from its outline"], pipe.text_encoder, pipe.tokenizer)[0]
     assert torch.equal(pipe._text_embeddings(["Recognise a digit from its outline"])[0], fresh)
+
+
+def test_threads_for_the_whole_call_are_set_and_restored(pipe, monkeypatch):
+    """Text encoding, sampling and decoding run on the call's thread count; the caller's setting comes back."""
+    seen = []
+    hook = pipe.text_encoder.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        a = pipe("Spot the digit in a tiny picture", architecture="tiny_cnn", seed=3, num_threads=1)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == before
+        b = pipe("Spot the digit in a tiny picture", architecture="tiny_cnn", seed=3, num_threads=2)
+        assert torch.equal(a.token_ids, b.token_ids)  # threads change speed, not the samples
+        monkeypatch.setenv("IGPG_NUM_THREADS", "1")
+        seen.clear()
+        pipe("Name the digit drawn here", architecture="tiny_cnn", seed=0)
+        assert set(seen) == {1}
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="num_threads"):
+        pipe("Spot the digit in a tiny picture", num_threads=0)

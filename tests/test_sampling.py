@@ -82,6 +82,16 @@ def test_block_wise_loop_identical_to_generate():
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.log_likelihood, b.log_likelihood)
 
 
+@pytest.mark.parametrize("act", ["gelu_new", "gelu_pytorch_tanh", "relu"])
+def test_every_activation_identical_to_generate(act):
+    """Presets train with the fused tanh GELU; priors saved with GPT-2's gelu_new (or any other) decode alike."""
+    prior = _prior(4.0, activation_function=act)
+    assert prior.config.activation_function == act
+    for s in (SETTINGS["T=1"], SETTINGS["top-p"]):
+        a, b = _both(prior, 50, 2, s)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.log_likelihood, b.log_likelihood)
+
+
 def test_eager_attention_identical_to_generate():
     prior = _prior(4.0, attn="eager", n_positions=40)
     for s in (SETTINGS["T=1"], SETTINGS["greedy"]):

@@ -212,10 +212,13 @@ def generation_cost_by_size(
     architectures: Sequence[Any],
     num_samples: int = 1,
     sampling: SamplingConfig | None = None,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Per architecture (preset name, spec dict or ArchSpec): parameters, tokens, sampling and decoding seconds,
     tokens/s and peak memory above the start (MB) of generating ``num_samples`` models with ``prior`` and
-    ``vqvae``. Sizes the prior cannot produce (more blocks than ``max_blocks``) come back with ``skipped``."""
+    ``vqvae``. Sizes the prior cannot produce (more blocks than ``max_blocks``) come back with ``skipped``.
+    ``progress``: a bar over each model's tokens on a terminal."""
+    from ..progress import progress_bar
     from ..weights import WeightLayout
     from ..zoo.architectures import get_architecture
 
@@ -226,14 +229,23 @@ def generation_cost_by_size(
         layout = WeightLayout.from_module(module)
         n_tok = vqvae.num_tokens(layout)
         row: dict[str, Any] = {"architecture": spec.text(), "parameters": layout.num_float, "tokens": n_tok}
-        try:
-            sampled, s_sec, s_mb, method = peak_memory(
-                lambda n=n_tok, pos=(prior.weight_positions(layout) if prior.uses_structure else None): (
-                    sample_weight_tokens(
-                        prior, _null_condition(), n, num_samples, sampling, seed=0, positions=pos
-                    )
+        pos = prior.weight_positions(layout) if prior.uses_structure else None
+
+        def sample(n=n_tok, pos=pos, params=layout.num_float):
+            with progress_bar(n * num_samples, f"sampling {params:,} parameters", progress) as bar:
+                return sample_weight_tokens(
+                    prior,
+                    _null_condition(),
+                    n,
+                    num_samples,
+                    sampling,
+                    seed=0,
+                    positions=pos,
+                    progress=lambda k: bar.update(k * num_samples),
                 )
-            )
+
+        try:
+            sampled, s_sec, s_mb, method = peak_memory(sample)
         except ValueError as e:  # more blocks than the prior can produce
             rows.append(row | {"skipped": str(e)})
             continue

@@ -1,5 +1,11 @@
-"""Speed and memory: generating 1 and N models, prior sampling with and without the KV cache, generation vs
-training time, and the VQ-VAE's encode + decode cost against model size."""
+"""Speed and memory: generating 1 and N models, the decode loop against transformers' ``generate()`` and against a
+real no-cache decode (each against the machine's measured bound), generation beside a busy process, generation
+time and peak memory against model size up to the largest model asked for, generation vs training time, and the
+VQ-VAE's encode + decode cost against model size.
+
+The loop-vs-``generate()`` figures use a prior of the pipeline prior's sizes with absolute positions and random
+weights: ``generate()`` cannot embed a structure prior's token places, and the cost of a decode step does not
+depend on what the weights learned. Everything else runs the pipeline's own prior and VQ-VAE."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ...sampling import SamplingConfig
 from ...zoo.tasks import get_task
 from ..hardware import peak_memory
 from .base import Experiment, ExperimentResult, fmt
@@ -25,6 +32,23 @@ class SpeedConfig:
     zoo: str = "seen"
     samples: int = 100
     kv_samples: int = 10
+    # the loop vs generate(): batch sizes (one model, many), repeats (interleaved), tokens per model (None: the
+    # zoo's); torch threads for the loop-vs-generate and size figures
+    sampling_samples: list[int] = field(default_factory=lambda: [1, 100])
+    sampling_repeats: int = 3
+    sampling_tokens: int | None = None
+    busy_repeats: int = 3
+    # generation (sampling + decoding one model) against size: the pipeline's prior and VQ-VAE, one sample, top-p
+    # 0.9; the last is the largest model generated (resnet20 at width 156: 25.7 M parameters, ~1.6 M tokens)
+    generation_sizes: list[dict] = field(
+        default_factory=lambda: [
+            {"family": "cnn"},
+            {"family": "resnet", "input_size": 8, "width": 4},
+            {"family": "resnet", "in_channels": 3, "input_size": 32, "blocks": [3, 3, 3], "width": 16},
+            {"family": "resnet", "in_channels": 3, "input_size": 32, "blocks": [3, 3, 3], "width": 48},
+            {"family": "resnet", "in_channels": 3, "input_size": 32, "blocks": [3, 3, 3], "width": 156},
+        ]
+    )
     sizes: list[dict] = field(
         default_factory=lambda: [
             {"family": "cnn"},
@@ -39,7 +63,16 @@ class SpeedConfig:
     @classmethod
     def from_preset(cls, name: str) -> SpeedConfig:
         if name == "smoke":
-            return cls(samples=5, kv_samples=2, sizes=[{"family": "cnn"}, {"family": "resnet", "width": 16}])
+            return cls(
+                samples=5,
+                kv_samples=2,
+                sizes=[{"family": "cnn"}, {"family": "resnet", "width": 16}],
+                sampling_samples=[1, 5],
+                sampling_repeats=1,
+                sampling_tokens=40,
+                busy_repeats=1,
+                generation_sizes=[{"family": "cnn"}, {"family": "resnet", "input_size": 8, "width": 4}],
+            )
         if name == "gpu":
             return cls(sizes=[*cls().sizes, {"family": "resnet", "blocks": [9, 9, 9], "width": 176}])
         return cls()
@@ -57,24 +90,61 @@ class SpeedResult(ExperimentResult):
     kv_cache_speedup: float
     generation_over_training: dict[str, float]
     vqvae_by_size: list[dict]
+    # `sampling_speed_summary` (loop vs generate() vs no-cache, bounds), `busy_neighbour_slowdown` of one
+    # pipeline call, `generation_cost_by_size` rows (empty in results written before they were measured)
+    sampling: dict = field(default_factory=dict)
+    busy_neighbour: dict = field(default_factory=dict)
+    generation_by_size: list[dict] = field(default_factory=list)
+
+    def largest_generated(self) -> dict | None:
+        done = [r for r in self.generation_by_size if "seconds" in r]
+        return max(done, key=lambda r: r["parameters"]) if done else None
 
     def summary(self) -> dict[str, Any]:
         gen = {k: v for k, v in self.calls.items() if k.startswith("generate_")}
-        return {
+        out = {
             **{f"{k}_seconds": v["seconds"] for k, v in gen.items()},
             "kv_cache_speedup": self.kv_cache_speedup,
             "train_one_model_seconds": self.calls["train_one_model"]["seconds"],
             "largest_encoded_params": self.vqvae_by_size[-1]["parameters"],
             "largest_encode_decode_seconds": self.vqvae_by_size[-1]["seconds"],
         }
+        s = self.sampling.get("summary", {})
+        out.update({k: v for k, v in s.items() if k.startswith(("sampling_speedup_", "cache_speedup_"))})
+        out.update({k: v for k, v in s.items() if k.startswith(("loop_share_of_", "tokens_identical_"))})
+        if self.busy_neighbour:
+            out["busy_neighbour_slowdown"] = self.busy_neighbour["slowdown"]
+        big = self.largest_generated()
+        if big:
+            out.update(
+                largest_generated_params=big["parameters"],
+                largest_generated_tokens=big["tokens"],
+                largest_generated_seconds=big["seconds"],
+                largest_generated_peak_mb=big["peak_mb"],
+                largest_generated_tokens_per_second=big["tokens_per_second"],
+            )
+        return out
 
     def summary_lines(self) -> list[str]:
         g = {k: v for k, v in self.calls.items() if k.startswith("generate_")}
-        return [
+        lines = [
             "speed: "
             + ", ".join(f"{k.removeprefix('generate_')} model(s) {v['seconds']:.2f} s" for k, v in g.items())
             + f" ({self.threads} thread(s)); KV cache {self.kv_cache_speedup:.2f}x"
         ]
+        s = self.summary()
+        ups = [k for k in s if k.startswith("sampling_speedup_")]
+        if ups:
+            lines.append(
+                "speed: decode loop over generate() "
+                + ", ".join(f"{s[k]:.2f}x at {k.removeprefix('sampling_speedup_')}" for k in ups)
+            )
+        if "largest_generated_params" in s:
+            lines.append(
+                f"speed: largest generated model {s['largest_generated_params']:,} parameters in "
+                f"{s['largest_generated_seconds']:.0f} s, peak {s['largest_generated_peak_mb']:.0f} MB"
+            )
+        return lines
 
 
 def _vqvae_cost(vq, arch: dict) -> dict:
@@ -107,8 +177,9 @@ class Speed(Experiment):
     def run(self, ctx) -> SpeedResult:
         from ...conditioning import encode_text
         from ...modeling_prior import IGPGConditions
-        from ...sampling import SamplingConfig, sample_weight_tokens
+        from ...sampling import sample_weight_tokens
         from ...zoo.training import HyperParams, train_model
+        from ..speed_measures import busy_neighbour_slowdown, generation_cost_by_size
 
         cfg, z = self.config, ctx.zoo(self.config.zoo)
         task = sorted(z.by_task)[0]
@@ -158,7 +229,19 @@ class Speed(Experiment):
                     "workers": st["num_workers"],
                     "cpu_seconds_per_model": st["seconds"] * st["num_workers"] / st["runs_trained"],
                 }
+        sampling_fig, busy, by_size = self._loop_vs_generate(pipe.prior, n_tok), {}, []
+        if cfg.busy_repeats:
+            busy = busy_neighbour_slowdown(
+                lambda: pipe(instr, architecture=spec, dataset=task, num_samples=1, seed=1), cfg.busy_repeats
+            )
+        if cfg.generation_sizes:
+            by_size = generation_cost_by_size(
+                pipe.prior, pipe.vqvae, cfg.generation_sizes, 1, SamplingConfig(top_p=0.9)
+            )
         return SpeedResult(
+            sampling=sampling_fig,
+            busy_neighbour=busy,
+            generation_by_size=by_size,
             task=task,
             architecture=spec.text(),
             threads=torch.get_num_threads(),
@@ -175,6 +258,31 @@ class Speed(Experiment):
             },
             vqvae_by_size=[_vqvae_cost(pipe.vqvae, arch) for arch in cfg.sizes],
         )
+
+    def _loop_vs_generate(self, prior, zoo_tokens: int) -> dict:
+        """`sampling_speed_summary` on a prior of ``prior``'s sizes with absolute positions (random weights)."""
+        from ...configuration_igpg import IGPGPriorConfig
+        from ...modeling_prior import IGPGPriorModel
+        from ..speed_measures import sampling_speed_summary
+
+        cfg = self.config
+        if len(cfg.sampling_samples) != 2:
+            raise ValueError(
+                f"sampling_samples needs two batch sizes (one, many), got {cfg.sampling_samples}"
+            )
+        twin_config = IGPGPriorConfig.from_dict({**prior.config.to_dict(), "position_scheme": "absolute"})
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            twin = IGPGPriorModel(twin_config).eval()
+        res = sampling_speed_summary(
+            twin,
+            cfg.sampling_tokens or zoo_tokens,
+            tuple(cfg.sampling_samples),
+            cfg.sampling_repeats,
+            SamplingConfig(top_p=0.9),
+        )
+        res["prior"] = "the pipeline prior's sizes, absolute positions, random weights"
+        return res
 
     def report(self, r: SpeedResult) -> list[str]:
         g1, gn = (
@@ -225,26 +333,109 @@ class Speed(Experiment):
                 f"{fmt(x['decode_seconds'], 3)} | {fmt(x['encode_peak_mb'])} / {fmt(x['decode_peak_mb'])} | "
                 f"{short_architecture(x['architecture'])} |"
             )
-        return lines + ["", "![speed](speed.png)", ""]
+        return lines + ["", *self._sampling_lines(r), *self._size_lines(r), "![speed](speed.png)", ""]
+
+    @staticmethod
+    def _sampling_lines(r: SpeedResult) -> list[str]:
+        """The decode loop against generate() and a real no-cache decode, each against the measured bound."""
+        if not r.sampling:
+            return []
+        s, b = r.sampling["summary"], r.sampling["bounds"]
+        one, many = (k.removeprefix("samples_") for k in r.sampling if k.startswith("samples_"))
+        r1, rn = r.sampling[f"samples_{one}"], r.sampling[f"samples_{many}"]
+        threads = r1["threads"]
+        lines = [
+            f'Prior sampling, decode loop (`backend="loop"`, the default) against transformers\' `generate()` '
+            f"and a real no-cache decode ({r1['num_tokens']} tokens per model, {threads} thread(s), top-p 0.9, "
+            f"min of {r1['loop']['repeats']} interleaved repeats; {r.sampling.get('prior', 'the pipeline prior')}; "
+            f"load average {fmt(r1['load_average'][0], 2)}):",
+            "",
+            "| models | loop tokens/s | generate() tokens/s | loop / generate() | no-cache tokens/s | bound tokens/s "
+            "| loop / bound | tokens identical |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {one} | {fmt(r1['loop']['tokens_per_second'], 0)} | {fmt(r1['generate']['tokens_per_second'], 0)} | "
+            f"{fmt(s[f'sampling_speedup_{one}'], 2)}x | {fmt(r1['no_cache']['tokens_per_second'], 0)} | "
+            f"{fmt(s[f'weight_read_bound_tokens_per_second_{one}'], 0)} (weight reads) | "
+            f"{fmt(s[f'loop_share_of_read_bound_{one}'], 3)} | {s[f'tokens_identical_{one}']} |",
+            f"| {many} | {fmt(rn['loop']['tokens_per_second'], 0)} | {fmt(rn['generate']['tokens_per_second'], 0)} | "
+            f"{fmt(s[f'sampling_speedup_{many}'], 2)}x | | {fmt(s[f'flop_bound_tokens_per_second_{many}'], 0)} "
+            f"(FLOPs) | {fmt(s[f'loop_share_of_flop_bound_{many}'], 3)} | {s[f'tokens_identical_{many}']} |",
+            "",
+            f"Bounds measured here: matmul {', '.join(f'{fmt(v, 1)} GFLOP/s ({k} thread(s))' for k, v in b['matmul_gflops'].items())}; "
+            f"weight reads {fmt(b['read_gb_s'], 1)} GB/s over {b['read_bytes'] / 2**20:.1f} MiB; one trivial op "
+            f"{fmt(b['op_latency_us'], 1)} us (a decode step runs about 80 ops: the per-op floor, not the bounds, "
+            "limits one model).",
+            "",
+        ]
+        if r.busy_neighbour:
+            bn = r.busy_neighbour
+            lines += [
+                f'One pipeline call beside one busy process (`python -c "while True: pass"`): median '
+                f"{fmt(bn['busy']['median_seconds'], 3)} s against {fmt(bn['quiet']['median_seconds'], 3)} s alone "
+                f"({fmt(bn['slowdown'], 2)}x; {bn['quiet']['repeats']} alternated repeats, load average "
+                f"{fmt(bn['load_average'][0], 2)}).",
+                "",
+            ]
+        return lines
+
+    @staticmethod
+    def _size_lines(r: SpeedResult) -> list[str]:
+        """Generation (sampling + decoding one model) against size, with the pipeline's prior and VQ-VAE."""
+        if not r.generation_by_size:
+            return []
+        lines = [
+            "Generating one model (prior sampling + VQ-VAE decoding, the pipeline's own prior and VQ-VAE, top-p 0.9, "
+            "no condition) against its size; peak memory above the process's baseline:",
+            "",
+            "| parameters | tokens | sampling s | decode s | total s | tokens/s | peak MB | model MB | architecture |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for x in r.generation_by_size:
+            if "seconds" not in x:
+                lines.append(
+                    f"| {x['parameters']:,} | {x['tokens']:,} | skipped: {x['skipped']} | | | | | | "
+                    f"{short_architecture(x['architecture'])} |"
+                )
+                continue
+            lines.append(
+                f"| {x['parameters']:,} | {x['tokens']:,} | {fmt(x['sampling_seconds'], 2)} | "
+                f"{fmt(x['decode_seconds'], 2)} | {fmt(x['seconds'], 2)} | {fmt(x['tokens_per_second'], 0)} | "
+                f"{fmt(x['peak_mb'])} | {fmt(x['model_mb'])} | {short_architecture(x['architecture'])} |"
+            )
+        return lines + [""]
 
     def plot(self, r: SpeedResult, out_dir: Path) -> Path:
-        """Encode + decode time and peak memory against parameters, log axes."""
+        """Generation time and peak memory against parameters (and encode + decode time), log axes."""
         import matplotlib.pyplot as plt
 
         from ..report import save_figure
 
+        gen = [x for x in r.generation_by_size if "seconds" in x]
+        fig, axes = plt.subplots(1, 3 if gen else 2, figsize=(12 if gen else 8, 3.4))
+        a1, a2 = axes[-2], axes[-1]
+        if gen:
+            a0 = axes[0]
+            p = [x["parameters"] for x in gen]
+            a0.loglog(p, [x["seconds"] for x in gen], "-o", label="generate (sample + decode)")
+            a0.loglog(p, [x["sampling_seconds"] for x in gen], "--", label="prior sampling")
+            a0.set_xlabel("parameters")
+            a0.set_ylabel("seconds")
+            a0.set_title("generation", fontsize=9)
+            a0.legend(fontsize=7)
+            a2.loglog(p, [max(x["peak_mb"], 0.1) for x in gen], "-o", color="#c44e52", label="generate")
         sizes = r.vqvae_by_size
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
         p = [x["parameters"] for x in sizes]
         a1.loglog(p, [x["encode_seconds"] for x in sizes], "-o", label="encode")
         a1.loglog(p, [x["decode_seconds"] for x in sizes], "-o", label="decode")
         a1.set_xlabel("parameters")
         a1.set_ylabel("seconds")
+        a1.set_title("VQ-VAE encode + decode", fontsize=9)
         a1.legend(fontsize=7)
-        a2.loglog(p, [max(x["peak_mb"], 0.1) for x in sizes], "-o", color="#8172b3")
+        a2.loglog(p, [max(x["peak_mb"], 0.1) for x in sizes], "-o", color="#8172b3", label="encode / decode")
         a2.set_xlabel("parameters")
-        a2.set_ylabel("peak memory (MB)")
-        fig.suptitle("VQ-VAE encode + decode vs model size", fontsize=10)
+        a2.set_ylabel("peak memory above baseline (MB)")
+        a2.legend(fontsize=7)
+        fig.suptitle("cost vs model size", fontsize=10)
         return save_figure(fig, out_dir / "speed.png")
 
 
