@@ -138,6 +138,13 @@ def test_smoke_figures_are_numbers(smoke):
     ):
         if not path.endswith("architecture"):
             assert isinstance(v, numbers.Real) and v >= 0, path
+    ss = sp["summary"]  # issue 15: the loop against generate() in the same run, and the largest model generated
+    for k in ("sampling_speedup_1", "sampling_speedup_5", "cache_speedup_1", "busy_neighbour_slowdown"):
+        assert isinstance(ss[k], float) and ss[k] > 0, k
+    assert ss["tokens_identical_1"] is True and ss["tokens_identical_5"] is True
+    big = max(sp["generation_by_size"], key=lambda r: r["parameters"])
+    assert ss["largest_generated_params"] == big["parameters"] > 1000
+    assert ss["largest_generated_seconds"] == big["seconds"] > 0 and ss["largest_generated_peak_mb"] >= 0
     lora = res["lora"]["summary"]
     assert isinstance(lora["seen_ratio"], float) and isinstance(lora["mnist_rot45/head_start"], float)
     assert isinstance(lora["mnist_rot45/gap_to_best_retrieval"], float) and lora["generated_samples"] > 0

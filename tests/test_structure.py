@@ -80,10 +80,8 @@ def test_names_of_ingested_state_dicts_parse():
 
 def _prior(**kw):
     torch.manual_seed(0)
-    kw = {"n_positions": 64, **kw}
-    cfg = IGPGPriorConfig.from_preset(
-        "tiny", vocab_size=64, tokens_per_chunk=2, chunk_size=32, block_overlap=16, **kw
-    )
+    kw = {"n_positions": 64, "block_overlap": 16, **kw}
+    cfg = IGPGPriorConfig.from_preset("tiny", vocab_size=64, tokens_per_chunk=2, chunk_size=32, **kw)
     return IGPGPriorModel(cfg).eval()
 
 
@@ -237,3 +235,38 @@ def test_vqvae_layer_positions_are_the_same_at_every_depth():
     assert all(back[k].shape == v.shape for k, v in sd.items())
     with pytest.raises(ValueError, match="position_mode"):
         IGPGVQVAEConfig(position_mode="stage")
+
+
+def test_blocks_without_overlap_decode_side_by_side():
+    """block_overlap=0: blocks are independent given the conditions, so the loop decodes them as rows of one
+    batch; greedy tokens and likelihoods equal the block-by-block order's, sampling is reproducible and keeps
+    samples batch-independent, and a prior whose blocks overlap refuses the mode."""
+    import igpg_hf.sampling as sampling_mod
+
+    prior = _prior(block_overlap=0, n_positions=24)  # 20 tokens a block
+    pos = prior.weight_positions(_layout("resnet_small"))
+    n = len(pos)
+    assert n > 200  # > 10 blocks, the last one shorter
+    greedy = SamplingConfig(do_sample=False)
+    cond = _cond()
+    seq = sample_weight_tokens(prior, cond, n, sampling=greedy, positions=pos, parallel_blocks=False)
+    par = sample_weight_tokens(prior, cond, n, sampling=greedy, positions=pos, parallel_blocks=True)
+    assert torch.equal(seq.tokens, par.tokens)
+    assert torch.allclose(seq.log_likelihood, par.log_likelihood, atol=1e-5)
+    # default: on (more blocks than rows); reproducible; progress counts every position once
+    steps = []
+    a = sample_weight_tokens(prior, cond, n, 2, seed=0, positions=pos, progress=steps.append)
+    assert sum(steps) == n and a.tokens.shape == (2, n) and torch.isfinite(a.log_likelihood).all()
+    assert torch.equal(a.tokens, sample_weight_tokens(prior, cond, n, 2, seed=0, positions=pos).tokens)
+    one = sample_weight_tokens(prior, cond, n, 1, seed=1, positions=pos).tokens
+    assert torch.equal(a.tokens[1:], one)  # sample i of seed=s is the sample of seed=s+i
+    # batches cut to the KV budget (here one block each): the same greedy tokens
+    old = sampling_mod._PARALLEL_KV_BYTES
+    sampling_mod._PARALLEL_KV_BYTES = 1
+    try:
+        cut = sample_weight_tokens(prior, cond, n, sampling=greedy, positions=pos, parallel_blocks=True)
+    finally:
+        sampling_mod._PARALLEL_KV_BYTES = old
+    assert torch.equal(cut.tokens, seq.tokens)
+    with pytest.raises(ValueError, match="block_overlap=0"):
+        sample_weight_tokens(_prior(), cond, n, positions=pos, parallel_blocks=True)

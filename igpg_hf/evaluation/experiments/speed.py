@@ -38,25 +38,24 @@ class SpeedConfig:
     sampling_repeats: int = 3
     sampling_tokens: int | None = None
     busy_repeats: int = 3
-    # generation (sampling + decoding one model) against size: the pipeline's prior and VQ-VAE, one sample, top-p
-    # 0.9; the last is the largest model generated (resnet20 at width 156: 25.7 M parameters, ~1.6 M tokens)
+    # generation (sampling + decoding one model) against size, one sample, top-p 0.9, no condition: with the
+    # pipeline's own prior (its blocks overlap: one by one) ...
     generation_sizes: list[dict] = field(
+        default_factory=lambda: [
+            {"family": "cnn"},
+            {"family": "resnet", "input_size": 8, "width": 4},
+            {"family": "resnet", "in_channels": 3, "input_size": 32, "blocks": [3, 3, 3], "width": 16},
+        ]
+    )
+    # ... and with a prior of its sizes trained with block_overlap=0 (random weights), whose blocks the loop
+    # decodes side by side; the last is the largest model generated (resnet20 at width 156: 25.7 M parameters)
+    parallel_sizes: list[dict] = field(
         default_factory=lambda: [
             {"family": "cnn"},
             {"family": "resnet", "input_size": 8, "width": 4},
             {"family": "resnet", "in_channels": 3, "input_size": 32, "blocks": [3, 3, 3], "width": 16},
             {"family": "resnet", "in_channels": 3, "input_size": 32, "blocks": [3, 3, 3], "width": 48},
             {"family": "resnet", "in_channels": 3, "input_size": 32, "blocks": [3, 3, 3], "width": 156},
-        ]
-    )
-    sizes: list[dict] = field(
-        default_factory=lambda: [
-            {"family": "cnn"},
-            {"family": "resnet", "input_size": 8, "width": 4},
-            {"family": "resnet", "blocks": [3, 3, 3], "width": 16},
-            {"family": "resnet", "blocks": [3, 3, 3], "width": 32},
-            {"family": "resnet", "blocks": [5, 5, 5], "width": 56},
-            {"family": "resnet", "blocks": [9, 9, 9], "width": 88},
         ]
     )
 
@@ -72,6 +71,7 @@ class SpeedConfig:
                 sampling_tokens=40,
                 busy_repeats=1,
                 generation_sizes=[{"family": "cnn"}, {"family": "resnet", "input_size": 8, "width": 4}],
+                parallel_sizes=[{"family": "resnet", "input_size": 8, "width": 4}],
             )
         if name == "gpu":
             return cls(sizes=[*cls().sizes, {"family": "resnet", "blocks": [9, 9, 9], "width": 176}])
@@ -171,6 +171,18 @@ def _vqvae_cost(vq, arch: dict) -> dict:
     }
 
 
+def _twin(prior, **changes):
+    """A prior of ``prior``'s sizes with config ``changes`` and random weights (seed 0): the cost of a decode step
+    does not depend on what the weights learned."""
+    from ...configuration_igpg import IGPGPriorConfig
+    from ...modeling_prior import IGPGPriorModel
+
+    config = IGPGPriorConfig.from_dict({**prior.config.to_dict(), **changes})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return IGPGPriorModel(config).eval()
+
+
 class Speed(Experiment):
     name, title, Config, Result = "speed", "Speed and memory", SpeedConfig, SpeedResult
 
@@ -234,10 +246,16 @@ class Speed(Experiment):
             busy = busy_neighbour_slowdown(
                 lambda: pipe(instr, architecture=spec, dataset=task, num_samples=1, seed=1), cfg.busy_repeats
             )
+        top_p = SamplingConfig(top_p=0.9)
         if cfg.generation_sizes:
-            by_size = generation_cost_by_size(
-                pipe.prior, pipe.vqvae, cfg.generation_sizes, 1, SamplingConfig(top_p=0.9)
-            )
+            rows = generation_cost_by_size(pipe.prior, pipe.vqvae, cfg.generation_sizes, 1, top_p)
+            by_size += [r | {"prior": "pipeline", "parallel_blocks": False} for r in rows]
+        if cfg.parallel_sizes and pipe.prior.uses_structure:
+            twin = _twin(pipe.prior, block_overlap=0)
+            rows = generation_cost_by_size(twin, pipe.vqvae, cfg.parallel_sizes, 1, top_p)
+            by_size += [
+                r | {"prior": "block_overlap=0, random weights", "parallel_blocks": True} for r in rows
+            ]
         return SpeedResult(
             sampling=sampling_fig,
             busy_neighbour=busy,
@@ -261,8 +279,6 @@ class Speed(Experiment):
 
     def _loop_vs_generate(self, prior, zoo_tokens: int) -> dict:
         """`sampling_speed_summary` on a prior of ``prior``'s sizes with absolute positions (random weights)."""
-        from ...configuration_igpg import IGPGPriorConfig
-        from ...modeling_prior import IGPGPriorModel
         from ..speed_measures import sampling_speed_summary
 
         cfg = self.config
@@ -270,10 +286,7 @@ class Speed(Experiment):
             raise ValueError(
                 f"sampling_samples needs two batch sizes (one, many), got {cfg.sampling_samples}"
             )
-        twin_config = IGPGPriorConfig.from_dict({**prior.config.to_dict(), "position_scheme": "absolute"})
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            twin = IGPGPriorModel(twin_config).eval()
+        twin = _twin(prior, position_scheme="absolute")
         res = sampling_speed_summary(
             twin,
             cfg.sampling_tokens or zoo_tokens,
@@ -384,21 +397,27 @@ class Speed(Experiment):
         if not r.generation_by_size:
             return []
         lines = [
-            "Generating one model (prior sampling + VQ-VAE decoding, the pipeline's own prior and VQ-VAE, top-p 0.9, "
-            "no condition) against its size; peak memory above the process's baseline:",
+            "Generating one model (prior sampling + VQ-VAE decoding with the pipeline's VQ-VAE, top-p 0.9, no "
+            'condition) against its size; peak memory above the process\'s baseline. Prior "pipeline": the '
+            'pipeline\'s own, whose blocks overlap, so they are sampled one by one; "block_overlap=0": a prior of '
+            "the same sizes whose blocks share no tokens (random weights: the cost does not depend on them), "
+            "sampled side by side (`parallel_blocks`). The pipeline's prior was not trained that way: its "
+            "generation of the large sizes would cost the one-by-one rate.",
             "",
-            "| parameters | tokens | sampling s | decode s | total s | tokens/s | peak MB | model MB | architecture |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| parameters | tokens | prior | sampling s | decode s | total s | tokens/s | peak MB | model MB | "
+            "architecture |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for x in r.generation_by_size:
             if "seconds" not in x:
                 lines.append(
-                    f"| {x['parameters']:,} | {x['tokens']:,} | skipped: {x['skipped']} | | | | | | "
-                    f"{short_architecture(x['architecture'])} |"
+                    f"| {x['parameters']:,} | {x['tokens']:,} | {x.get('prior', '')} | skipped: {x['skipped']} | | | | | "
+                    f"| {short_architecture(x['architecture'])} |"
                 )
                 continue
             lines.append(
-                f"| {x['parameters']:,} | {x['tokens']:,} | {fmt(x['sampling_seconds'], 2)} | "
+                f"| {x['parameters']:,} | {x['tokens']:,} | {x.get('prior', 'pipeline').split(',')[0]} | "
+                f"{fmt(x['sampling_seconds'], 2)} | "
                 f"{fmt(x['decode_seconds'], 2)} | {fmt(x['seconds'], 2)} | {fmt(x['tokens_per_second'], 0)} | "
                 f"{fmt(x['peak_mb'])} | {fmt(x['model_mb'])} | {short_architecture(x['architecture'])} |"
             )
@@ -415,14 +434,17 @@ class Speed(Experiment):
         a1, a2 = axes[-2], axes[-1]
         if gen:
             a0 = axes[0]
-            p = [x["parameters"] for x in gen]
-            a0.loglog(p, [x["seconds"] for x in gen], "-o", label="generate (sample + decode)")
-            a0.loglog(p, [x["sampling_seconds"] for x in gen], "--", label="prior sampling")
+            for parallel, label in ((False, "blocks one by one (pipeline prior)"), (True, "parallel blocks")):
+                xs = [x for x in gen if bool(x.get("parallel_blocks")) == parallel]
+                if not xs:
+                    continue
+                p = [x["parameters"] for x in xs]
+                a0.loglog(p, [x["seconds"] for x in xs], "-o", label=label)
+                a2.loglog(p, [max(x["peak_mb"], 0.1) for x in xs], "-o", label=f"generate, {label}")
             a0.set_xlabel("parameters")
-            a0.set_ylabel("seconds")
+            a0.set_ylabel("seconds (sample + decode one model)")
             a0.set_title("generation", fontsize=9)
             a0.legend(fontsize=7)
-            a2.loglog(p, [max(x["peak_mb"], 0.1) for x in gen], "-o", color="#c44e52", label="generate")
         sizes = r.vqvae_by_size
         p = [x["parameters"] for x in sizes]
         a1.loglog(p, [x["encode_seconds"] for x in sizes], "-o", label="encode")
