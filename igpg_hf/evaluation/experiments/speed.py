@@ -59,6 +59,18 @@ class SpeedConfig:
         ]
     )
 
+    # VQ-VAE encode + decode of one fresh model against size
+    sizes: list[dict] = field(
+        default_factory=lambda: [
+            {"family": "cnn"},
+            {"family": "resnet", "input_size": 8, "width": 4},
+            {"family": "resnet", "blocks": [3, 3, 3], "width": 16},
+            {"family": "resnet", "blocks": [3, 3, 3], "width": 32},
+            {"family": "resnet", "blocks": [5, 5, 5], "width": 56},
+            {"family": "resnet", "blocks": [9, 9, 9], "width": 88},
+        ]
+    )
+
     @classmethod
     def from_preset(cls, name: str) -> SpeedConfig:
         if name == "smoke":
