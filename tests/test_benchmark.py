@@ -138,7 +138,9 @@ def test_smoke_figures_are_numbers(smoke):
     ):
         if not path.endswith("architecture"):
             assert isinstance(v, numbers.Real) and v >= 0, path
-    ss = sp["summary"]  # issue 15: the loop against generate() in the same run, and the largest model generated
+    ss = sp[
+        "summary"
+    ]  # issue 15: the loop against generate() in the same run, and the largest model generated
     for k in ("sampling_speedup_1", "sampling_speedup_5", "cache_speedup_1", "busy_neighbour_slowdown"):
         assert isinstance(ss[k], float) and ss[k] > 0, k
     assert ss["tokens_identical_1"] is True and ss["tokens_identical_5"] is True
