@@ -647,7 +647,10 @@ def bench_cmd(
         Path, typer.Option(help="Output folder: report.md, results.json, plots (rerunning resumes).")
     ] = Path("bench_out"),
     preset: Annotated[
-        str, typer.Option(help="smoke (about a minute) | default (README figures, < 1 h on 2 cores) | gpu")
+        str,
+        typer.Option(
+            help="smoke (about a minute) | default (README figures; hours on 2 cores: pick --parts) | gpu"
+        ),
     ] = "default",
     parts: Annotated[
         str | None,

@@ -120,7 +120,7 @@ class BenchConfig:
 
     @classmethod
     def from_preset(cls, name: str, **changes: Any) -> BenchConfig:
-        """ "smoke" (CI, about a minute), "default" (the README's figures, < 1 h on 2 cores), "gpu" (larger)."""
+        """ "smoke" (CI, about a minute), "default" (the README's figures; hours on 2 CPU cores, run parts with ``parts``), "gpu" (larger)."""
         run = {
             "smoke": dict(workers=1, threads=1),
             "default": {},
