@@ -63,33 +63,30 @@ class IGPGConditions:
                 return t.shape[0]
         return None
 
-    def to(self, device) -> IGPGConditions:
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+    def _map(self, fn) -> IGPGConditions:
+        """The same conditions with ``fn`` applied to every tensor (None stays None)."""
+        f = lambda t: None if t is None else fn(t)  # noqa: E731
         return IGPGConditions(
-            mv(self.text_embeds),
-            mv(self.arch_embeds),
-            mv(self.dataset_feats),
-            mv(self.dataset_labels),
-            mv(self.dataset_mask),
-            mv(self.block_index),
-            {k: mv(v) for k, v in self.drop.items()},
-            mv(self.text_states),
-            mv(self.text_mask),
+            f(self.text_embeds),
+            f(self.arch_embeds),
+            f(self.dataset_feats),
+            f(self.dataset_labels),
+            f(self.dataset_mask),
+            f(self.block_index),
+            {k: f(v) for k, v in self.drop.items()},
+            f(self.text_states),
+            f(self.text_mask),
         )
 
+    def to(self, device) -> IGPGConditions:
+        return self._map(lambda t: t.to(device))
+
     def repeat_interleave(self, n: int) -> IGPGConditions:
-        r = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
-        return IGPGConditions(
-            r(self.text_embeds),
-            r(self.arch_embeds),
-            r(self.dataset_feats),
-            r(self.dataset_labels),
-            r(self.dataset_mask),
-            r(self.block_index),
-            {k: r(v) for k, v in self.drop.items()},
-            r(self.text_states),
-            r(self.text_mask),
-        )
+        return self._map(lambda t: t.repeat_interleave(n, 0))
+
+    def rows(self, index: slice | torch.Tensor) -> IGPGConditions:
+        """The conditions of the batch rows ``index`` (a slice or a tensor of row indices), every field alike."""
+        return self._map(lambda t: t[index])
 
 
 class StructureEmbedding(nn.Module):

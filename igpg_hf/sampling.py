@@ -301,7 +301,7 @@ class _TopP:
         if B < self.min_rows or 2 * self.m >= V or self.top_p <= self.margin:
             self.sorted_rows += B
             out = _top_p_sorted(scores, self.top_p)
-            if B >= self.min_rows:  # (a call keeps its batch size: below min_rows the window is never used)
+            if B >= self.min_rows:  # below min_rows the window is not used: leave it as it is
                 self._resize(int(torch.isfinite(out).sum(-1).median()), V)
             return out
         m = self.m
@@ -573,15 +573,8 @@ def _parallel_blocks(
                 chunk = cells[c0 : c0 + rows]
                 R = len(chunk)
                 idx = torch.tensor([r for r, _ in chunk], device=dev)
-                sub = IGPGConditions(
-                    *(None if t is None else t[idx] for t in (cond.text_embeds, cond.arch_embeds)),
-                    *(None if t is None else t[idx] for t in (cond.dataset_feats, cond.dataset_labels)),
-                    None if cond.dataset_mask is None else cond.dataset_mask[idx],
-                    torch.tensor([min(w.index, 1) for _, w in chunk], device=dev),
-                    {k: v[idx] for k, v in cond.drop.items()},
-                    None if cond.text_states is None else cond.text_states[idx],
-                    None if cond.text_mask is None else cond.text_mask[idx],
-                )
+                sub = cond.rows(idx)
+                sub.block_index = torch.tensor([min(w.index, 1) for _, w in chunk], device=dev)
                 window = torch.stack([places[w.start : w.stop] for _, w in chunk])  # (R, n_new, F)
                 embeds = prior.embed_sequence(prior.build_prefix(sub, R), out.new_empty(R, 0), window)
                 dec = _Decoder(prior, R, P + n_new)
@@ -794,7 +787,7 @@ def sample_weight_tokens(
             size, done = B // len(groups), 0  # progress: steps of the whole batch, in equal shares per stream
             for j, g in enumerate(groups):  # each stream generates its rows on its own
                 rows = slice(j * size, (j + 1) * size)
-                sub = _rows(cond, rows)
+                sub = cond.rows(rows)
                 with _global_stream(g, dev):
                     for w in wins:
                         sub.block_index = torch.full((size,), w.index, dtype=torch.long, device=dev)
@@ -815,19 +808,6 @@ def sample_weight_tokens(
     result.seconds = time.perf_counter() - t_start
     logger.debug("sampled %d x %d tokens in %.2fs (%s)", B, num_tokens, result.seconds, backend)
     return result
-
-
-def _rows(cond: IGPGConditions, rows: slice) -> IGPGConditions:
-    pick = lambda t: None if t is None else t[rows]  # noqa: E731
-    return IGPGConditions(
-        pick(cond.text_embeds),
-        pick(cond.arch_embeds),
-        pick(cond.dataset_feats),
-        pick(cond.dataset_labels),
-        pick(cond.dataset_mask),
-        pick(cond.block_index),
-        {k: pick(v) for k, v in cond.drop.items()},
-    )
 
 
 def _select(

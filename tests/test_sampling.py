@@ -92,6 +92,40 @@ def test_every_activation_identical_to_generate(act):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.log_likelihood, b.log_likelihood)
 
 
+def test_generate_keeps_the_instruction_token_states():
+    """A prior that pools the instruction's token states gets them in both backends (the reference once dropped
+    them when it split the batch by random stream, and pooled the embedding instead)."""
+    prior = _prior(4.0, text_pooling="attention")
+    g = torch.Generator().manual_seed(1)
+    cond = IGPGConditions(
+        text_embeds=torch.randn(1, 384, generator=g),
+        text_states=torch.randn(1, 6, 384, generator=g),
+        text_mask=torch.ones(1, 6, dtype=torch.bool),
+    )
+    kw = dict(sampling=SETTINGS["top-p"], seed=0)
+    a = sample_weight_tokens(prior, cond, 40, 2, **kw)
+    b = sample_weight_tokens(prior, cond, 40, 2, backend="generate", **kw)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.log_likelihood, b.log_likelihood)
+    no_states = IGPGConditions(text_embeds=cond.text_embeds)  # the states change what the prior predicts
+    c = sample_weight_tokens(prior, no_states, 40, 2, backend="generate", **kw)
+    assert not torch.equal(b.log_likelihood, c.log_likelihood)
+
+
+def test_conditions_select_rows_of_every_field():
+    cond = IGPGConditions(
+        text_embeds=torch.arange(3.0)[:, None],
+        block_index=torch.arange(3),
+        drop={"text": torch.tensor([True, False, True])},
+        text_states=torch.arange(3.0)[:, None, None],
+        text_mask=torch.ones(3, 1, dtype=torch.bool),
+    )
+    sub = cond.rows(torch.tensor([2, 0]))
+    assert sub.text_embeds[:, 0].tolist() == [2.0, 0.0] and sub.block_index.tolist() == [2, 0]
+    assert sub.drop["text"].tolist() == [True, True] and sub.text_states[:, 0, 0].tolist() == [2.0, 0.0]
+    assert sub.text_mask.shape == (2, 1) and sub.arch_embeds is None
+    assert cond.rows(slice(1, 2)).batch_size() == 1
+
+
 def test_eager_attention_identical_to_generate():
     prior = _prior(4.0, attn="eager", n_positions=40)
     for s in (SETTINGS["T=1"], SETTINGS["greedy"]):
