@@ -51,3 +51,13 @@ def test_busy_neighbour_and_cost_by_size():
     rows = generation_cost_by_size(_prior(), vq, ["mlp_tabular", "resnet56"])
     assert rows[0]["parameters"] == 404 and rows[0]["tokens_per_second"] > 0 and rows[0]["peak_mb"] >= 0
     assert "at most" in rows[1]["skipped"]  # more blocks than the prior can produce
+
+
+def test_speed_config_refuses_other_than_two_batch_sizes():
+    import pytest
+
+    from igpg_hf.evaluation.experiments.speed import SpeedConfig
+
+    assert SpeedConfig.from_preset("smoke").sampling_samples == [1, 5]
+    with pytest.raises(ValueError, match="two batch sizes"):
+        SpeedConfig(sampling_samples=[1])

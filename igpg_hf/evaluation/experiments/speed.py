@@ -33,7 +33,7 @@ class SpeedConfig:
     samples: int = 100
     kv_samples: int = 10
     # the loop vs generate(): batch sizes (one model, many), repeats (interleaved), tokens per model (None: the
-    # zoo's); torch threads for the loop-vs-generate and size figures
+    # zoo's); one pipeline call beside a busy process, repeats (0: not measured)
     sampling_samples: list[int] = field(default_factory=lambda: [1, 100])
     sampling_repeats: int = 3
     sampling_tokens: int | None = None
@@ -70,6 +70,12 @@ class SpeedConfig:
             {"family": "resnet", "blocks": [9, 9, 9], "width": 88},
         ]
     )
+
+    def __post_init__(self):
+        if len(self.sampling_samples) != 2:
+            raise ValueError(
+                f"sampling_samples needs two batch sizes (one, many), got {self.sampling_samples}"
+            )
 
     @classmethod
     def from_preset(cls, name: str) -> SpeedConfig:
@@ -294,10 +300,6 @@ class Speed(Experiment):
         from ..speed_measures import sampling_speed_summary
 
         cfg = self.config
-        if len(cfg.sampling_samples) != 2:
-            raise ValueError(
-                f"sampling_samples needs two batch sizes (one, many), got {cfg.sampling_samples}"
-            )
         twin = _twin(prior, position_scheme="absolute")
         res = sampling_speed_summary(
             twin,
