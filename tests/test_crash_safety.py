@@ -301,3 +301,41 @@ def test_damaged_pipeline_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=rf"cannot load the pipeline {tmp_path}") as err:
         IGPGPipeline.from_pretrained(tmp_path)
     assert len(str(err.value)) < 800
+
+
+def _refused_terminate_child(result) -> None:
+    pool = mp.get_context("fork").Pool(2)
+    workers = list(pool._pool)
+    for _ in workers:  # both workers busy, as in a build (a run takes seconds to minutes)
+        pool.apply_async(time.sleep, (60,))
+    time.sleep(0.5)
+    pool._result_handler.is_alive = lambda: (
+        False
+    )  # the state CPython's check refuses: no handler, results pending
+    try:
+        pool.terminate()
+    except AssertionError as e:
+        refused = "result_hander not alive" in str(e)
+    else:
+        refused = False
+    pool.terminate = lambda: (_ for _ in ()).throw(
+        AssertionError("Cannot have cache with result_hander not alive")
+    )
+    builder._stop_pool(pool)
+    result.put((refused, [p.exitcode for p in workers]))
+    os._exit(0)  # the pool's handler threads die with this process
+
+
+def test_stop_pool_terminates_workers_when_cpython_refuses_to():
+    # CPython's Pool.terminate raised "Cannot have cache with result_hander not alive" once in CI as SIGTERM
+    # arrived; that replaced the build's exit status 143 by 1. Reproduced in a child process (the pool's threads
+    # are left behind by CPython's refusal): _stop_pool must still terminate the workers.
+    ctx = mp.get_context("fork")
+    result = ctx.SimpleQueue()
+    p = ctx.Process(target=_refused_terminate_child, args=(result,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    refused, exitcodes = result.get()
+    assert refused  # the genuine CPython refusal, not a stand-in
+    assert exitcodes == [-signal.SIGTERM] * 2

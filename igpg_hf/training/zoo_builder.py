@@ -448,6 +448,28 @@ def _raise_terminated(signum, frame) -> None:
     raise _Terminated(128 + signum)
 
 
+def _stop_pool(pool) -> None:
+    """Terminate `pool` and its workers without replacing the exception that is unwinding the build.
+
+    CPython's ``Pool.terminate`` raises ``AssertionError("Cannot have cache with result_hander not alive")`` when
+    its result-handler thread has already exited while results are pending (seen once in CI when SIGTERM arrived
+    as a finished run was handed to the writer, on busy cores); that error then hid the SIGTERM exit status and
+    left the workers to the parent-death signal. In that case the workers are terminated and joined here.
+    """
+    try:
+        pool.terminate()
+    except AssertionError:
+        logger.debug("Pool.terminate refused (result handler gone); terminating its workers directly")
+        workers = list(getattr(pool, "_pool", []))  # the Pool's worker processes; no public accessor exists
+        for proc in workers:
+            if proc.exitcode is None:
+                proc.terminate()
+        for proc in workers:
+            proc.join(10)
+        return
+    pool.join()
+
+
 def _ensure_task(task: TaskSpec) -> TaskSpec:
     """Register `task` in this process if it is a user task unknown here (spawned workers)."""
     if task.name not in list_tasks() or get_task(task.name) != task:
@@ -690,8 +712,7 @@ def build_zoo(
         raise
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            _stop_pool(pool)
         if on_main:
             signal.signal(signal.SIGTERM, previous)
     stats["num_workers"] = num_workers if dev.type == "cpu" else 1
