@@ -59,12 +59,13 @@ def _zoo_setups(preset: str) -> dict[str, ZooSetup]:
                 **small,
             ),
             "resnet": ZooSetup(
-                "resnet_depths",
+                "resnet_lineage",
                 {
                     "arch_grid": {"blocks": [[1, 1, 1], [1, 2, 1]]},
                     "seeds": [0],
                     "epochs": 2,
                     "keep_epochs": [2],
+                    "finetune_epochs": 1,
                 },
                 _recipe("smoke", {"use_dataset_condition": False}, n_positions=128),
                 **small,
@@ -91,11 +92,13 @@ def _zoo_setups(preset: str) -> dict[str, ZooSetup]:
         }
     return {
         "seen": ZooSetup("demo", {}, _recipe("demo")),
-        # related and ResNet zoos hold more distinct weights than the "demo" VQ-VAE memorizes in 3,000 steps (its
-        # reconstructions lost 4.8 and 85 accuracy points): their recipes use the "fsq" VQ-VAE preset at lr 3e-3
+        # related and ResNet zoos hold more distinct weights than the "demo" VQ-VAE memorized in 3,000 steps (its
+        # reconstructions lost 4.8 and 85 accuracy points): their recipes use the "fsq" VQ-VAE preset at lr 3e-3.
+        # The ResNet depths are a lineage (`resnet_lineage`): 96 independent runs (`resnet_depths`) left the prior at
+        # chance on every depth (benchmarks/results/cross_arch_grid/)
         "related": ZooSetup("related", {"seeds": list(range(8))}, _recipe("related")),
         "resnet": ZooSetup(
-            "resnet_depths", {}, _recipe("resnet"), GenerationSettings(num_samples=5), num_random_init=3
+            "resnet_lineage", {}, _recipe("resnet"), GenerationSettings(num_samples=5), num_random_init=3
         ),
         # one pipeline for every trainable task and all three families (the instructions experiment; an existing
         # default zoo: --set instructions.general_corpus=DIR)

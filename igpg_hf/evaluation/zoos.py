@@ -39,7 +39,7 @@ class ZooSetup:
 
     zoo_preset: str = "demo"
     zoo_changes: dict[str, Any] = field(default_factory=dict)
-    recipe: PipelineRecipe = field(default_factory=PipelineRecipe)
+    recipe: PipelineRecipe = field(default_factory=lambda: PipelineRecipe.from_preset("demo"))
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     num_random_init: int = 10  # random-init baselines per task
     corpus: str | None = (

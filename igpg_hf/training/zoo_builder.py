@@ -76,6 +76,10 @@ class ZooConfig:
     ``arch_grid`` varies the architecture of a task: architecture parameter -> values, every combination is
     trained for every seed, e.g. ``{"blocks": [[1, 1, 1], [2, 2, 2]]}`` for two ResNet depths (empty: the
     architecture as it is; run ids carry the combination, e.g. ``digits-resnet_small-blocks222-s0-...``).
+    A ``finetuned`` zoo with a ResNet depth grid (``{"blocks": [...]}`` only) is a lineage: its base trains the
+    grid's first configuration, and every configuration starts from that base moved to its depth
+    (`igpg_hf.zoo.transplant.transplant_depth`: blocks cut from a stage's end, or added as identity maps), then
+    fine-tunes for ``finetune_epochs`` per seed.
 
     ``lora`` zoos train one base network (the one architecture in ``base_tasks``, on its base task, for
     ``epochs``), save it to ``out_dir/base_model`` (`igpg_hf.adapters.save_base_model`: safetensors + its content
@@ -143,7 +147,12 @@ class ZooConfig:
             grid = self._grid(specs[t], self.arch_name(t))
             _check_grid(t, grid)
             if grid["arch_grid"] and self.zoo_kind == "finetuned":
-                raise ValueError(f"arch_grid needs an independent or shared_init zoo, got {self.zoo_kind!r}")
+                family = architecture_for_task(t, self.arch_name(t)).family
+                if family != "resnet" or set(grid["arch_grid"]) != {"blocks"}:
+                    raise ValueError(
+                        "a finetuned zoo's arch_grid may vary only the blocks of a ResNet (its runs start from "
+                        f"the base moved to their depth), got {sorted(grid['arch_grid'])} for a {family}"
+                    )
             for variant in arch_variants(grid["arch_grid"]):
                 architecture_for_task(t, self.arch_name(t), **variant)  # ValueError naming a bad field
         keys = {*FAMILIES, *list_architectures(), *list_tasks(), *(get_task(t).source for t in list_tasks())}
@@ -252,6 +261,9 @@ class ZooRun:
     role: str = "train"  # "train", "base" or "finetune"
     base_run_id: str | None = None
     adapter: dict[str, Any] | None = None  # lora zoos: the run's `LoraSettings` as a dict
+    base_spec: ArchSpec | None = (
+        None  # finetuned runs: the base's architecture (moved to `spec` when it differs)
+    )
 
     @property
     def model_ids(self) -> list[str]:
@@ -343,7 +355,8 @@ def _make_run(
     spec = architecture_for_task(task, arch, **(variant or {}))
     has_dropout = "dropout" in spec.params  # ResNets have BatchNorm and no dropout
     if base is not None:  # fine-tuning keeps the base's activation and dropout
-        spec = spec.replace(activation=base.spec.params["activation"], dropout=base.spec.params["dropout"])
+        kept = {k: base.spec.params[k] for k in ("activation", "dropout") if k in base.spec.params}
+        spec = spec.replace(**kept)
     else:
         changes = {"dropout": dropout} if has_dropout else {}
         spec = spec.replace(**changes, **({"activation": activation} if activation else {}))
@@ -371,7 +384,18 @@ def _make_run(
         *parts, *([adapter] if adapter else [])
     )
     return ZooRun(
-        run_id, task, arch, spec, hp, keep_t, cfg.zoo_kind, seed, role, base.run_id if base else None, adapter
+        run_id,
+        task,
+        arch,
+        spec,
+        hp,
+        keep_t,
+        cfg.zoo_kind,
+        seed,
+        role,
+        base.run_id if base else None,
+        adapter,
+        base.spec if base is not None and adapter is None else None,
     )
 
 
@@ -390,8 +414,10 @@ def plan_runs(config: ZooConfig) -> list[ZooRun]:
             arch = config.arch_name(t.name)
             if arch not in bases:
                 base_task = get_task(config.base_tasks.get(arch, t.name))
-                seed = config._grid(base_task, arch)["seeds"][0]
-                bases[arch] = _make_run(config, base_task, arch, seed, "base")
+                g = config._grid(base_task, arch)
+                # a lineage (finetuned zoo with a depth grid) trains its base at the grid's first configuration
+                variant = arch_variants(g["arch_grid"])[0] if g["arch_grid"] else None
+                bases[arch] = _make_run(config, base_task, arch, g["seeds"][0], "base", variant=variant)
     items = []
     for ti, t in enumerate(tasks):
         arch = config.arch_name(t.name)
@@ -498,7 +524,14 @@ def _execute(
     runs: list[ZooRun], init_states: dict[str, dict], pool, device: torch.device
 ) -> Iterator[tuple[ZooRun, list[KeptEpoch]]]:
     def init_of(r: ZooRun) -> dict | None:
-        return init_states[r.base_run_id] if r.base_run_id else None
+        if not r.base_run_id:
+            return None
+        state = init_states[r.base_run_id]
+        if r.base_spec is not None and r.base_spec.params.get("blocks") != r.spec.params.get("blocks"):
+            from ..zoo.transplant import transplant_depth
+
+            state = transplant_depth(r.base_spec, state, r.spec, seed=r.hp.init_seed)
+        return state
 
     by_id = {r.run_id: r for r in runs}
     items = [(r, init_of(r)) for r in runs]

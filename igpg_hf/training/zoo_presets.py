@@ -112,6 +112,22 @@ PRESETS = {
         epochs=15,
         keep_epochs=[11, 13, 15],
     ),
+    # the same depths as a lineage: one base trained at [2, 2, 2] (15 epochs), every configuration started from it moved
+    # to its depth (blocks cut, or added as identity maps) and fine-tuned 3 epochs per seed, epochs 1-3 kept: 288
+    # checkpoints + the base's 3, descendants of one network (a zoo with far fewer distinct weights than 96
+    # independent runs; the cross-architecture experiment measures both)
+    "resnet_lineage": lambda: dict(
+        name="resnet_lineage",
+        tasks=["digits"],
+        architectures={"digits": "resnet_small"},
+        zoo_kind="finetuned",
+        arch_grid={"blocks": RESNET_DEPTHS},
+        seeds=list(range(4)),
+        optimizers={"adam": [1e-3]},
+        epochs=15,
+        keep_epochs=[13, 14, 15],
+        finetune_epochs=3,
+    ),
     # LoRA adapters of one 46,730-parameter CNN trained on MNIST (5 epochs), on every 28x28 task that is not held out:
     # 19 tasks x 2 seeds x ranks 2 and 4 = 76 adapters of 3 epochs (the `lora` experiment's zoo; issue 11)
     "lora": lambda: dict(

