@@ -618,7 +618,7 @@ def push_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="Output folder (rerunning resumes).")] = Path("demo_out"),
-    preset: Annotated[str, typer.Option(help="demo (about 10 min on 2 cores) | smoke (seconds)")] = "demo",
+    preset: Annotated[str, typer.Option(help="demo (about 13 min on 2 cores) | smoke (seconds)")] = "demo",
     verbose: Verbose = False,
 ) -> None:
     """End to end, offline: build a zoo, train VQ-VAE and prior, generate per task, compare with zoo and random init."""

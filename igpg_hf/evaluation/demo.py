@@ -48,7 +48,7 @@ class DemoConfig(ZooSetup):
 
     @classmethod
     def from_preset(cls, name: str) -> DemoConfig:
-        """ "demo": the README's run (about 10 minutes on 2 cores); "smoke": seconds, for tests."""
+        """ "demo": the README's run (about 13 minutes on 2 cores); "smoke": seconds, for tests."""
         if name == "demo":
             return cls()
         if name == "smoke":
