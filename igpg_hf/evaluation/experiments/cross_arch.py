@@ -140,6 +140,10 @@ class CrossArchResult(ExperimentResult):
         out.update({f"finetuned_{k}": v for k, v in self.ratios("generated", "finetuned_mean").items()})
         for name, ab in self.ablations.items():
             out.update({f"{name}_{k}": v for k, v in self.ratios("generated", rows=ab["configs"]).items()})
+        rows = [x for x in self.configs.values() if "copies" in x]
+        if rows:
+            out["copies"] = sum(x["copies"] for x in rows)
+            out["samples"] = sum(x["num_samples"] for x in rows)
         for target, level in TARGETS.items():
             v = out.get(f"{target}_ratio")
             out[f"{target}_target_met"] = bool(v is not None and not math.isnan(v) and v >= level)
@@ -272,6 +276,9 @@ class CrossArch(Experiment):
                 "parameters": s.num_parameters(),
                 "tokens": int(gen.token_ids.shape[1]),
                 "generation_seconds": time.perf_counter() - t0,
+                # token-for-token copies of a training sequence (possible at trained depths only)
+                "copies": sum(gen.is_copy or []),
+                "num_samples": len(gen.state_dicts),
                 "methods": {},
             }
             g = _evaluate(s, gen.state_dicts, task, steps, lrs[0], ctx.pool)
@@ -305,8 +312,24 @@ class CrossArch(Experiment):
         blocks = [*cfg.trained_shown, *cfg.held_out]
         rows = {str(b): ctx.cache(f"cross_arch_{_tag(b)}", lambda b=b: row(b, z, METHODS)) for b in blocks}
         ablations = {}
+        # what alignment changes on this zoo: none of a lineage's checkpoints (they descend from one base), many of
+        # independent runs'. When it changes none, the unaligned pipeline trains on the same bytes with the same
+        # seeds as this one: it is this pipeline, and its rows are this pipeline's rows (said in the report)
+        moved = _alignment_changes(z.checkpoints) if z.setup.recipe.align_checkpoints else None
         for name in cfg.ablations:
             recipe = z.setup.recipe.with_changes(**ABLATIONS[name])
+            if name == "unaligned" and moved == 0:
+                ab = {}
+                for b in cfg.ablation_blocks or blocks:
+                    x = rows.get(str(b)) or ctx.cache(f"cross_arch_{_tag(b)}", lambda b=b: row(b, z, METHODS))
+                    ab[str(b)] = {**x, "same_pipeline_as_main": True}
+                ablations[name] = {
+                    "recipe_changes": ABLATIONS[name],
+                    "configs": ab,
+                    "checkpoints_changed_by_alignment": 0,
+                    "same_pipeline_as_main": True,
+                }
+                continue
             same_vqvae = recipe.weights_key("vqvae") == z.setup.recipe.weights_key("vqvae")
 
             def load(name=name, recipe=recipe, same_vqvae=same_vqvae):  # trained or loaded on first use only
@@ -328,6 +351,8 @@ class CrossArch(Experiment):
                 r["methods"]["trained"] = rows[str(b)]["methods"]["trained"] if str(b) in rows else None
                 ab[str(b)] = r
             ablations[name] = {"recipe_changes": ABLATIONS[name], "configs": ab}
+            if name == "unaligned":
+                ablations[name]["checkpoints_changed_by_alignment"] = moved
         return CrossArchResult(
             task=task,
             train_blocks=trained_grid,
@@ -421,6 +446,16 @@ class CrossArch(Experiment):
                 f"| {key.replace('_', ' ')} | {target} | **{fmt(s[k], 2)}** | {fmt(s['best_of_5_' + k], 2)} | "
                 f"{fmt(s['transplant_' + k], 2)} | {fmt(s['finetuned_' + k], 2)} |"
             )
+        shown_copies = [x for x in r.configs.values() if "copies" in x]
+        if shown_copies:
+            lines += [
+                "",
+                f"Copies: {sum(x['copies'] for x in shown_copies)} of "
+                f"{sum(x['num_samples'] for x in shown_copies)} generated nets repeat a training checkpoint token "
+                "for token (per depth: "
+                + ", ".join(f"{x['blocks']} {x['copies']}/{x['num_samples']}" for x in shown_copies)
+                + "; at a held-out depth a copy is impossible: no training sequence has its length).",
+            ]
         lines += ["", *self._where_transplant_wins(r), ""]
         if r.ablations:
             lines += [
@@ -442,6 +477,20 @@ class CrossArch(Experiment):
                 lines.append(
                     f"| {shown[key]['blocks']} | {shown[key]['where']} | {fmt(ref)} | {fmt(base)} | {cells} |"
                 )
+            un = r.ablations.get("unaligned")
+            if un is not None and un.get("checkpoints_changed_by_alignment") is not None:
+                n = un["checkpoints_changed_by_alignment"]
+                lines += [
+                    "",
+                    f"Alignment changed {n} of the zoo's checkpoints"
+                    + (
+                        ": on this zoo it is the identity, so the unaligned pipeline trains on the same bytes with "
+                        "the same seeds, i.e. it is this recipe's pipeline, and its column repeats this recipe's "
+                        "(not retrained). Alignment matters for zoos of independent runs, not for a lineage."
+                        if un.get("same_pipeline_as_main")
+                        else "."
+                    ),
+                ]
         return lines + ["", "![cross-architecture generation](cross_arch.png)", ""]
 
     def _where_transplant_wins(self, r: CrossArchResult) -> list[str]:
@@ -562,6 +611,15 @@ class _Variant:
                 top_p=s.top_p,
             )
         return self._gen[key]
+
+
+def _alignment_changes(checkpoints: list) -> int:
+    """How many checkpoints `align_checkpoints` changes (weights not byte-identical after alignment)."""
+    from ...zoo.alignment import align_checkpoints
+
+    return sum(
+        a.weights != c.weights for a, c in zip(align_checkpoints(checkpoints), checkpoints, strict=True)
+    )
 
 
 def _train_inputs(task: str):
