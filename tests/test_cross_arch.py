@@ -26,6 +26,57 @@ def test_the_preset_grid_holds_out_the_experiments_depths():
         CrossArchConfig(ablations=["rope"])
 
 
+def test_the_lineage_preset_descends_from_one_base_at_a_trained_depth():
+    zc = ZooConfig.from_preset("resnet_lineage")
+    runs = plan_runs(zc)
+    held = CrossArchConfig().held_out
+    assert zc.arch_grid == ZooConfig.from_preset("resnet_depths").arch_grid
+    assert runs[0].role == "base" and runs[0].spec.params["blocks"] == [2, 2, 2]
+    assert all(r.role == "finetune" and r.base_run_id == runs[0].run_id for r in runs[1:])
+    assert not [r for r in runs if r.spec.params["blocks"] in held]
+    assert (len(runs) - 1) * len(runs[1].keep_epochs) >= 250
+
+
+def _lineage(**changes):
+    fields = dict(
+        name="lineage",
+        tasks=["digits"],
+        architectures={"digits": "resnet_small"},
+        zoo_kind="finetuned",
+        arch_grid={"blocks": [[1, 1, 1], [1, 2, 1]]},
+        seeds=[0, 1],
+        epochs=2,
+        keep_epochs=[2],
+        finetune_epochs=1,
+    )
+    return ZooConfig(**{**fields, **changes})
+
+
+def test_alignment_is_the_identity_on_a_lineage_and_not_on_independent_runs(tmp_path):
+    """What lets the unaligned ablation reuse the pipeline: `_alignment_changes` counts checkpoints alignment moves."""
+    from igpg_hf.evaluation.experiments.cross_arch import _alignment_changes
+
+    lineage = list(build_zoo(_lineage(), tmp_path / "l", num_workers=1, progress=False))
+    assert len(lineage) == 5 and _alignment_changes(lineage) == 0
+    independent = list(
+        build_zoo(_lineage(zoo_kind="independent"), tmp_path / "i", num_workers=1, progress=False)
+    )
+    assert _alignment_changes(independent) > 0
+
+
+@pytest.mark.slow
+def test_a_lineage_zoo_rebuilds_to_the_same_ids_and_weights(tmp_path):
+    a = {
+        c.metadata.model_id: c.weights
+        for c in build_zoo(_lineage(), tmp_path / "a", num_workers=1, progress=False)
+    }
+    b = {
+        c.metadata.model_id: c.weights
+        for c in build_zoo(_lineage(), tmp_path / "b", num_workers=2, progress=False)
+    }
+    assert len(a) == 5 and a == b
+
+
 @pytest.mark.slow
 def test_a_grid_zoo_rebuilds_to_the_same_ids_and_weights(tmp_path):
     cfg = ZooConfig(
