@@ -36,6 +36,7 @@ from ..progress import progress_bar
 from ..zoo.architectures import ACTIVATIONS, FAMILIES, ArchSpec, architecture_for_task, list_architectures
 from ..zoo.tasks import TaskSpec, get_task, list_tasks, load_task_data, register_task
 from ..zoo.training import OPTIMIZERS, HyperParams, KeptEpoch, train_model, train_models_batched
+from ..zoo.transplant import transplant_depth
 from .zoo_presets import PRESETS
 
 logger = logging.getLogger(__name__)
@@ -261,9 +262,8 @@ class ZooRun:
     role: str = "train"  # "train", "base" or "finetune"
     base_run_id: str | None = None
     adapter: dict[str, Any] | None = None  # lora zoos: the run's `LoraSettings` as a dict
-    base_spec: ArchSpec | None = (
-        None  # finetuned runs: the base's architecture (moved to `spec` when it differs)
-    )
+    # finetuned runs: the base's architecture (its weights are moved to `spec` when the depths differ)
+    base_spec: ArchSpec | None = None
 
     @property
     def model_ids(self) -> list[str]:
@@ -528,17 +528,16 @@ def _execute(
             return None
         state = init_states[r.base_run_id]
         if r.base_spec is not None and r.base_spec.params.get("blocks") != r.spec.params.get("blocks"):
-            from ..zoo.transplant import transplant_depth
-
             state = transplant_depth(r.base_spec, state, r.spec, seed=r.hp.init_seed)
         return state
 
     by_id = {r.run_id: r for r in runs}
-    items = [(r, init_of(r)) for r in runs]
+    starts = {r.run_id: init_of(r) for r in runs}  # once per run: a lineage's start is a transplant
+    items = [(r, starts[r.run_id]) for r in runs]
     if device.type == "cuda":
         for r in runs:  # adapters: one at a time (peft models do not stack)
             if r.adapter is not None:
-                yield r, _train_run((r, init_of(r)), device)[1]
+                yield r, _train_run((r, starts[r.run_id]), device)[1]
         groups: dict[str, list[ZooRun]] = {}
         for r in (r for r in runs if r.adapter is None):
             key = _digest(
@@ -549,13 +548,13 @@ def _execute(
             r0 = group[0]
             if any(True for _ in r0.spec.build().buffers()):  # batch norm: one model at a time on the GPU
                 for r in group:
-                    yield r, train_model(r.spec, r.task, r.hp, list(r.keep_epochs), init_of(r), device)
+                    yield r, train_model(r.spec, r.task, r.hp, list(r.keep_epochs), starts[r.run_id], device)
                 continue
             data = load_task_data(_ensure_task(r0.task).name)
             for i in range(0, len(group), MAX_BATCHED_MODELS):
                 chunk = group[i : i + MAX_BATCHED_MODELS]
                 outs = train_models_batched(
-                    r0.spec, data, [r.hp for r in chunk], list(r0.keep_epochs), device, init_of(r0)
+                    r0.spec, data, [r.hp for r in chunk], list(r0.keep_epochs), device, starts[r0.run_id]
                 )
                 yield from zip(chunk, outs, strict=True)
     elif pool is None:  # in this process, on one thread like the pool's workers (tiny models: fastest)

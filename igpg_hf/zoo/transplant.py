@@ -32,8 +32,9 @@ def transplant_depth(
         k: v for k, v in target.params.items() if k != "blocks"
     }:
         raise ValueError(f"transplant_depth changes blocks only: {spec.to_json()} vs {target.to_json()}")
-    torch.manual_seed(seed)
-    fresh = target.build().state_dict()
+    with torch.random.fork_rng(devices=[]):  # seeded here without moving the caller's global RNG
+        torch.manual_seed(seed)
+        fresh = target.build().state_dict()
     src_blocks = spec.params["blocks"]
     out = {}
     for k, v in fresh.items():

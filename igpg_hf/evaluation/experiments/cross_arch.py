@@ -315,7 +315,11 @@ class CrossArch(Experiment):
         # what alignment changes on this zoo: none of a lineage's checkpoints (they descend from one base), many of
         # independent runs'. When it changes none, the unaligned pipeline trains on the same bytes with the same
         # seeds as this one: it is this pipeline, and its rows are this pipeline's rows (said in the report)
-        moved = _alignment_changes(z.checkpoints) if z.setup.recipe.align_checkpoints else None
+        moved = (
+            _alignment_changes(z.checkpoints)
+            if z.setup.recipe.align_checkpoints and "unaligned" in cfg.ablations
+            else None
+        )
         for name in cfg.ablations:
             recipe = z.setup.recipe.with_changes(**ABLATIONS[name])
             if name == "unaligned" and moved == 0:
@@ -450,8 +454,7 @@ class CrossArch(Experiment):
         if shown_copies:
             lines += [
                 "",
-                f"Copies: {sum(x['copies'] for x in shown_copies)} of "
-                f"{sum(x['num_samples'] for x in shown_copies)} generated nets repeat a training checkpoint token "
+                f"Copies: {s['copies']} of {s['samples']} generated nets repeat a training checkpoint token "
                 "for token (per depth: "
                 + ", ".join(f"{x['blocks']} {x['copies']}/{x['num_samples']}" for x in shown_copies)
                 + "; at a held-out depth a copy is impossible: no training sequence has its length).",
