@@ -183,7 +183,7 @@ PriorConfig = Annotated[
     list[str] | None,
     typer.Option(help="IGPGPriorConfig field change, FIELD=VALUE (repeatable), e.g. n_layer=6."),
 ]
-_VQVAE_RECIPE = ("vqvae_preset", "align_checkpoints")
+_VQVAE_RECIPE = ("vqvae_preset", "align_checkpoints", "checkpoints", "runs_per_architecture")
 _PRIOR_RECIPE = (
     "prior_preset",
     "text_encoder",
@@ -191,6 +191,8 @@ _PRIOR_RECIPE = (
     "n_positions",
     "max_n_positions",
     "align_checkpoints",
+    "checkpoints",
+    "runs_per_architecture",
 )
 
 

@@ -252,3 +252,36 @@ def test_recipe_builds_the_configs_training_and_inference_share():
         PipelineRecipe.from_preset("huge")
     with pytest.raises(ValueError, match="unknown IGPGPriorConfig field"):
         PipelineRecipe(prior_overrides={"n_layers": 3}).prior_config(vq, 10)
+
+
+def test_recipe_trains_on_the_last_epoch_of_every_run_when_asked():
+    from igpg_hf.training import PipelineRecipe
+    from igpg_hf.training.pipeline import select_checkpoints
+
+    def ckpt(run, epoch, model_id, seed=0, task="t"):
+        m = SimpleNamespace(run_id=run, epoch=epoch, model_id=model_id, seed=seed, task=task, arch_text="mlp")
+        return SimpleNamespace(metadata=m)
+
+    cs = [
+        ckpt("a", 1, "a1", 1),
+        ckpt("b", 3, "b3"),
+        ckpt("a", 2, "a2", 1),
+        ckpt("", -1, "x", 5, "u"),
+        ckpt("b", 2, "b2"),
+    ]
+    assert [c.metadata.model_id for c in select_checkpoints(cs, "all")] == ["a1", "b3", "a2", "x", "b2"]
+    # one per run, the highest epoch, in the given order; a checkpoint without a run is its own
+    assert [c.metadata.model_id for c in select_checkpoints(cs, "last_epoch")] == ["b3", "a2", "x"]
+    # the lowest seed's run per (task, architecture): run b (seed 0) of task t, x of task u
+    assert [c.metadata.model_id for c in select_checkpoints(cs, "all", 1)] == ["b3", "x", "b2"]
+    assert [c.metadata.model_id for c in select_checkpoints(cs, "last_epoch", 1)] == ["b3", "x"]
+    with pytest.raises(ValueError, match="unknown checkpoint selection"):
+        select_checkpoints(cs, "best")
+    with pytest.raises(ValueError, match="checkpoints must be one of"):
+        PipelineRecipe(checkpoints="best")
+    with pytest.raises(ValueError, match="runs_per_architecture"):
+        PipelineRecipe(runs_per_architecture=0)
+    general = PipelineRecipe.from_preset("general")
+    assert general.weights_key("vqvae")["checkpoints"] == "last_epoch"
+    # the default is left out of the stage keys, so stage folders written before the field existed still match
+    assert "checkpoints" not in PipelineRecipe.from_preset("demo").weights_key("prior")

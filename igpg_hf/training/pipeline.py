@@ -30,7 +30,7 @@ from .vqvae import train_vqvae
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PipelineRecipe", "train_pipeline", "train_pipeline_vqvae", "RECIPE_PRESETS"]
+__all__ = ["PipelineRecipe", "train_pipeline", "train_pipeline_vqvae", "select_checkpoints", "RECIPE_PRESETS"]
 
 WeightCorpusLike = (
     Iterable | str | os.PathLike
@@ -49,10 +49,47 @@ def _checkpoints(corpus_or_checkpoints: Any) -> list:
     return checkpoints
 
 
+def select_checkpoints(
+    checkpoints: list, selection: str = "all", runs_per_architecture: int | None = None
+) -> list:
+    """The checkpoints a recipe trains on (`PipelineRecipe.checkpoints`, ``runs_per_architecture``), in their
+    given order.
+
+    ``selection``: ``"all"``, every one; ``"last_epoch"``, per training run (``run_id``; a checkpoint without one
+    is its own run) the one of the highest epoch. ``runs_per_architecture``: keep the runs of the N lowest
+    (seed, run id) per (task, architecture text). Raises ValueError on another selection.
+    """
+    if selection not in ("all", "last_epoch"):
+        raise ValueError(f"unknown checkpoint selection {selection!r}; known: all, last_epoch")
+    checkpoints = list(checkpoints)
+
+    def run_of(c) -> str:
+        return c.metadata.run_id or c.metadata.model_id
+
+    keep = {id(c) for c in checkpoints}
+    if selection == "last_epoch":
+        last: dict[str, Any] = {}
+        for c in checkpoints:
+            if run_of(c) not in last or c.metadata.epoch > last[run_of(c)].metadata.epoch:
+                last[run_of(c)] = c
+        keep = {id(c) for c in last.values()}
+    if runs_per_architecture is not None:
+        runs: dict[tuple, set] = {}
+        for c in checkpoints:
+            runs.setdefault((c.metadata.task, c.metadata.arch_text), set()).add(
+                (getattr(c.metadata, "seed", -1), run_of(c))
+            )
+        kept_runs = {r for rs in runs.values() for _, r in sorted(rs)[:runs_per_architecture]}
+        keep &= {id(c) for c in checkpoints if run_of(c) in kept_runs}
+    return [c for c in checkpoints if id(c) in keep]
+
+
 def _training_set(corpus_or_checkpoints: Any, recipe: PipelineRecipe) -> Callable[[], list]:
     """The checkpoints the stages train on (ValueError now if there are none), permutation-aligned on first use
     if the recipe says so: stages that are reused need no alignment."""
-    loaded = _checkpoints(corpus_or_checkpoints)
+    loaded = select_checkpoints(
+        _checkpoints(corpus_or_checkpoints), recipe.checkpoints, recipe.runs_per_architecture
+    )
     memo: list[list] = []
 
     def get() -> list:

@@ -33,9 +33,21 @@ DERIVED_PRIOR_FIELDS = (
 # settings that change how often a run logs or saves, never its weights
 _BOOKKEEPING = ("checkpoint_every", "log_every")
 # the recipe fields each training stage depends on
+# which checkpoints of a corpus a recipe trains on (`PipelineRecipe.checkpoints`)
+CHECKPOINT_SELECTIONS = ("all", "last_epoch")
+
 STAGE_FIELDS = {
-    "vqvae": ("vqvae_preset", "vqvae_overrides", "vqvae_training", "align_checkpoints"),
+    "vqvae": (
+        "checkpoints",
+        "runs_per_architecture",
+        "vqvae_preset",
+        "vqvae_overrides",
+        "vqvae_training",
+        "align_checkpoints",
+    ),
     "prior": (
+        "checkpoints",
+        "runs_per_architecture",
         "align_checkpoints",
         "prior_preset",
         "prior_overrides",
@@ -63,6 +75,11 @@ class PipelineRecipe:
     - context: ``n_positions=None`` fits the longest training sequence plus the prefix (at least the prior
       preset's context, at most ``max_n_positions``; longer models are generated block by block), an integer
       fixes it; the prior's config records which (``context_rule``);
+    - ``checkpoints``: which checkpoints of the corpus both stages train on: ``"all"``, or ``"last_epoch"``
+      (the last kept epoch of every training run; a run's earlier epochs are near-duplicates of it, which
+      cost the VQ-VAE and the prior memorization without adding a task or an architecture);
+    - ``runs_per_architecture``: at most this many training runs per (task, architecture), those of the lowest
+      seeds (None: every run);
     - ``align_checkpoints``: permute every checkpoint's hidden channels to one reference per family and task
       before both stages (`igpg_hf.zoo.alignment.align_checkpoints`: weight matching; same functions, seeds in
       comparable coordinates).
@@ -79,6 +96,8 @@ class PipelineRecipe:
     n_positions: int | None = None
     max_n_positions: int = 1024
     align_checkpoints: bool = False
+    checkpoints: str = "all"
+    runs_per_architecture: int | None = None
 
     def __post_init__(self):
         if isinstance(self.vqvae_training, dict):
@@ -93,6 +112,12 @@ class PipelineRecipe:
             )
         if self.support_per_class is not None and self.support_per_class < 1:
             raise ValueError(f"support_per_class must be >= 1 or None, got {self.support_per_class!r}")
+        if self.checkpoints not in CHECKPOINT_SELECTIONS:
+            raise ValueError(f"checkpoints must be one of {CHECKPOINT_SELECTIONS}, got {self.checkpoints!r}")
+        if self.runs_per_architecture is not None and self.runs_per_architecture < 1:
+            raise ValueError(
+                f"runs_per_architecture must be >= 1 or None, got {self.runs_per_architecture!r}"
+            )
         if self.n_positions is not None and self.n_positions < 2:
             raise ValueError(f"n_positions must be a context length or None, got {self.n_positions!r}")
 
@@ -129,6 +154,11 @@ class PipelineRecipe:
         d = self.to_dict()
         for args in ("vqvae_training", "prior_training"):
             d[args] = {k: v for k, v in d[args].items() if k not in _BOOKKEEPING}
+        for k, default in (("checkpoints", "all"), ("runs_per_architecture", None)):
+            if (
+                d[k] == default
+            ):  # defaults are absent from the stage folders written before the fields existed
+                del d[k]
         return {k: v for k, v in d.items() if stage is None or k in STAGE_FIELDS[stage]}
 
     def vqvae_config(self) -> IGPGVQVAEConfig:
@@ -220,23 +250,34 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
         prior_training=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=1000, log_every=10),
     ),
     # one pipeline for the whole default zoo (all trainable tasks, three families, `igpg-hf zoo build --preset
-    # default`) on 2 CPU cores, sized for <= 60 minutes: the FSQ VQ-VAE (the quantizer that held up on varied zoos)
-    # and a 6-layer x 192 prior (the demo's 4 x 128 memorized 144 sequences; this zoo has 1,212), 5,000 steps of 32
-    # over the instruction grammar's training wordings. The sizes are reasoned from the demo and related-zoo
-    # calibrations, not yet measured on the full zoo (README, Results)
+    # default`) on 2 CPU cores. Measured on that zoo (last epochs, one net per task and architecture), what the
+    # VQ-VAE keeps: "fsq" (64-value chunks, 0.56 bits per weight) 0.44 of the nets' accuracy, "demo" (Gumbel) 0.45
+    # and 0.44 with a 1,024-wide MLP: at that rate the decoder must memorize the zoo's distinct chunks, and 120 to
+    # 404 independent nets are far more than it memorizes (the demo's 48 runs are ~2,000). 8-value chunks of 4
+    # tokens of 12 bits (FSQ 8x8x8x8: 6 bits per weight) need no memorization: 0.98 after 2,000 steps (16-value
+    # chunks, 3 bits: 0.94). Adding noise to the zoo's weights says why: 0.996 of the accuracy at 5 % relative
+    # noise per tensor, 0.985 at 10 %, 0.94 at 20 %. The prior then memorizes one sequence of ~1,000-1,300 tokens
+    # per (task, architecture): the last epoch of its lowest-seed run (120 nets), in one context
     "general": PipelineRecipe(
+        checkpoints="last_epoch",
+        runs_per_architecture=1,
         vqvae_preset="fsq",
-        vqvae_training=VQVAETrainingArgs(steps=4000, lr=3e-3),
-        prior_overrides=dict(n_layer=6, n_embd=192, n_head=6),
-        prior_training=PriorTrainingArgs(steps=5000, batch_size=32, lr=2e-3, checkpoint_every=1000),
+        vqvae_overrides={"chunk_size": 8, "fsq_levels": [8, 8, 8, 8], "codebook_size": 4096},
+        vqvae_training=VQVAETrainingArgs(steps=4000, lr=3e-3, checkpoint_every=1000),
+        prior_training=PriorTrainingArgs(
+            steps=480, batch_size=16, lr=2e-3, checkpoint_every=120, log_every=20
+        ),
+        max_n_positions=1280,
     ),
-    # the same zoo on a GPU: the "base" VQ-VAE and the "small" prior, longer (never run to the end yet)
+    # the same zoo on a GPU: every run's last epoch (404 nets), a larger prior, longer (never run to the end yet)
     "general-gpu": PipelineRecipe(
-        vqvae_preset="base",
-        vqvae_training=VQVAETrainingArgs(steps=20000, lr=1e-3),
+        checkpoints="last_epoch",
+        vqvae_preset="fsq",
+        vqvae_overrides={"chunk_size": 8, "fsq_levels": [8, 8, 8, 8], "codebook_size": 4096},
+        vqvae_training=VQVAETrainingArgs(steps=20000, lr=3e-3),
         prior_preset="small",
-        prior_training=PriorTrainingArgs(steps=30000, batch_size=64, lr=1e-3, checkpoint_every=5000),
-        max_n_positions=1024,
+        prior_training=PriorTrainingArgs(steps=20000, batch_size=32, lr=1e-3, checkpoint_every=5000),
+        max_n_positions=1280,
     ),
     # a GPU: larger VQ-VAE and prior, 20,000 steps each (never run to the end yet)
     "gpu": PipelineRecipe(
