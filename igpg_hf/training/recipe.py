@@ -250,14 +250,17 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
         prior_training=PriorTrainingArgs(steps=40, batch_size=8, checkpoint_every=1000, log_every=10),
     ),
     # one pipeline for the whole default zoo (all trainable tasks, three families, `igpg-hf zoo build --preset
-    # default`) on 2 CPU cores. Measured on that zoo (last epochs, one net per task and architecture), what the
-    # VQ-VAE keeps: "fsq" (64-value chunks, 0.56 bits per weight) 0.44 of the nets' accuracy, "demo" (Gumbel) 0.45
-    # and 0.44 with a 1,024-wide MLP: at that rate the decoder must memorize the zoo's distinct chunks, and 120 to
-    # 404 independent nets are far more than it memorizes (the demo's 48 runs are ~2,000). 8-value chunks of 4
-    # tokens of 12 bits (FSQ 8x8x8x8: 6 bits per weight) need no memorization: 0.98 after 2,000 steps (16-value
-    # chunks, 3 bits: 0.94). Adding noise to the zoo's weights says why: 0.996 of the accuracy at 5 % relative
-    # noise per tensor, 0.985 at 10 %, 0.94 at 20 %. The prior then memorizes one sequence of ~1,000-1,300 tokens
-    # per (task, architecture): the last epoch of its lowest-seed run (120 nets), in one context
+    # default`) on 2 CPU cores. What a VQ-VAE keeps of that zoo (`python benchmarks/zoo_fidelity.py`, last epochs,
+    # reconstructed / original accuracy of one net per task and architecture): "fsq" (64-value chunks, 0.56 bits
+    # per weight; trained on all 404 runs) 0.44, "demo" (Gumbel; one run per architecture, 120 nets) 0.45, Gumbel
+    # with a 1,024-wide MLP (two runs per architecture, 227 nets) 0.44: at that rate
+    # the decoder must memorize the zoo's distinct chunks, and 120 independent nets are far more than it memorizes
+    # (the demo's 48 runs: ~2,000 chunks). 8-value chunks of 4 tokens of 12 bits (FSQ 8x8x8x8, 6 bits per weight)
+    # need no memorization: 0.98 after 2,000 steps (16-value chunks, 3 bits: 0.94). The same script's noise form
+    # says why: the nets keep 0.996 of their accuracy at 5 % relative noise per tensor, 0.985 at 10 %, 0.95 at 20 %.
+    # The prior must then memorize one sequence of ~1,000-1,300 tokens per (task, architecture): the last epoch of
+    # its lowest-seed run (120 nets), in one context. 480 steps fit the 60 minutes (47 min 37 s measured); they do
+    # not memorize (loss 4.0 nats per token at the end: README, Results)
     "general": PipelineRecipe(
         checkpoints="last_epoch",
         runs_per_architecture=1,
