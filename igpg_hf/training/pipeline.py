@@ -25,7 +25,7 @@ from ..modeling_prior import IGPGPriorModel
 from ..modeling_vqvae import IGPGVQVAEModel
 from ..pipeline_igpg import IGPGPipeline
 from .prior import train_prior
-from .recipe import RECIPE_PRESETS, PipelineRecipe
+from .recipe import CHECKPOINT_SELECTIONS, RECIPE_PRESETS, PipelineRecipe
 from .vqvae import train_vqvae
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,10 @@ def select_checkpoints(
     is its own run) the one of the highest epoch. ``runs_per_architecture``: keep the runs of the N lowest
     (seed, run id) per (task, architecture text). Raises ValueError on another selection.
     """
-    if selection not in ("all", "last_epoch"):
-        raise ValueError(f"unknown checkpoint selection {selection!r}; known: all, last_epoch")
+    if selection not in CHECKPOINT_SELECTIONS:
+        raise ValueError(
+            f"unknown checkpoint selection {selection!r}; known: {', '.join(CHECKPOINT_SELECTIONS)}"
+        )
     checkpoints = list(checkpoints)
 
     def run_of(c) -> str:
@@ -70,15 +72,14 @@ def select_checkpoints(
     if selection == "last_epoch":
         last: dict[str, Any] = {}
         for c in checkpoints:
-            if run_of(c) not in last or c.metadata.epoch > last[run_of(c)].metadata.epoch:
-                last[run_of(c)] = c
+            run = run_of(c)
+            if run not in last or c.metadata.epoch > last[run].metadata.epoch:
+                last[run] = c
         keep = {id(c) for c in last.values()}
     if runs_per_architecture is not None:
         runs: dict[tuple, set] = {}
         for c in checkpoints:
-            runs.setdefault((c.metadata.task, c.metadata.arch_text), set()).add(
-                (getattr(c.metadata, "seed", -1), run_of(c))
-            )
+            runs.setdefault((c.metadata.task, c.metadata.arch_text), set()).add((c.metadata.seed, run_of(c)))
         kept_runs = {r for rs in runs.values() for _, r in sorted(rs)[:runs_per_architecture]}
         keep &= {id(c) for c in checkpoints if run_of(c) in kept_runs}
     return [c for c in checkpoints if id(c) in keep]

@@ -32,10 +32,9 @@ DERIVED_PRIOR_FIELDS = (
 )
 # settings that change how often a run logs or saves, never its weights
 _BOOKKEEPING = ("checkpoint_every", "log_every")
-# the recipe fields each training stage depends on
 # which checkpoints of a corpus a recipe trains on (`PipelineRecipe.checkpoints`)
 CHECKPOINT_SELECTIONS = ("all", "last_epoch")
-
+# the recipe fields each training stage depends on
 STAGE_FIELDS = {
     "vqvae": (
         "checkpoints",
@@ -154,10 +153,9 @@ class PipelineRecipe:
         d = self.to_dict()
         for args in ("vqvae_training", "prior_training"):
             d[args] = {k: v for k, v in d[args].items() if k not in _BOOKKEEPING}
+        # these two at their defaults are left out: stage folders written before the fields existed lack them
         for k, default in (("checkpoints", "all"), ("runs_per_architecture", None)):
-            if (
-                d[k] == default
-            ):  # defaults are absent from the stage folders written before the fields existed
+            if d[k] == default:
                 del d[k]
         return {k: v for k, v in d.items() if stage is None or k in STAGE_FIELDS[stage]}
 
