@@ -3,13 +3,17 @@
     python benchmarks/zoo_fidelity.py --corpus zoo_default --out pilot/fsq8 --preset fsq \
         --set chunk_size=8 --set 'fsq_levels=[8,8,8,8]' --set codebook_size=4096 --steps 2000 --lr 3e-3
     python benchmarks/zoo_fidelity.py --corpus zoo_default --noise 0.05,0.1,0.15,0.2,0.3
+    python benchmarks/zoo_fidelity.py --corpus zoo_default --vqvae general/vqvae/final
 
 The first form trains a VQ-VAE (`igpg_hf.training.train_vqvae`) on the last epoch of every run of the corpus (at
 most ``--runs-per-architecture`` runs per (task, architecture), the lowest seeds, as `PipelineRecipe` selects
 them), then reconstructs one net per (task, architecture) and prints reconstructed / original test accuracy: mean,
 minimum and the share at or above 0.95, and the worst eight. The second form adds Gaussian noise of the given
 relative standard deviations to every tensor (std times the ratio) of 40 nets, one per (task, architecture) of the
-last epochs, and prints the same ratios. Figures quoted in the "general" recipe's comment
+last epochs, and prints the same ratios. The third reconstructs every selected net with a trained VQ-VAE and also
+prints the benchmark's canonical ratio (`igpg-hf bench --parts instructions`) for a prior that reproduced its
+training tokens exactly: per (task, family), mean reconstructed accuracy / mean stored accuracy of all the corpus's
+checkpoints of that pair — the ceiling the VQ-VAE puts on the generated nets. Figures quoted in the "general" recipe's comment
 (`igpg_hf/training/recipe.py`) came from these runs, one thread each, two at a time, on 2 CPU cores.
 """
 
@@ -24,7 +28,8 @@ import torch
 
 from igpg_hf.configuration_igpg import IGPGVQVAEConfig
 from igpg_hf.corpus import WeightCorpus
-from igpg_hf.evaluation.metrics import evaluate_state_dicts
+from igpg_hf.evaluation.metrics import evaluate_state_dicts, finite_mean
+from igpg_hf.modeling_vqvae import IGPGVQVAEModel
 from igpg_hf.training.args import VQVAETrainingArgs
 from igpg_hf.training.pipeline import select_checkpoints
 from igpg_hf.training.vqvae import train_vqvae
@@ -52,6 +57,28 @@ def _report(rows: list[tuple[str, float, float]], label: str) -> None:
     )
 
 
+def _ceiling(vq, checkpoints: list, corpus) -> None:
+    """Reconstructed / original per net, and per (task, family) reconstructed mean / zoo mean."""
+    zoo: dict[tuple, list] = {}
+    for c in corpus:
+        zoo.setdefault((c.metadata.task, c.arch().family), []).append(c.metadata.test_acc)
+    rows, pairs = [], {}
+    for c in checkpoints:
+        sd = c.state_dict()
+        a, b = evaluate_state_dicts(c.arch(), [sd, vq.reconstruct(sd)], get_task(c.metadata.task))
+        rows.append((c.metadata.task, a, b))
+        pairs.setdefault((c.metadata.task, c.arch().family), []).append(b)
+    _report(rows, "reconstructed / original")
+    ratios = {k: finite_mean(v) / (100 * finite_mean(zoo[k])) for k, v in sorted(pairs.items())}
+    r = list(ratios.values())
+    print(
+        f"reconstructed mean / zoo mean: {len(r)} (task, family) pairs, min {min(r):.3f}, mean "
+        f"{sum(r) / len(r):.3f}, share >= 0.95 {sum(x >= 0.95 for x in r) / len(r):.3f}, share >= 0.9 "
+        f"{sum(x >= 0.9 for x in r) / len(r):.3f}"
+    )
+    print("worst:", [(k, round(v, 3)) for k, v in sorted(ratios.items(), key=lambda kv: kv[1])[:8]])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", required=True, help="corpus folder or Hub dataset id")
@@ -62,6 +89,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--runs-per-architecture", type=int, default=1)
     p.add_argument("--noise", help="comma-separated relative noise levels (the noise form)")
+    p.add_argument("--vqvae", help="a trained VQ-VAE folder to measure (the ceiling form)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,8 +117,13 @@ def main() -> None:
                 rows.append((c.metadata.task, a, b))
             _report(rows, f"relative noise {level}")
         return
+    if args.vqvae:
+        _ceiling(
+            IGPGVQVAEModel.from_pretrained(args.vqvae).eval(), checkpoints, WeightCorpus.load(args.corpus)
+        )
+        return
     if not args.out:
-        p.error("--out is needed to train a VQ-VAE (or pass --noise)")
+        p.error("--out is needed to train a VQ-VAE (or pass --noise or --vqvae)")
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     t = time.perf_counter()
     vq = train_vqvae(
