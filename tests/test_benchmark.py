@@ -290,3 +290,26 @@ def test_best_of_sample_selection_is_the_argmax():
     assert i == 2 and accs[i] == max(accs) and len(accs) == 5
     nan = {k: torch.full_like(v, float("nan")) for k, v in trained.items()}
     assert select_best(spec, [nan, sds[0]], x, y)[0] == 1
+
+
+def test_reproduce_command_rebuilds_the_same_config():
+    import shlex
+
+    from igpg_hf.cli import _key_values
+    from igpg_hf.evaluation.benchmark import reproduce_command
+
+    changes = {
+        "instructions.general_corpus": "/data/zoo default",
+        "instructions.zoos": ["general"],
+        "instructions.canonical_samples": 1,
+    }
+    cfg = BenchConfig.from_preset("default", workers=1).with_changes(changes)
+    words = shlex.split(reproduce_command(cfg, ["instructions"], "DIR"))
+    assert words[:6] == ["igpg-hf", "bench", "--preset", "default", "--parts", "instructions"]
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    assert words[words.index("--workers") + 1] == "1" and words[-2:] == ["--out", "DIR"]
+    rebuilt = BenchConfig.from_preset("default", workers=1).with_changes(_key_values(sets, "--set"))
+    assert rebuilt == cfg and len(sets) == 3
+    # the preset's own run: nothing to add
+    plain = reproduce_command(BenchConfig.from_preset("default"), default_parts(), "DIR")
+    assert plain == "igpg-hf bench --preset default --out DIR"

@@ -157,6 +157,32 @@ class BenchConfig:
         return new
 
 
+def reproduce_command(cfg: BenchConfig, parts: list[str], out: str | os.PathLike) -> str:
+    """The ``igpg-hf bench`` command line of a run: preset, parts (when not the default ones), and one ``--set``
+    per experiment config field that differs from the preset's (JSON values, shell-quoted)."""
+    import shlex
+
+    preset = BenchConfig.from_preset(cfg.name)
+    words = ["igpg-hf", "bench", "--preset", cfg.name]
+    if list(parts) != list(default_parts()):
+        words += ["--parts", ",".join(parts)]
+    for name, config in sorted(cfg.experiments.items()):
+        base = preset.experiments.get(name)
+        if not dataclasses.is_dataclass(config) or not dataclasses.is_dataclass(base):
+            continue
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if value != getattr(base, f.name):
+                words += ["--set", f"{name}.{f.name}={json.dumps(value)}"]
+    for flag, value, default in (
+        ("--workers", cfg.workers, preset.workers),
+        ("--threads", cfg.threads, preset.threads),
+    ):
+        if value != default:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in [*words, "--out", str(out)])
+
+
 class _Pool:
     """Fine-tuning jobs in ``workers`` single-threaded processes (in-process when workers <= 1)."""
 
@@ -361,7 +387,7 @@ def run_benchmark(
         config=asdict(cfg),
         meta={
             "preset": cfg.name,
-            "reproduce": f"igpg-hf bench --preset {cfg.name} --out {out}",
+            "reproduce": reproduce_command(cfg, parts, "DIR"),
             "parts": parts,
             "pipeline": pipeline,
             "corpus": corpus,

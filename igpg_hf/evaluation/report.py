@@ -59,7 +59,7 @@ def write_report(results: dict[str, Any], path: str | os.PathLike) -> Path:
         "Reproduce:",
         "",
         "```bash",
-        f"igpg-hf bench --preset {meta['preset']} --out DIR{extra}",
+        meta.get("reproduce", f"igpg-hf bench --preset {meta['preset']} --out DIR") + extra,
         "```",
         "",
         f"This run: {fmt(t['total_seconds'] / 60)} min in all on {meta['cpu_count']} CPU cores (torch threads "
