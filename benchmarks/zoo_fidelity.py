@@ -57,7 +57,7 @@ def _report(rows: list[tuple[str, float, float]], label: str) -> None:
     )
 
 
-def _ceiling(vq, checkpoints: list, corpus) -> None:
+def _ceiling(vq, checkpoints: list, corpus: list) -> None:
     """Reconstructed / original per net, and per (task, family) reconstructed mean / zoo mean."""
     zoo: dict[tuple, list] = {}
     for c in corpus:
@@ -93,9 +93,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    checkpoints = select_checkpoints(
-        list(WeightCorpus.load(args.corpus)), "last_epoch", args.runs_per_architecture
-    )
+    corpus = list(WeightCorpus.load(args.corpus))
+    checkpoints = select_checkpoints(corpus, "last_epoch", args.runs_per_architecture)
     print(
         f"{len(checkpoints)} checkpoints (last epochs, {args.runs_per_architecture} run(s) per architecture)"
     )
@@ -118,9 +117,7 @@ def main() -> None:
             _report(rows, f"relative noise {level}")
         return
     if args.vqvae:
-        _ceiling(
-            IGPGVQVAEModel.from_pretrained(args.vqvae).eval(), checkpoints, WeightCorpus.load(args.corpus)
-        )
+        _ceiling(IGPGVQVAEModel.from_pretrained(args.vqvae).eval(), checkpoints, corpus)
         return
     if not args.out:
         p.error("--out is needed to train a VQ-VAE (or pass --noise or --vqvae)")
