@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .evaluation.settings import GenerationSettings
-from .training.args import PriorTrainingArgs, VQVAETrainingArgs
+from .training.args import DecoderTrainingArgs, PriorTrainingArgs, VQVAETrainingArgs
 from .training.recipe import RECIPE_PRESETS, PipelineRecipe
 from .training.zoo_presets import PRESETS as ZOO_PRESETS
 
@@ -164,6 +164,7 @@ def _recipe(
         changes.get("prior_training"),
         _key_values(vqvae_config, "--vqvae-config"),
         _key_values(prior_config, "--prior-config"),
+        changes.get("vqvae_decoder_training"),
     )
 
 
@@ -394,6 +395,12 @@ def train_prior_cmd(
     _Group("recipe", PipelineRecipe, shown=_DEMO_RECIPE),
     _Group("vqvae_training", VQVAETrainingArgs, prefix="vqvae_", shown=_DEMO_RECIPE.vqvae_training),
     _Group("prior_training", PriorTrainingArgs, prefix="prior_", shown=_DEMO_RECIPE.prior_training),
+    _Group(
+        "vqvae_decoder_training",
+        DecoderTrainingArgs,
+        prefix="decoder_",
+        shown=_DEMO_RECIPE.vqvae_decoder_training,
+    ),
 )
 def train_pipeline_cmd(
     corpus: Corpus,

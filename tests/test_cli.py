@@ -158,6 +158,30 @@ def test_training_ignores_the_corpus_order(zoo, run, tmp_path):
     assert (tmp_path / "run" / "pipeline" / "model_index.json").exists()
 
 
+def test_train_pipeline_refines_the_decoder_and_reuses_both_stages(zoo, run, tmp_path):
+    """`--decoder-steps N` adds a stage that trains the VQ-VAE's decoder alone: the trained VQ-VAE and prior are
+    reused (the tokens do not change), and the saved pipeline decodes with the refined decoder."""
+    out = tmp_path / "run"
+    for stage in ("vqvae", "prior"):
+        shutil.copytree(run[0] / stage, out / stage)
+    invoke(
+        "train", "pipeline", "--corpus", zoo[0], "--out", out, "--preset", "smoke",
+        "--decoder-steps", "5", "--decoder-batch-size", "32",
+    )  # fmt: skip
+    base = IGPGVQVAEModel.from_pretrained(out / "vqvae" / "final").state_dict()
+    refined = IGPGVQVAEModel.from_pretrained(out / "vqvae_decoder" / "final").state_dict()
+    saved = IGPGPipeline.from_pretrained(out / "pipeline")
+    assert all(torch.equal(v, refined[k]) for k, v in saved.vqvae.state_dict().items())
+    changed = {k for k in base if not torch.equal(base[k], refined[k])}
+    assert changed and all(k.startswith(("decoder.", "dec_pos.")) for k in changed)
+    prior = IGPGPriorModel.from_pretrained(run[0] / "prior" / "final").state_dict()
+    assert all(torch.equal(v, prior[k]) for k, v in saved.prior.state_dict().items())
+    assert (
+        json.loads((out / "vqvae_decoder" / "recipe.json").read_text())["vqvae_decoder_training"]["steps"]
+        == 5
+    )
+
+
 def test_generate_samples_with_the_library_defaults(run, tmp_path):
     """was a bug: `generate` sampled at temperature 0.8 with no top-p (the setting that breaks nets)."""
     pipe_dir = run[0] / "pipe"

@@ -13,7 +13,14 @@ import torch
 
 import igpg_hf.training.vqvae as tok_mod
 from igpg_hf import IGPGPriorConfig, IGPGVQVAEConfig
-from igpg_hf.training import PriorTrainingArgs, VQVAETrainingArgs, train_prior, train_vqvae
+from igpg_hf.training import (
+    DecoderTrainingArgs,
+    PriorTrainingArgs,
+    VQVAETrainingArgs,
+    refine_vqvae_decoder,
+    train_prior,
+    train_vqvae,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _ddp_train_step import FakeCheckpoint, TinyText, tiny_tokenizer  # noqa: E402
@@ -57,6 +64,42 @@ def test_vqvae_resumes_after_interruption(tmp_path, checkpoints, monkeypatch, ca
     assert "resumed from step 10" in caplog.text
     steps = [h["step"] for h in json.loads((tmp_path / "final" / "training_log.json").read_text())["history"]]
     assert steps == [5, 10, 15, 20, 25, 30]  # history before the crash kept, nothing trained twice
+
+
+def test_decoder_refinement_keeps_every_token_and_reconstructs_closer(tmp_path, checkpoints):
+    vq = train_vqvae(
+        checkpoints,
+        IGPGVQVAEConfig.from_preset("tiny"),
+        tmp_path / "vqvae",
+        VQVAETrainingArgs(steps=40, batch_size=64, log_every=10),
+        progress=False,
+    )
+    encoder_before = {
+        k: v.clone() for k, v in vq.state_dict().items() if not k.startswith(("decoder", "dec_pos"))
+    }
+    args = DecoderTrainingArgs(steps=60, batch_size=64, lr=3e-3, log_every=10)
+    refined = refine_vqvae_decoder(checkpoints, vq, tmp_path / "dec", args, progress=False)
+    for c in checkpoints:  # the tokens the prior trains on are the same under both
+        assert torch.equal(vq.encode(c.state_dict(), c.layout), refined.encode(c.state_dict(), c.layout))
+    after = refined.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in encoder_before.items())
+    assert all(
+        torch.equal(v, vq.state_dict()[k]) for k, v in encoder_before.items()
+    )  # caller's model untouched
+    log = json.loads((tmp_path / "dec" / "final" / "training_log.json").read_text())
+    assert log["recon_mse_after"] < log["recon_mse_before"]
+    err = [
+        sum(
+            float(((c.layout.vectorize(m.reconstruct(c.state_dict(), c.layout)) - c.vector()) ** 2).mean())
+            for c in checkpoints
+        )
+        for m in (vq, refined)
+    ]
+    assert err[1] < err[0]
+    again = refine_vqvae_decoder(checkpoints, vq, tmp_path / "dec", args, progress=False)  # finished: reused
+    assert all(torch.equal(v, after[k]) for k, v in again.state_dict().items())
+    with pytest.raises(ValueError, match="steps >= 1"):
+        refine_vqvae_decoder(checkpoints, vq, tmp_path / "none", DecoderTrainingArgs(steps=0), progress=False)
 
 
 def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):

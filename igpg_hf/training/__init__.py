@@ -22,6 +22,8 @@ _EXPORTS = {
     "PriorTrainingArgs": "args",
     "train_prior": "prior",
     "VQVAETrainingArgs": "args",
+    "DecoderTrainingArgs": "args",
+    "refine_vqvae_decoder": "vqvae",
     "canonical_order": "vqvae",
     "gumbel_temperature": "vqvae",
     "train_vqvae": "vqvae",
@@ -32,12 +34,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .args import PriorTrainingArgs, VQVAETrainingArgs  # noqa: F401
+    from .args import DecoderTrainingArgs, PriorTrainingArgs, VQVAETrainingArgs  # noqa: F401
     from .checkpointing import load_training_state, save_training_state  # noqa: F401
     from .pipeline import train_pipeline  # noqa: F401
     from .prior import train_prior  # noqa: F401
     from .recipe import RECIPE_PRESETS, PipelineRecipe  # noqa: F401
-    from .vqvae import canonical_order, gumbel_temperature, train_vqvae  # noqa: F401
+    from .vqvae import canonical_order, gumbel_temperature, refine_vqvae_decoder, train_vqvae  # noqa: F401
     from .zoo_builder import ZooConfig, build_zoo  # noqa: F401
 
 

@@ -26,7 +26,7 @@ from ..modeling_vqvae import IGPGVQVAEModel
 from ..pipeline_igpg import IGPGPipeline
 from .prior import train_prior
 from .recipe import CHECKPOINT_SELECTIONS, RECIPE_PRESETS, PipelineRecipe
-from .vqvae import train_vqvae
+from .vqvae import refine_vqvae_decoder, train_vqvae
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +161,11 @@ def train_pipeline(
     """Train (or reuse, or resume) the VQ-VAE and the prior of ``recipe`` on a corpus; return the pipeline.
 
     ``corpus_or_checkpoints``: a `WeightCorpus`, any iterable of its checkpoints (order does not matter), or a
-    corpus folder / Hub dataset id. Writes ``output_dir/vqvae/final`` and ``output_dir/prior/final``, each stage
-    folder with the ``recipe.json`` of its settings; the pipeline itself is not saved (``pipe.save_pretrained``).
-    ``vqvae``: a trained VQ-VAE (model or folder) to use instead of training ``output_dir/vqvae``. Raises
+    corpus folder / Hub dataset id. Writes ``output_dir/vqvae/final`` and ``output_dir/prior/final`` (and, when
+    the recipe refines the decoder, ``output_dir/vqvae_decoder/final``: the VQ-VAE the pipeline decodes with; the
+    prior trains on the same tokens either way), each stage folder with the ``recipe.json`` of its settings; the pipeline itself is not saved (``pipe.save_pretrained``).
+    ``vqvae``: a trained VQ-VAE (model or folder) to use as it is instead of training ``output_dir/vqvae`` (no
+    decoder refinement). Raises
     ValueError on an empty corpus, a bad preset or config field, a stage folder trained with other settings, or
     a VQ-VAE that cannot encode the corpus.
     """
@@ -171,6 +173,12 @@ def train_pipeline(
     training_set = _training_set(corpus_or_checkpoints, recipe)
     if vqvae is None:
         vqvae = _vqvae_stage(training_set, recipe, out, progress)
+        if recipe.vqvae_decoder_training.steps > 0:  # same tokens, closer decoding: the prior needs no change
+            stage = out / "vqvae_decoder"
+            _check_stage(stage, recipe, "vqvae_decoder")
+            vqvae = refine_vqvae_decoder(
+                training_set(), vqvae, stage, recipe.vqvae_decoder_training, progress=progress
+            )
     elif not isinstance(vqvae, IGPGVQVAEModel):
         vqvae = IGPGVQVAEModel.from_pretrained(vqvae)
     vqvae = vqvae.eval()

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .args import PriorTrainingArgs, VQVAETrainingArgs
+from .args import DecoderTrainingArgs, PriorTrainingArgs, VQVAETrainingArgs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..configuration_igpg import IGPGPriorConfig, IGPGVQVAEConfig
@@ -44,6 +44,16 @@ STAGE_FIELDS = {
         "vqvae_training",
         "align_checkpoints",
     ),
+    # refining the decoder changes no token, so the prior does not depend on it
+    "vqvae_decoder": (
+        "checkpoints",
+        "runs_per_architecture",
+        "vqvae_preset",
+        "vqvae_overrides",
+        "vqvae_training",
+        "align_checkpoints",
+        "vqvae_decoder_training",
+    ),
     "prior": (
         "checkpoints",
         "runs_per_architecture",
@@ -67,6 +77,8 @@ class PipelineRecipe:
     - ``prior_preset`` / ``prior_overrides``: `IGPGPriorConfig.from_preset`; vocabulary and tokens per chunk
       come from the VQ-VAE, the fields below from the recipe (overriding them is a ValueError);
     - ``vqvae_training`` / ``prior_training``: steps, batch size, learning rate, seed, ...;
+    - ``vqvae_decoder_training``: a stage between the two that refines the VQ-VAE's decoder alone on the fixed
+      tokens (`refine_vqvae_decoder`; ``steps=0``, the default: none), so the prior trains on the same tokens;
     - ``text_encoder``: Hub id or path of the text encoder ("": the packaged all-MiniLM-L6-v2), stored in the
       prior's config as ``text_encoder_name``;
     - ``support_per_class``: labelled samples per class in the dataset condition, at training and at inference
@@ -90,6 +102,7 @@ class PipelineRecipe:
     prior_overrides: dict[str, Any] = field(default_factory=dict)
     vqvae_training: VQVAETrainingArgs = field(default_factory=VQVAETrainingArgs)
     prior_training: PriorTrainingArgs = field(default_factory=PriorTrainingArgs)
+    vqvae_decoder_training: DecoderTrainingArgs = field(default_factory=DecoderTrainingArgs)
     text_encoder: str = ""
     support_per_class: int | None = None
     n_positions: int | None = None
@@ -103,6 +116,8 @@ class PipelineRecipe:
             self.vqvae_training = VQVAETrainingArgs(**self.vqvae_training)
         if isinstance(self.prior_training, dict):
             self.prior_training = PriorTrainingArgs(**self.prior_training)
+        if isinstance(self.vqvae_decoder_training, dict):
+            self.vqvae_decoder_training = DecoderTrainingArgs(**self.vqvae_decoder_training)
         derived = sorted(set(self.prior_overrides) & set(DERIVED_PRIOR_FIELDS))
         if derived:
             raise ValueError(
@@ -134,11 +149,15 @@ class PipelineRecipe:
         prior_training: dict[str, Any] | None = None,
         vqvae_overrides: dict[str, Any] | None = None,
         prior_overrides: dict[str, Any] | None = None,
+        vqvae_decoder_training: dict[str, Any] | None = None,
     ) -> PipelineRecipe:
         """A copy with top-level fields replaced and the training args and config overrides updated."""
         new = dataclasses.replace(copy.deepcopy(self), **(fields or {}))
         new.vqvae_training = dataclasses.replace(new.vqvae_training, **(vqvae_training or {}))
         new.prior_training = dataclasses.replace(new.prior_training, **(prior_training or {}))
+        new.vqvae_decoder_training = dataclasses.replace(
+            new.vqvae_decoder_training, **(vqvae_decoder_training or {})
+        )
         new.vqvae_overrides = {**new.vqvae_overrides, **(vqvae_overrides or {})}
         new.prior_overrides = {**new.prior_overrides, **(prior_overrides or {})}
         new.__post_init__()
@@ -151,7 +170,7 @@ class PipelineRecipe:
     def weights_key(self, stage: str | None = None) -> dict[str, Any]:
         """The recipe (or one stage's fields) without the settings that only change logging and saving."""
         d = self.to_dict()
-        for args in ("vqvae_training", "prior_training"):
+        for args in ("vqvae_training", "prior_training", "vqvae_decoder_training"):
             d[args] = {k: v for k, v in d[args].items() if k not in _BOOKKEEPING}
         # these two at their defaults are left out: stage folders written before the fields existed lack them
         for k, default in (("checkpoints", "all"), ("runs_per_architecture", None)):
@@ -269,6 +288,7 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
         vqvae_preset="fsq",
         vqvae_overrides={"chunk_size": 8, "fsq_levels": [8, 8, 8, 8], "codebook_size": 4096},
         vqvae_training=VQVAETrainingArgs(steps=4000, lr=3e-3, checkpoint_every=1000),
+        vqvae_decoder_training=DecoderTrainingArgs(steps=2000),
         prior_training=PriorTrainingArgs(
             steps=14000, batch_size=4, lr=2e-3, checkpoint_every=2000, log_every=100
         ),

@@ -10,6 +10,7 @@ steps and a killed run resumes from it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -24,14 +25,22 @@ from torch.utils.data import TensorDataset
 from ..configuration_igpg import IGPGVQVAEConfig
 from ..modeling_vqvae import IGPGVQVAEModel
 from .accelerator import make_accelerator
-from .args import VQVAETrainingArgs
+from .args import DecoderTrainingArgs, VQVAETrainingArgs
 from .checkpointing import RunFolder, data_fingerprint, run_settings
 from .loop import run_training
 from .provenance import corpus_summary, track_sources
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VQVAETrainingArgs", "train_vqvae", "gumbel_temperature", "collect_chunks", "canonical_order"]
+__all__ = [
+    "VQVAETrainingArgs",
+    "DecoderTrainingArgs",
+    "train_vqvae",
+    "refine_vqvae_decoder",
+    "gumbel_temperature",
+    "collect_chunks",
+    "canonical_order",
+]
 
 
 def gumbel_temperature(
@@ -150,3 +159,109 @@ def _train_vqvae(checkpoints, config, run, args, accelerator, progress):
         },
     )
     return model
+
+
+def refine_vqvae_decoder(
+    checkpoints: Iterable,
+    vqvae: IGPGVQVAEModel | str | os.PathLike,
+    output_dir: str | os.PathLike,
+    args: DecoderTrainingArgs | None = None,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> IGPGVQVAEModel:
+    """Train a trained VQ-VAE's decoder alone on the fixed codes of ``checkpoints``; saves ``output_dir/final``.
+
+    The encoder, its position embedding and the quantizer are frozen, so every chunk keeps its tokens: a prior
+    trained on the VQ-VAE's tokens works with the refined one unchanged. Codes are computed once (the quantized
+    latents (M, l, d) of all M chunks, in eval mode); the decoder and its position embedding then minimize the
+    masked MSE to the chunks. A decoder fine-tune as Stable Diffusion's VAE got one (``stabilityai/sd-vae-ft-mse``).
+    Resumable and reusable like `train_vqvae`. Raises ValueError on an empty corpus or ``args.steps < 1``.
+    """
+    args = args or DecoderTrainingArgs()
+    if args.steps < 1:
+        raise ValueError(f"refining the decoder needs steps >= 1, got {args.steps}")
+    accelerator = accelerator or make_accelerator()
+    model = vqvae if isinstance(vqvae, IGPGVQVAEModel) else IGPGVQVAEModel.from_pretrained(vqvae)
+    with RunFolder(output_dir, accelerator) as run:
+        return _refine_decoder(checkpoints, model, run, args, accelerator, progress)
+
+
+def _refine_decoder(checkpoints, model, run, args, accelerator, progress):
+    torch.manual_seed(args.seed)
+    model = copy.deepcopy(model).eval()  # the caller's model keeps its decoder
+    sources: set = set()
+    chunks, masks, positions = collect_chunks(
+        model, canonical_order(track_sources(checkpoints, sources)), fit=False
+    )
+    with torch.no_grad():
+        codes = model.quantizer(model._encode_latents(chunks, positions), tau=model.config.tau_end).quantized
+    # the codes too: the same chunks under another encoder are other training data
+    settings = run_settings(args, model.config, data_fingerprint(chunks, masks, positions, codes))
+    done = run.finished(IGPGVQVAEModel, settings)
+    if done is not None:
+        return done
+    decoding = {id(p) for m in (model.decoder, model.dec_pos) if m is not None for p in m.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in decoding)
+    t0 = time.perf_counter()
+
+    def step_fn(m, batch, step):
+        q, x, mask, pos = batch
+        recon = accelerator.unwrap_model(m)._decode_latents(q, pos)
+        w = mask.to(recon.dtype)
+        loss = ((recon - x) ** 2 * w).sum() / w.sum().clamp_min(1)
+        return loss, {"recon_mse": loss.item()}, f"mse {loss.item():.4f}"
+
+    before = _masked_mse(model, codes, chunks, masks, positions)
+    model, history = run_training(
+        accelerator,
+        model,
+        TensorDataset(codes, chunks, masks, positions),
+        step_fn,
+        run.path,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        settings=settings,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        name="vqvae decoder",
+        progress=progress,
+    )
+    for p in model.parameters():
+        p.requires_grad_(True)
+    after = _masked_mse(model, codes, chunks, masks, positions)
+    logger.info("vqvae decoder: reconstruction MSE %.5f -> %.5f over %d chunks", before, after, len(chunks))
+    model.config.training_summary = {
+        **(model.config.training_summary or {}),
+        "decoder_refine_steps": args.steps,
+        "decoder_recon_mse_before": before,
+        "decoder_recon_mse_after": after,
+    }
+    run.save_final(
+        model,
+        {
+            "args": asdict(args),
+            "history": history,
+            "num_chunks": int(chunks.shape[0]),
+            "recon_mse_before": before,
+            "recon_mse_after": after,
+            "seconds": time.perf_counter() - t0,
+            "settings": settings,
+        },
+    )
+    return model
+
+
+@torch.no_grad()
+def _masked_mse(model, codes, chunks, masks, positions, batch: int = 8192) -> float:
+    """Masked reconstruction MSE of all chunks from their fixed codes."""
+    num = den = 0.0
+    for i in range(0, len(chunks), batch):
+        r = model._decode_latents(codes[i : i + batch], positions[i : i + batch])
+        w = masks[i : i + batch].to(r.dtype)
+        num += float(((r - chunks[i : i + batch]) ** 2 * w).sum())
+        den += float(w.sum())
+    return num / max(den, 1.0)
