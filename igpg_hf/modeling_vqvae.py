@@ -38,7 +38,7 @@ from .weights import (
 )
 from .weights.lora import balance_lora_vector
 
-__all__ = ["IGPGVQVAEModel", "IGPGVQVAEOutput"]
+__all__ = ["IGPGVQVAEModel", "IGPGVQVAEOutput", "masked_mse"]
 
 
 @dataclass
@@ -51,6 +51,12 @@ class IGPGVQVAEOutput(ModelOutput):
     reconstruction: torch.Tensor | None = None
     indices: torch.Tensor | None = None
     perplexity: torch.Tensor | None = None
+
+
+def masked_mse(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the real values of chunks (B, K): ``mask`` (B, K) is False on padding."""
+    m = mask.to(recon.dtype)
+    return ((recon - target) ** 2 * m).sum() / m.sum().clamp_min(1)
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, layers: int) -> nn.Sequential:
@@ -152,8 +158,7 @@ class IGPGVQVAEModel(HubMixin, PreTrainedModel):
         recon = self._decode_latents(q.quantized, positions)
         if mask is None:
             mask = torch.ones_like(chunks, dtype=torch.bool)
-        m = mask.to(recon.dtype)
-        recon_loss = ((recon - chunks) ** 2 * m).sum() / m.sum().clamp_min(1)
+        recon_loss = masked_mse(recon, chunks, mask)
         out = IGPGVQVAEOutput(
             loss=recon_loss + q.aux_loss,
             recon_loss=recon_loss,

@@ -163,11 +163,11 @@ def train_pipeline(
     ``corpus_or_checkpoints``: a `WeightCorpus`, any iterable of its checkpoints (order does not matter), or a
     corpus folder / Hub dataset id. Writes ``output_dir/vqvae/final`` and ``output_dir/prior/final`` (and, when
     the recipe refines the decoder, ``output_dir/vqvae_decoder/final``: the VQ-VAE the pipeline decodes with; the
-    prior trains on the same tokens either way), each stage folder with the ``recipe.json`` of its settings; the pipeline itself is not saved (``pipe.save_pretrained``).
-    ``vqvae``: a trained VQ-VAE (model or folder) to use as it is instead of training ``output_dir/vqvae`` (no
-    decoder refinement). Raises
-    ValueError on an empty corpus, a bad preset or config field, a stage folder trained with other settings, or
-    a VQ-VAE that cannot encode the corpus.
+    prior trains on the same tokens either way), each stage folder with the ``recipe.json`` of its settings; the
+    pipeline itself is not saved (``pipe.save_pretrained``). ``vqvae``: a trained VQ-VAE (model or folder) to use
+    as it is instead of training ``output_dir/vqvae`` (no decoder refinement). Raises ValueError on an empty
+    corpus, a bad preset or config field, a stage folder trained with other settings, or a VQ-VAE that cannot
+    encode the corpus.
     """
     out = Path(output_dir)
     training_set = _training_set(corpus_or_checkpoints, recipe)

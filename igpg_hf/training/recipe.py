@@ -35,25 +35,18 @@ _BOOKKEEPING = ("checkpoint_every", "log_every")
 # which checkpoints of a corpus a recipe trains on (`PipelineRecipe.checkpoints`)
 CHECKPOINT_SELECTIONS = ("all", "last_epoch")
 # the recipe fields each training stage depends on
+_VQVAE_STAGE_FIELDS = (
+    "checkpoints",
+    "runs_per_architecture",
+    "vqvae_preset",
+    "vqvae_overrides",
+    "vqvae_training",
+    "align_checkpoints",
+)
 STAGE_FIELDS = {
-    "vqvae": (
-        "checkpoints",
-        "runs_per_architecture",
-        "vqvae_preset",
-        "vqvae_overrides",
-        "vqvae_training",
-        "align_checkpoints",
-    ),
-    # refining the decoder changes no token, so the prior does not depend on it
-    "vqvae_decoder": (
-        "checkpoints",
-        "runs_per_architecture",
-        "vqvae_preset",
-        "vqvae_overrides",
-        "vqvae_training",
-        "align_checkpoints",
-        "vqvae_decoder_training",
-    ),
+    "vqvae": _VQVAE_STAGE_FIELDS,
+    # the decoder refines the VQ-VAE stage's model; it changes no token, so the prior does not depend on it
+    "vqvae_decoder": (*_VQVAE_STAGE_FIELDS, "vqvae_decoder_training"),
     "prior": (
         "checkpoints",
         "runs_per_architecture",

@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from torch.utils.data import TensorDataset
 
 from ..configuration_igpg import IGPGVQVAEConfig
-from ..modeling_vqvae import IGPGVQVAEModel
+from ..modeling_vqvae import IGPGVQVAEModel, masked_mse
 from .accelerator import make_accelerator
 from .args import DecoderTrainingArgs, VQVAETrainingArgs
 from .checkpointing import RunFolder, data_fingerprint, run_settings
@@ -207,9 +207,7 @@ def _refine_decoder(checkpoints, model, run, args, accelerator, progress):
 
     def step_fn(m, batch, step):
         q, x, mask, pos = batch
-        recon = accelerator.unwrap_model(m)._decode_latents(q, pos)
-        w = mask.to(recon.dtype)
-        loss = ((recon - x) ** 2 * w).sum() / w.sum().clamp_min(1)
+        loss = masked_mse(accelerator.unwrap_model(m)._decode_latents(q, pos), x, mask)
         return loss, {"recon_mse": loss.item()}, f"mse {loss.item():.4f}"
 
     before = _masked_mse(model, codes, chunks, masks, positions)
@@ -262,6 +260,6 @@ def _masked_mse(model, codes, chunks, masks, positions, batch: int = 8192) -> fl
     for i in range(0, len(chunks), batch):
         r = model._decode_latents(codes[i : i + batch], positions[i : i + batch])
         w = masks[i : i + batch].to(r.dtype)
-        num += float(((r - chunks[i : i + batch]) ** 2 * w).sum())
+        num += float(((r - chunks[i : i + batch]) ** 2 * w).sum())  # sums: batches hold different counts
         den += float(w.sum())
     return num / max(den, 1.0)
