@@ -100,24 +100,6 @@ def test_decoder_refinement_keeps_every_token_and_reconstructs_closer(tmp_path, 
     assert all(torch.equal(v, after[k]) for k, v in again.state_dict().items())
     with pytest.raises(ValueError, match="steps >= 1"):
         refine_vqvae_decoder(checkpoints, vq, tmp_path / "none", DecoderTrainingArgs(steps=0), progress=False)
-    # layer weighting: a chunk counts 1 / sqrt(its layer's chunks), mean 1; a run of its own (other settings)
-    from igpg_hf.training.vqvae import collect_chunks, layer_weights
-
-    w = layer_weights(vq, [c.layout for c in checkpoints])
-    assert len(w) == len(collect_chunks(vq, checkpoints, fit=False)[0]) and float(w.mean()) == pytest.approx(
-        1.0
-    )
-    from igpg_hf.weights.chunking import chunk_segments
-
-    layout = checkpoints[0].layout  # chunked layer by layer (a module's weight and bias): each layer's chunks
-    sizes = [n for _, _, n in chunk_segments(layout, vq.config.chunk_size, vq.config.chunk_mode)]
-    expected = torch.cat([torch.full((n,), n**-0.5) for n in sizes])
-    assert torch.allclose(layer_weights(vq, [layout]), expected / expected.mean())
-    weighted = DecoderTrainingArgs(steps=20, batch_size=64, layer_weighting="layer")
-    other = refine_vqvae_decoder(checkpoints, vq, tmp_path / "dec_w", weighted, progress=False)
-    assert any(not torch.equal(v, after[k]) for k, v in other.state_dict().items())
-    with pytest.raises(ValueError, match="layer_weighting"):
-        DecoderTrainingArgs(layer_weighting="size")
 
 
 def test_prior_learns_a_tiny_corpus(tmp_path, checkpoints):

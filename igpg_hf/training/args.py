@@ -38,17 +38,9 @@ class DecoderTrainingArgs:
     batch_size: int = 1024
     lr: float = 3e-3
     weight_decay: float = 0.0
-    # "none": every value counts alike; "layer": each chunk's error is weighted by 1 / sqrt(the chunks of its layer,
-    # a module's weight and bias), normalized to mean 1, so that small layers (a 1-D CNN's first convolution) are
-    # not drowned by large ones
-    layer_weighting: str = "none"
     checkpoint_every: int = 1000
     log_every: int = 100
     seed: int = 0
-
-    def __post_init__(self):
-        if self.layer_weighting not in ("none", "layer"):
-            raise ValueError(f"layer_weighting must be 'none' or 'layer', got {self.layer_weighting!r}")
 
 
 @dataclass

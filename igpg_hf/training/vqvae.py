@@ -190,15 +190,11 @@ def _refine_decoder(checkpoints, model, run, args, accelerator, progress):
     torch.manual_seed(args.seed)
     model = copy.deepcopy(model).eval()  # the caller's model keeps its decoder
     sources: set = set()
-    ordered = list(canonical_order(track_sources(checkpoints, sources)))
-    chunks, masks, positions = collect_chunks(model, ordered, fit=False)
+    chunks, masks, positions = collect_chunks(
+        model, canonical_order(track_sources(checkpoints, sources)), fit=False
+    )
     with torch.no_grad():
         codes = model.quantizer(model._encode_latents(chunks, positions), tau=model.config.tau_end).quantized
-    weights = (
-        layer_weights(model, [c.layout for c in ordered])
-        if args.layer_weighting == "layer"
-        else torch.ones(len(chunks))
-    )
     # the codes too: the same chunks under another encoder are other training data
     settings = run_settings(args, model.config, data_fingerprint(chunks, masks, positions, codes))
     done = run.finished(IGPGVQVAEModel, settings)
@@ -210,15 +206,15 @@ def _refine_decoder(checkpoints, model, run, args, accelerator, progress):
     t0 = time.perf_counter()
 
     def step_fn(m, batch, step):
-        q, x, mask, pos, w = batch
-        loss = masked_mse(accelerator.unwrap_model(m)._decode_latents(q, pos), x, mask * w[:, None])
+        q, x, mask, pos = batch
+        loss = masked_mse(accelerator.unwrap_model(m)._decode_latents(q, pos), x, mask)
         return loss, {"recon_mse": loss.item()}, f"mse {loss.item():.4f}"
 
     before = _masked_mse(model, codes, chunks, masks, positions)
     model, history = run_training(
         accelerator,
         model,
-        TensorDataset(codes, chunks, masks, positions, weights),
+        TensorDataset(codes, chunks, masks, positions),
         step_fn,
         run.path,
         steps=args.steps,
@@ -255,21 +251,6 @@ def _refine_decoder(checkpoints, model, run, args, accelerator, progress):
         },
     )
     return model
-
-
-def layer_weights(model: IGPGVQVAEModel, layouts: list) -> torch.Tensor:
-    """(M,) weight of every chunk of ``layouts`` (in order, as `collect_chunks` stacks them): 1 / sqrt(the number of
-    chunks of its layer, a module's weight and bias together), scaled to mean 1 (`DecoderTrainingArgs`)."""
-    from ..weights.structure import STRUCTURE_FIELDS, token_structure
-
-    cfg = model.config
-    out = []
-    for layout in layouts:
-        s = token_structure(layout, cfg.chunk_size, 1, cfg.chunk_mode)
-        per_layer = s[:, STRUCTURE_FIELDS.index("chunk")] + s[:, STRUCTURE_FIELDS.index("chunk_from_end")] + 1
-        out.append(per_layer.float().rsqrt())
-    w = torch.cat(out)
-    return w / w.mean()
 
 
 @torch.no_grad()
