@@ -459,6 +459,36 @@ def generate_cmd(
         str | None,
         typer.Option(help="Registered task whose samples decide --align-labels (default: --dataset)."),
     ] = None,
+    match_known_task: Annotated[
+        bool,
+        typer.Option(
+            help="Condition on the canonical instruction of the known task nearest to INSTRUCTION (by the prior's "
+            "own text pooling) instead of INSTRUCTION itself: for wordings the prior was not trained on."
+        ),
+    ] = False,
+    select_by: Annotated[
+        str,
+        typer.Option(
+            help="'likelihood', or 'support_accuracy': draw candidates with and without the --dataset samples as "
+            "condition and keep the most accurate on those samples."
+        ),
+    ] = "likelihood",
+    candidates: Annotated[int, typer.Option(min=1, help="Candidates drawn per sample and instruction.")] = 1,
+    guidance_scale: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Classifier-free guidance on the instruction (1: none; the general pipeline's benchmark uses 1.25).",
+        ),
+    ] = 1.0,
+    candidate_tasks: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With --select-by support_accuracy: also draw candidates under the N nearest known tasks' "
+            "instructions.",
+        ),
+    ] = 0,
     adapter: Annotated[
         str | None,
         typer.Option(
@@ -522,6 +552,11 @@ def generate_cmd(
             top_p=sampling.top_p,
             align_labels=align_labels,
             alignment_samples=alignment_task,
+            match_known_task=match_known_task,
+            select_by=select_by,
+            candidates_per_sample=candidates,
+            candidate_tasks=candidate_tasks,
+            guidance_scale=guidance_scale,
         )
     except (ValueError, TypeError, OSError) as e:
         _fail(e)
@@ -540,6 +575,10 @@ def generate_cmd(
 
             acc = evaluate_state_dicts(get_architecture(architecture), [sd], evaluate)[0]
             msg += f"  test accuracy on {evaluate}: {acc:.1f} %"
+        if res.support_accuracy is not None:
+            msg += f"  accuracy on the --dataset samples {res.support_accuracy[i]:.1f} %"
+        if res.conditioning_instructions and res.conditioning_instructions[i] != instruction:
+            msg += f"  (drawn under {res.conditioning_instructions[i]!r})"
         if res.label_alignments:
             a = res.label_alignments[i]
             msg += (

@@ -39,9 +39,10 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapters import AdapterSpec, base_model_identity, is_base_model_folder, save_adapter
+from .candidate_selection import rank_candidates, support_accuracy
 from .cards import component_cards_disabled, pipeline_card, write_card
 from .conditioning import encode_text, encode_text_states, pad_text_states, prepare_support_set
-from .conditioning.coverage import ConditionReport, KnownTask, check_conditions, known_tasks
+from .conditioning.coverage import ConditionReport, KnownTask, check_conditions, known_tasks, task_similarity
 from .configuration_igpg import IGPGPriorConfig
 from .hub import push_folder, snapshot
 from .integrity import verify_checksums, write_checksums
@@ -54,6 +55,14 @@ from .weights import WeightLayout, match_layout
 from .zoo.architectures import ArchSpec, get_architecture
 
 logger = logging.getLogger(__name__)
+
+
+def _pooled(pool: nn.Module, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A text pooling module's (B, E) output for padded token states, computed where it lives, returned as
+    float32 on the CPU."""
+    p = next(pool.parameters())
+    return pool(states.to(p.device, p.dtype), mask.to(p.device)).float().cpu()
+
 
 __all__ = ["IGPGPipeline", "IGPGPipelineOutput"]
 
@@ -69,7 +78,10 @@ class IGPGPipelineOutput(BaseOutput):
     reordered to the labelled samples (`LabelAlignment`; None unless ``align_labels=True``); conditions: how
     close the instruction and architecture are to what the prior was trained on (nearest known tasks with their
     similarity, the out-of-distribution flag, whether the architecture is known; `ConditionReport`); adapter: the
-    `AdapterSpec` the state dicts follow when the call generated adapters (``save_adapters`` writes them)."""
+    `AdapterSpec` the state dicts follow when the call generated adapters (``save_adapters`` writes them);
+    support_accuracy: each sample's accuracy (%) on the labelled samples that chose it (None unless
+    ``select_by="support_accuracy"``); conditioning_instructions: the instruction each sample was drawn under (the
+    given one, or a known task's with ``match_known_task`` / ``candidate_tasks``)."""
 
     state_dicts: list[dict[str, torch.Tensor]]
     modules: list[nn.Module] | None
@@ -82,6 +94,8 @@ class IGPGPipelineOutput(BaseOutput):
     label_alignments: list[LabelAlignment] | None = None
     conditions: ConditionReport | None = None
     adapter: AdapterSpec | None = None
+    support_accuracy: list[float] | None = None
+    conditioning_instructions: list[str] | None = None
 
     def save_adapters(
         self, out_dir: str | os.PathLike, info: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -237,41 +251,92 @@ class IGPGPipeline(DiffusionPipeline):
         dev = self._offload_device or self.text_encoder.device
         return (id(self.text_encoder), id(self.tokenizer), str(dev), self.text_encoder.dtype)
 
-    def _text_cache_misses(self, texts: list[str], instruction: str) -> bool:
-        """Whether encoding ``texts`` (and the instruction's token states, if the prior pools them) runs the encoder."""
+    def _text_cache_misses(self, texts: list[str], instructions: list[str]) -> bool:
+        """Whether encoding ``texts`` (and the instructions' token states, if the prior pools them) runs the
+        encoder."""
         cache = self.__dict__.get("_text_cache", {})
         owner = self._text_cache_keys()
         missing = any((owner, t) not in cache for t in texts)
         if getattr(self.prior, "text_pool", None) is not None:
-            missing = missing or (*owner, "states", instruction) not in cache
+            missing = missing or any((*owner, "states", i) not in cache for i in instructions)
         return missing
 
-    def _text_states(self, instruction: str) -> dict[str, torch.Tensor]:
-        """The instruction's token states (1, L, E) and mask, if the prior pools them itself; else nothing.
+    def _text_states(self, instructions: list[str]) -> dict[str, torch.Tensor]:
+        """The instructions' token states (R, L, E) and mask (R, L), padded together, if the prior pools them
+        itself; else nothing.
 
         Cached with the text embeddings (`_text_embeddings`): a repeated instruction runs no encoder.
         """
         if getattr(self.prior, "text_pool", None) is None:
             return {}
         cache: OrderedDict = self.__dict__.setdefault("_text_cache", OrderedDict())
-        dev = self._offload_device or self.text_encoder.device
-        key = (
-            id(self.text_encoder),
-            id(self.tokenizer),
-            str(dev),
-            self.text_encoder.dtype,
-            "states",
-            instruction,
-        )
-        if key not in cache:
-            with self._stage(self.text_encoder):
-                states = encode_text_states([instruction], self.text_encoder, self.tokenizer)
-            cache[key] = [x.cpu() for x in states]
-            while len(cache) > self._TEXT_CACHE_SIZE:
-                cache.popitem(last=False)
-        cache.move_to_end(key)
-        states, mask = pad_text_states(cache[key])
+        owner = self._text_cache_keys()
+        rows = []
+        for instruction in instructions:
+            key = (*owner, "states", instruction)
+            if key not in cache:
+                with self._stage(self.text_encoder):
+                    states = encode_text_states([instruction], self.text_encoder, self.tokenizer)
+                cache[key] = [x.cpu() for x in states]
+            cache.move_to_end(key)
+            rows += cache[key]
+        while len(cache) > self._TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+        states, mask = pad_text_states(rows)
         return {"text_states": states, "text_mask": mask}
+
+    def identify_task(
+        self, instruction: str, architecture: Any = None, top_k: int = 3
+    ) -> list[tuple[str, float]]:
+        """The known tasks nearest to ``instruction``, best first, as (task, cosine similarity).
+
+        Similarity is the best over each task's known training wordings, measured through the prior's own text
+        pooling when it has one (what the prior conditions on; on the general pipeline it names the right task for
+        0.87 of held-out wordings against 0.60 for the text encoder's mean embedding, `benchmarks/instruction_text.py`),
+        else with the text encoder's mean embeddings (those of the out-of-distribution check). With
+        ``architecture`` (anything ``__call__`` takes), only tasks with training checkpoints of that architecture
+        compete, unless none has any. Empty if the prior records no known tasks.
+        """
+        arch_text = self.resolve_architecture(architecture)[1] if architecture is not None else None
+        return self._identify(instruction, arch_text, top_k)
+
+    @torch.no_grad()
+    def _identify(self, instruction: str, arch_text: str | None, top_k: int) -> list[tuple[str, float]]:
+        known = self.known_tasks()
+        if not known:
+            return []
+        rows = [(w, t) for t, k in known.items() for w in k.wordings]
+        pool = getattr(self.prior, "text_pool", None)
+        if pool is None:
+            query = self._text_embeddings([instruction])
+            keys = self.prior.known_text_embeds.float().cpu()
+        else:
+            cache = self.__dict__.setdefault("_known_pooled", {})
+            owner = (id(self.prior), *self._text_cache_keys())
+            if owner not in cache:
+                cache.clear()
+                with self._stage(self.text_encoder):
+                    states = encode_text_states([w for w, _ in rows], self.text_encoder, self.tokenizer)
+                with self._stage(self.prior):
+                    cache[owner] = torch.cat(
+                        [
+                            _pooled(pool, *pad_text_states(states[i : i + 256]))
+                            for i in range(0, len(states), 256)
+                        ]
+                    )
+            keys = cache[owner]
+            text = self._text_states([instruction])
+            with self._stage(self.prior):
+                query = _pooled(pool, text["text_states"], text["text_mask"])
+        scores, names = task_similarity(query, keys, [t for _, t in rows])
+        allowed = set(names)
+        if arch_text is not None:
+            with_arch = {t for t in names if arch_text in known[t].architectures}
+            allowed = with_arch or allowed
+        ranked = sorted(
+            ((t, float(scores[0, i])) for i, t in enumerate(names) if t in allowed), key=lambda p: -p[1]
+        )
+        return [(t, round(v, 4)) for t, v in ranked[:top_k]]
 
     def _dataset_condition(self, dataset: Any, batch: int) -> dict[str, torch.Tensor]:
         pair = self._labelled_samples(dataset)
@@ -320,11 +385,15 @@ class IGPGPipeline(DiffusionPipeline):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
+        guidance_scale: float = 1.0,
         architecture_text: str | None = None,
         return_modules: bool = False,
         use_cache: bool = True,
         candidates_per_sample: int = 1,
         exclude_copies: bool = False,
+        select_by: str = "likelihood",
+        candidate_tasks: int = 0,
+        match_known_task: bool = False,
         align_labels: bool = False,
         alignment_samples: tuple[torch.Tensor, torch.Tensor] | str | None = None,
         alignment_min_z: float = 2.0,
@@ -346,6 +415,27 @@ class IGPGPipeline(DiffusionPipeline):
         labels or data are used). With ``exclude_copies=True`` sequences that repeat a training checkpoint token
         for token are ranked last, so the result holds new weights whenever enough candidates are new (a warning
         says when not). Kept samples stay in the order they were drawn.
+
+        ``select_by="support_accuracy"`` keeps instead the candidates with the highest accuracy on the labelled
+        ``dataset`` samples (ties: likelihood; best first; `igpg_hf.candidate_selection`), and
+        ``candidate_tasks=m`` also draws ``k * num_samples`` candidates under the canonical instruction of each of
+        the ``m`` known tasks nearest to ``instruction`` (`identify_task`, among tasks trained on this
+        architecture): a misread instruction's net of the wrong task loses to the right task's on the user's own
+        data. Every instruction draws its candidates twice, with the samples as condition and without (the prior
+        is trained with condition dropout; on the general pipeline some tasks' nets come only from one of the two). Here sample i of the batch is not that of ``num_samples=1`` (the
+        candidates compete across samples); ``generator`` lists need one generator per candidate.
+        ``out.support_accuracy`` gives each kept sample's accuracy (%) on the samples. Those samples are the
+        caller's training data: report test accuracy on other data.
+
+        ``guidance_scale=s``: classifier-free guidance on the instruction (`igpg_hf.sampling.SamplingConfig`):
+        logits ``u + s * (c - u)`` against the prior's null instruction; 1 (default) is plain sampling. It doubles
+        the decode batch.
+
+        ``match_known_task=True`` conditions the prior on the canonical instruction of the known task nearest to
+        ``instruction`` (`identify_task`) instead of on the instruction itself: a prior that has memorized its
+        training wordings answers them exactly, and a new wording of a known task is mapped onto them. The
+        out-of-distribution check still judges the instruction as given. ``out.conditioning_instructions`` says
+        which instruction each sample was drawn under.
 
         ``align_labels=True`` reorders each sample's output units (rows of the last ``nn.Linear``) to fit
         labelled samples: ``alignment_samples`` (a (samples, labels) pair or a task name), else the
@@ -386,6 +476,21 @@ class IGPGPipeline(DiffusionPipeline):
                 "align_labels=True needs labelled samples: pass dataset= or alignment_samples= "
                 "(a (samples, labels) pair or a registered task name)"
             )
+        if select_by not in ("likelihood", "support_accuracy"):
+            raise ValueError(f"select_by must be 'likelihood' or 'support_accuracy', got {select_by!r}")
+        if candidate_tasks < 0:
+            raise ValueError(f"candidate_tasks must be 0 or more, got {candidate_tasks}")
+        if candidate_tasks and select_by != "support_accuracy":
+            raise ValueError(
+                "candidate_tasks draws candidates under other instructions, which the prior's likelihood cannot "
+                "compare: pass select_by='support_accuracy' with labelled dataset= samples"
+            )
+        support_xy = self._labelled_samples(dataset) if select_by == "support_accuracy" else None
+        if select_by == "support_accuracy" and support_xy is None:
+            raise ValueError(
+                "select_by='support_accuracy' scores candidates on labelled samples: pass dataset= (a (samples, "
+                "labels) pair or a registered task name)"
+            )
         for name in ("vqvae", "prior", "text_encoder", "tokenizer"):
             if getattr(self, name, None) is None:
                 raise ValueError(f"pipeline component {name!r} is missing; load a complete pipeline folder")
@@ -393,9 +498,10 @@ class IGPGPipeline(DiffusionPipeline):
         adapter_spec = self.resolve_adapter(adapter) if adapter is not None else None
         target = None
         if adapter_spec is not None:
-            if align_labels or return_modules:
+            if align_labels or return_modules or support_xy is not None:
                 raise ValueError(
-                    "align_labels and return_modules need a whole network; with adapter= load each sample "
+                    "align_labels, return_modules and select_by='support_accuracy' need a whole network; with "
+                    "adapter= load each sample "
                     "into the base with igpg_hf.adapters.load_adapter(base, state_dict, out.adapter)"
                 )
             layout, arch_text, spec, template = (
@@ -412,22 +518,48 @@ class IGPGPipeline(DiffusionPipeline):
             )
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
-        n_draw = num_samples * candidates_per_sample
+        # 2b. the instructions to condition on: the given one (or its nearest known task's), then other known tasks'
+        conditioning = [instruction]
+        if match_known_task or candidate_tasks:
+            known = self.known_tasks()
+            ranked = [t for t, _ in self._identify(instruction, arch_text, candidate_tasks + 1)]
+            if not ranked:
+                raise ValueError(
+                    "match_known_task and candidate_tasks need a prior that records its known tasks (priors trained "
+                    "by igpg_hf >= 0.3 do)"
+                )
+            if match_known_task:
+                conditioning = [known[ranked[0]].instruction]
+            extra = [known[t].instruction for t in ranked if known[t].instruction not in conditioning]
+            conditioning += extra[:candidate_tasks]
+        if (
+            support_xy is not None
+        ):  # each instruction with and without the samples as condition (condition dropout)
+            conditioning = conditioning * 2
+        rows = len(conditioning)
+        per_row = num_samples * candidates_per_sample if support_xy is not None else num_samples
+        n_draw = rows * num_samples * candidates_per_sample
         if num_threads is None:
             num_threads = generation_num_threads(self.prior.decode_step_flops(n_draw))
         elif num_threads < 1:
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         with torch_threads(num_threads):
-            # 3. encode the conditions (one row, expanded over samples by the sampler)
-            new_text = self._text_cache_misses([instruction, arch_text], instruction)
+            # 3. encode the conditions (one row per conditioning instruction, expanded over samples by the sampler)
+            texts = [instruction, *conditioning, arch_text]
+            new_text = self._text_cache_misses(texts, conditioning)
             with (
                 self._stage(self.text_encoder) if new_text else contextlib.nullcontext()
             ):  # one stage for both
-                emb = self._text_embeddings([instruction, arch_text])  # (2, E)
-                text = self._text_states(instruction)  # token states, for priors that pool the instruction
+                emb = self._text_embeddings(texts)  # (rows + 2, E)
+                text = self._text_states(conditioning)  # token states, for priors that pool the instruction
             cond = IGPGConditions(
-                text_embeds=emb[:1], arch_embeds=emb[1:], **text, **self._dataset_condition(dataset, 1)
+                text_embeds=emb[1 : 1 + rows],
+                arch_embeds=emb[-1:].expand(rows, -1),
+                **text,
+                **self._dataset_condition(dataset, rows),
             )
+            if support_xy is not None:
+                cond.drop["dataset"] = torch.arange(rows) >= rows // 2
             # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
             report = check_conditions(
                 self.prior, instruction, emb[0], arch_text, stacklevel=4
@@ -447,22 +579,51 @@ class IGPGPipeline(DiffusionPipeline):
                     self.prior,
                     cond,
                     n_tokens,
-                    num_samples,
-                    SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
+                    per_row,
+                    SamplingConfig(
+                        temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale
+                    ),
                     seed,
                     use_cache,
                     positions,
                     generator=generator,
-                    candidates_per_sample=candidates_per_sample,
-                    exclude_copies=exclude_copies,
+                    candidates_per_sample=1 if support_xy is not None else candidates_per_sample,
+                    exclude_copies=exclude_copies and support_xy is None,
                     progress=bar.update,
                 )
+            tokens, log_likelihood, is_copy = (
+                sampled.tokens,
+                sampled.log_likelihood.cpu().tolist(),
+                sampled.is_copy,
+            )
             # 5. decode tokens -> chunks -> vectors -> state dicts (non-float buffers from a fresh module)
             fill = template.state_dict() if template is not None else None
             with self._stage(self.vqvae):
-                state_dicts = self.vqvae.decode_batch(sampled.tokens.to(self.vqvae.device), layout, fill=fill)
+                state_dicts = self.vqvae.decode_batch(tokens.to(self.vqvae.device), layout, fill=fill)
             if target is not None:
                 state_dicts = [target.arrange(sd) for sd in state_dicts]  # keyed in the module's order
+            drawn_under = [conditioning[i // per_row] for i in range(len(state_dicts))]
+            # 5b. keep the candidates that do best on the labelled samples
+            scores = None
+            if support_xy is not None:
+                scores = support_accuracy(
+                    (lambda: spec.build()) if spec is not None else (lambda: copy.deepcopy(template)),
+                    state_dicts,
+                    *support_xy,
+                )
+                keep = rank_candidates(scores, log_likelihood, is_copy, exclude_copies)[:num_samples]
+                if exclude_copies and is_copy is not None and any(is_copy[i] for i in keep):
+                    logger.warning(
+                        "only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
+                        "samples are copies: raise candidates_per_sample",
+                        len(is_copy) - sum(is_copy),
+                        len(is_copy),
+                        sum(is_copy[i] for i in keep),
+                    )
+                state_dicts, tokens = [state_dicts[i] for i in keep], tokens[keep]
+                scores, log_likelihood = [scores[i] for i in keep], [log_likelihood[i] for i in keep]
+                drawn_under = [drawn_under[i] for i in keep]
+                is_copy = [is_copy[i] for i in keep] if is_copy is not None else None
             # 6. optionally reorder each sample's output units to the labelled samples
             alignments = None
             if align_labels:
@@ -482,15 +643,17 @@ class IGPGPipeline(DiffusionPipeline):
         output = IGPGPipelineOutput(
             state_dicts,
             modules,
-            sampled.tokens.cpu(),
+            tokens.cpu(),
             time.perf_counter() - t0,
-            log_likelihood=sampled.log_likelihood.cpu().tolist(),
-            is_copy=sampled.is_copy,
+            log_likelihood=log_likelihood,
+            is_copy=is_copy,
             num_candidates=sampled.num_candidates,
             candidate_copies=sampled.candidate_copies,
             label_alignments=alignments,
             conditions=report,
             adapter=adapter_spec,
+            support_accuracy=scores,
+            conditioning_instructions=drawn_under,
         )
         if not return_dict:
             return tuple(getattr(output, f.name) for f in fields(output))

@@ -112,16 +112,26 @@ def block_windows(num_tokens: int, block_len: int, overlap: int, multiple: int =
 
 @dataclass
 class SamplingConfig:
-    """Sampling settings: temperature, top-k, top-p; ``do_sample=False`` is greedy."""
+    """Sampling settings: temperature, top-k, top-p; ``do_sample=False`` is greedy.
+
+    ``guidance_scale``: classifier-free guidance on the instruction (Ho & Salimans 2022, as diffusers' pipelines
+    use it): each step's logits are ``u + s * (c - u)``, ``c`` with the instruction and ``u`` with the prior's
+    learned null instruction (what condition dropout trained it on); 1 is plain sampling, larger values follow the
+    instruction more closely. Architecture and dataset conditions stay in both. Temperature, top-k and top-p
+    apply to the guided logits.
+    """
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     do_sample: bool = True
+    guidance_scale: float = 1.0
 
     def __post_init__(self):
         if self.do_sample and not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not self.guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be 0 or more (1: no guidance), got {self.guidance_scale}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(
                 f"top_k must be a positive number of tokens (or 0/None for all), got {self.top_k}"
@@ -129,8 +139,17 @@ class SamplingConfig:
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
 
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1.0
+
     def generate_kwargs(self) -> dict:
-        """The same settings as keyword arguments of transformers' ``generate()``."""
+        """The same settings as keyword arguments of transformers' ``generate()`` (which has no guidance by a
+        null condition: ValueError when ``guidance_scale`` is not 1)."""
+        if self.guided:
+            raise ValueError(
+                "guidance_scale needs the decode loop (backend='loop'); generate() cannot apply it"
+            )
         if not self.do_sample:
             return {"do_sample": False}
         kw = {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k or 0}
@@ -496,29 +515,46 @@ def _loop_block(
 
     ``next_places`` (n_new - 1, d), or (B, n_new - 1, d) when rows lie at different places: structure embeddings
     added to each new token's input (the place of the token it predicts), for structure priors.
+
+    With ``sampling.guided``, ``embeds`` holds 2B rows (the conditioned rows, then the same rows with the null
+    instruction; the decoder too): tokens are drawn from the guided logits, fed to both halves, and ``logp`` is
+    the conditioned rows' own log-probability.
     """
     B, T0 = embeds.shape[:2]
+    if sampling.guided:
+        B //= 2
     dec.t = 0
     pos = dec.wpe[:T0]
     # raw logits of the block, for transformers' log_softmax over (B, n, V) at its end (one op, not four a step)
     raw = logits_buf = None
     if B * n_new * dec.head_w.shape[0] <= _RAW_LOGITS_VALUES:
         raw = logits_buf = torch.empty(B, n_new, dec.head_w.shape[0], device=embeds.device)
+    scale = sampling.guidance_scale
+
+    def forward(*args, **kw) -> tuple[torch.Tensor, torch.Tensor]:  # (own logits, logits to sample from)
+        z = dec.forward(*args, **kw)
+        if not sampling.guided:
+            return z, z
+        c, u = z[:B], z[B:]
+        return c, u + scale * (c - u)
+
     if use_cache:
-        logits = dec.forward(embeds + pos)
+        logits, guided = forward(embeds + pos)
     else:  # the no-cache reference: the whole sequence again at every step
-        seq = torch.empty(B, T0 + n_new, embeds.shape[2], dtype=embeds.dtype, device=embeds.device)
+        seq = torch.empty(
+            embeds.shape[0], T0 + n_new, embeds.shape[2], dtype=embeds.dtype, device=embeds.device
+        )
         seq[:, :T0] = embeds + pos
-        logits = dec.forward(seq[:, :T0], cache=False)
+        logits, guided = forward(seq[:, :T0], cache=False)
     for s in range(n_new):
         if raw is not None:
             logits_buf[:, s] = logits
         else:
             lp = torch.log_softmax(logits, -1)
         if sampling.do_sample:
-            tok = torch.div(torch.softmax(proc(logits), -1), draws.next(n_new - s)).argmax(-1)
+            tok = torch.div(torch.softmax(proc(guided), -1), draws.next(n_new - s)).argmax(-1)
         else:
-            tok = logits.argmax(-1)
+            tok = guided.argmax(-1)
         out[:, s] = tok
         if raw is None:
             logp[:, s] = lp.gather(-1, tok[:, None]).squeeze(-1)
@@ -526,14 +562,14 @@ def _loop_block(
             progress(1)
         if s + 1 == n_new:
             break
-        x = dec.embed(tok, T0 + s)
+        x = dec.embed(torch.cat([tok, tok]) if sampling.guided else tok, T0 + s)
         if next_places is not None:  # (n_new - 1, d) for every row, or (B, n_new - 1, d) per row
             x = x + (next_places[:, s : s + 1] if next_places.ndim == 3 else next_places[s])
         if use_cache:
-            logits = dec.forward(x)
+            logits, guided = forward(x)
         else:
             seq[:, T0 + s] = x[:, 0]
-            logits = dec.forward(seq[:, : T0 + s + 1], cache=False)
+            logits, guided = forward(seq[:, : T0 + s + 1], cache=False)
     if raw is not None:
         logp.copy_(torch.log_softmax(raw, -1).gather(-1, out[..., None]).squeeze(-1))
 
@@ -724,8 +760,14 @@ def sample_weight_tokens(
             f"{cfg.max_blocks} blocks of {cfg.max_weight_tokens} tokens"
         )
     if backend == "loop" and (why := loop_unsupported(prior)):
+        if sampling.guided:
+            raise ValueError(f"guidance_scale needs the decode loop, which does not support {why}")
         logger.warning("the decode loop does not support %s: sampling with transformers' generate()", why)
         backend = "generate"
+    if sampling.guided and (backend != "loop" or parallel_blocks):
+        raise ValueError(
+            "guidance_scale needs the decode loop, block after block (backend='loop', no parallel_blocks)"
+        )
     independent = places is not None and cfg.block_overlap == 0 and backend == "loop" and use_cache
     if parallel_blocks and not independent:
         raise ValueError(
@@ -743,13 +785,13 @@ def sample_weight_tokens(
     logp = torch.zeros(B, dtype=torch.float32, device=dev)
     threads = num_threads if num_threads is not None else generation_num_threads(prior.decode_step_flops(B))
     if parallel_blocks is None:
-        parallel_blocks = independent and len(wins) > B
+        parallel_blocks = independent and len(wins) > B and not sampling.guided
     with torch_threads(threads):
         if parallel_blocks:
             _parallel_blocks(prior, cond, wins, places, groups, sampling, out, logp, progress)
         elif backend == "loop":
             max_len = max(cfg.num_prefix_tokens + w.stop - w.context_start for w in wins)
-            dec = _Decoder(prior, B, max_len if use_cache else 1)
+            dec = _Decoder(prior, 2 * B if sampling.guided else B, max_len if use_cache else 1)
             proc = _Processor(sampling, cfg.vocab_size)
             draws = _Exponentials(groups, B, cfg.vocab_size, dev) if sampling.do_sample else None
             for w in wins:
@@ -759,11 +801,12 @@ def sample_weight_tokens(
                 if places is not None:
                     window = places[w.context_start : w.stop]
                     next_places = prior.structure_embed(places[w.start + 1 : w.stop]).to(dec.wte.dtype)
-                embeds = prior.embed_sequence(
-                    prior.build_prefix(cond, B),
-                    out[:, w.context_start : w.start],
-                    None if places is None else window,
-                )
+                prefix, context = prior.build_prefix(cond, B), out[:, w.context_start : w.start]
+                if sampling.guided:  # the same rows again with the null instruction (the prefix's text slot)
+                    null = prefix.clone()
+                    null[:, 0] = prior.null_conditions[0].to(prefix.dtype)
+                    prefix, context = torch.cat([prefix, null]), torch.cat([context, context])
+                embeds = prior.embed_sequence(prefix, context, None if places is None else window)
                 block_tok = torch.empty(B, n_new, dtype=torch.long, device=dev)
                 block_lp = torch.empty(B, n_new, dtype=torch.float32, device=dev)
                 _loop_block(

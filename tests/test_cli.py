@@ -222,6 +222,26 @@ def test_generate_samples_with_the_library_defaults(run, tmp_path):
     assert all(torch.equal(load_file(out)[k], low.state_dicts[0][k]) for k in low.state_dicts[0])
 
 
+def test_generate_selects_candidates_by_accuracy_on_the_dataset_samples(run, tmp_path):
+    pipe_dir, out = run[0] / "pipe", tmp_path / "net.safetensors"
+    arch = '{"family": "mlp", "in_features": 4, "hidden": [16], "num_classes": 3, "activation": "relu"}'
+    args = ["--pipeline", pipe_dir, "--architecture", arch, "--out", out, "--dataset", "iris"]
+    printed = invoke(
+        "generate", "Sort iris plants by species", *args, "--select-by", "support_accuracy", "--candidates", "2",
+        "--match-known-task", "--guidance-scale", "1.5",
+    )  # fmt: skip
+    pipe = IGPGPipeline.from_pretrained(pipe_dir)
+    ref = pipe(
+        "Sort iris plants by species", architecture=json.loads(arch), dataset="iris", seed=0, top_p=0.9,
+        select_by="support_accuracy", candidates_per_sample=2, match_known_task=True, guidance_scale=1.5,
+    )  # fmt: skip
+    assert f"accuracy on the --dataset samples {ref.support_accuracy[0]:.1f} %" in printed
+    assert f"drawn under {ref.conditioning_instructions[0]!r}" in " ".join(printed.split())  # console wraps
+    assert all(torch.equal(load_file(out)[k], v) for k, v in ref.state_dicts[0].items())
+    bad = CliRunner().invoke(app, ["generate", "x", *map(str, args[:-2]), "--select-by", "support_accuracy"])
+    assert bad.exit_code == 2 and "labelled samples" in bad.output
+
+
 def test_generate_errors(run):
     pipe_dir = str(run[0] / "pipe")
     bad = CliRunner().invoke(app, ["generate", "", "--pipeline", pipe_dir])

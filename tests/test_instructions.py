@@ -144,3 +144,79 @@ def test_known_tasks_saved_and_reloaded_with_the_pipeline(pipe, tmp_path):
         and get_task("mnist_invert").instruction in card
         and "out of distribution" in card
     )
+
+
+def test_identify_task_and_match_known_task_condition_on_the_nearest_known_instruction(pipe):
+    wording = "Can you build a network that recognises digits that people wrote on paper?"
+    ranked = pipe.identify_task(wording, "tiny_cnn", top_k=3)
+    assert [t for t, _ in ranked][0] == "mnist" and len(ranked) == 3
+    assert ranked == sorted(ranked, key=lambda p: -p[1])
+    # an architecture no known task was trained on: every known task competes
+    assert len(pipe.identify_task(wording, get_architecture("tiny_cnn", activation="relu"), top_k=5)) == 3
+    out = pipe(wording, "tiny_cnn", seed=0, match_known_task=True)
+    assert out.conditioning_instructions == [pipe.known_tasks()["mnist"].instruction]
+    same = pipe(pipe.known_tasks()["mnist"].instruction, "tiny_cnn", seed=0)
+    assert torch.equal(out.token_ids, same.token_ids)  # exactly the canonical instruction's draw
+    # the out-of-distribution check still judges the text as given
+    with pytest.warns(OutOfDistributionWarning, match="out of distribution"):
+        far = pipe("Translate English sentences into French", "tiny_cnn", seed=0, match_known_task=True)
+    assert far.conditions.out_of_distribution and far.conditions.instruction.startswith("Translate")
+
+
+def test_support_accuracy_selection_keeps_the_candidates_that_fit_the_samples(pipe):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 1, 28, 28, generator=g), torch.randint(0, 10, (30,), generator=g)
+    kw = dict(dataset=(x, y), select_by="support_accuracy", seed=3)
+    every = pipe("Classify handwritten digits", "tiny_cnn", num_samples=4, **kw)  # 2 x 4 candidates, all kept
+    best = pipe("Classify handwritten digits", "tiny_cnn", num_samples=1, candidates_per_sample=4, **kw)
+    assert every.num_candidates == best.num_candidates == 8 and len(every.state_dicts) == 4
+    acc = every.support_accuracy
+    assert acc == sorted(acc, reverse=True)  # best first
+    from igpg_hf.candidate_selection import support_accuracy
+
+    arch = get_architecture("tiny_cnn")
+    assert (
+        support_accuracy(arch.build, every.state_dicts, x, y) == acc
+    )  # the reported scores are the real ones
+    # the same pool of candidates (same generators): the kept one is the pool's best
+    assert best.support_accuracy == acc[:1]
+    assert all(torch.equal(best.state_dicts[0][k], every.state_dicts[0][k]) for k in best.state_dicts[0])
+    # other known tasks' instructions join the pool, with and without the samples as condition
+    wide = pipe("Classify handwritten digits", "tiny_cnn", num_samples=2, candidate_tasks=2, **kw)
+    assert wide.num_candidates == 2 * 3 * 2 and wide.support_accuracy == sorted(wide.support_accuracy)[::-1]
+    assert set(wide.conditioning_instructions) <= {"Classify handwritten digits"} | {
+        k.instruction for k in pipe.known_tasks().values()
+    }
+    with pytest.raises(ValueError, match="select_by='support_accuracy'"):
+        pipe("Classify handwritten digits", "tiny_cnn", candidate_tasks=1, dataset=(x, y))
+    with pytest.raises(ValueError, match="labelled samples"):
+        pipe("Classify handwritten digits", "tiny_cnn", select_by="support_accuracy")
+    with pytest.raises(ValueError, match="select_by must be"):
+        pipe("Classify handwritten digits", "tiny_cnn", select_by="accuracy")
+
+
+def test_identify_task_measures_through_the_priors_own_text_pooling(pipe):
+    from igpg_hf.conditioning import encode_text_states, pad_text_states
+
+    cfg = pipe.prior.config.to_dict()
+    cfg["text_pooling"] = "attention"
+    prior = IGPGPriorModel(IGPGPriorConfig.from_dict(cfg)).eval()
+    prior.register_buffer("known_text_embeds", pipe.prior.known_text_embeds.clone())
+    pooled_pipe = IGPGPipeline(
+        vqvae=pipe.vqvae, prior=prior, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
+    wording = "Give me a model for handwritten digits turned a quarter turn"
+    got = dict(pooled_pipe.identify_task(wording, top_k=3))
+
+    def pooled(texts):
+        with torch.no_grad():
+            return torch.nn.functional.normalize(
+                prior.text_pool(
+                    *pad_text_states(encode_text_states(texts, pipe.text_encoder, pipe.tokenizer))
+                ),
+                dim=-1,
+            )
+
+    q = pooled([wording])
+    for task, known in pipe.known_tasks().items():
+        assert got[task] == pytest.approx(float((q @ pooled(known.wordings).T).max()), abs=2e-4)

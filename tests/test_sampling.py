@@ -287,3 +287,38 @@ def test_threads_default_and_override(monkeypatch):
     )
     sample_weight_tokens(_prior(), _cond(), 10)
     assert seen[-1] == 1 and torch.get_num_threads() == before
+
+
+def test_guidance_scale_mixes_the_instruction_and_null_instruction_logits():
+    """Classifier-free guidance: scale 1 is plain sampling; scale 0 samples from the null instruction alone (the
+    same tokens as dropping the instruction), block after block; other scales change the draw."""
+    prior = _prior(4.0, n_positions=24, block_overlap=8)
+    cond, n = _cond(2), 120
+    dropped = IGPGConditions(
+        text_embeds=cond.text_embeds,
+        arch_embeds=cond.arch_embeds,
+        drop={"text": torch.ones(2, dtype=torch.bool)},
+    )
+    kw = dict(seed=3, sampling=SamplingConfig(top_p=0.9))
+    plain = sample_weight_tokens(prior, cond, n, 2, **kw)
+    one = sample_weight_tokens(
+        prior, cond, n, 2, seed=3, sampling=SamplingConfig(top_p=0.9, guidance_scale=1.0)
+    )
+    assert torch.equal(plain.tokens, one.tokens)
+    null = sample_weight_tokens(prior, dropped, n, 2, **kw)
+    zero = sample_weight_tokens(
+        prior, cond, n, 2, seed=3, sampling=SamplingConfig(top_p=0.9, guidance_scale=0.0)
+    )
+    assert torch.equal(zero.tokens, null.tokens) and not torch.equal(zero.tokens, plain.tokens)
+    # the reported likelihood stays the instruction-conditioned prior's own, not the null instruction's
+    assert not torch.allclose(zero.log_likelihood, null.log_likelihood)
+    strong = sample_weight_tokens(
+        prior, cond, n, 2, seed=3, sampling=SamplingConfig(top_p=0.9, guidance_scale=3.0)
+    )
+    assert not torch.equal(strong.tokens, plain.tokens)
+    with pytest.raises(ValueError, match="decode loop"):
+        sample_weight_tokens(
+            prior, cond, n, 1, seed=3, backend="generate", sampling=SamplingConfig(guidance_scale=2)
+        )
+    with pytest.raises(ValueError, match="guidance_scale must be"):
+        SamplingConfig(guidance_scale=-1)

@@ -99,11 +99,19 @@ def similarity_to_known(prior: Any, text_embeds: torch.Tensor) -> tuple[torch.Te
     buf = getattr(prior, "known_text_embeds", None)
     if not rows or buf is None:
         return None
-    names = sorted(set(rows))
-    col = torch.tensor([names.index(t) for t in rows], device=buf.device)
-    e = torch.nn.functional.normalize(text_embeds.to(buf.device, torch.float32), dim=-1)
-    sims = e @ torch.nn.functional.normalize(buf.float(), dim=-1).T  # (B, M)
-    best = torch.full((e.shape[0], len(names)), -2.0, device=buf.device)
+    return task_similarity(text_embeds, buf, rows)
+
+
+def task_similarity(
+    queries: torch.Tensor, keys: torch.Tensor, key_tasks: list[str]
+) -> tuple[torch.Tensor, list[str]]:
+    """(B, E) query embeddings against (M, E) embeddings of known wordings, the wording i of task
+    ``key_tasks[i]`` -> ((B, T) best cosine similarity per task, the T task names in sorted order)."""
+    names = sorted(set(key_tasks))
+    col = torch.tensor([names.index(t) for t in key_tasks], device=keys.device)
+    e = torch.nn.functional.normalize(queries.to(keys.device, torch.float32), dim=-1)
+    sims = e @ torch.nn.functional.normalize(keys.float(), dim=-1).T  # (B, M)
+    best = torch.full((e.shape[0], len(names)), -2.0, device=keys.device)
     best = best.scatter_reduce(1, col.expand_as(sims), sims, reduce="amax")  # (B, T)
     return best.cpu(), names
 

@@ -1,0 +1,77 @@
+"""Choosing among generated candidates with the user's labelled samples.
+
+A prior that has memorized its training checkpoints answers a misread instruction with a working net of the wrong
+task; no likelihood can tell, since the prior is confident either way. A few labelled samples of the user's data
+can: each candidate is loaded and scored on them, and the best ones are kept. This is the reranking step of
+text-to-image systems that sample many images and keep those a scorer prefers (DALL-E's CLIP reranking, Ramesh
+et al. 2021), with accuracy on the user's samples as the scorer.
+
+The samples that score are the ones the call conditions on (``dataset=``): the caller's own training data. A
+benchmark that reports test accuracy of the kept nets must draw them from the training split (the registered
+tasks' `igpg_hf.zoo.tasks.sample_support_set` does), so that selection never sees the test set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["rank_candidates", "support_accuracy"]
+
+
+@torch.no_grad()
+def support_accuracy(
+    build: Callable[[], nn.Module],
+    state_dicts: list[dict[str, torch.Tensor]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 512,
+) -> list[float]:
+    """Top-1 accuracy in percent of each state dict on the labelled samples ``x`` (S, ...) / ``y`` (S,) int64.
+
+    ``build()`` returns a fresh module the state dicts load into (strictly); it runs in eval mode on the CPU or
+    wherever its parameters are. A state dict with non-finite floating-point weights scores NaN. ValueError if
+    ``x`` and ``y`` differ in length or are empty.
+    """
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(
+            f"need as many labels as samples (and at least one), got {len(x)} samples, {len(y)} labels"
+        )
+    module = build().eval()
+    dev = next(module.parameters()).device
+    out = []
+    for sd in state_dicts:
+        if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
+            out.append(float("nan"))
+            continue
+        module.load_state_dict(sd, strict=True)
+        hits = 0
+        for i in range(0, len(x), batch_size):
+            logits = module(x[i : i + batch_size].to(dev))
+            hits += int((logits.argmax(-1).cpu() == y[i : i + batch_size]).sum())
+        out.append(100.0 * hits / len(y))
+    return out
+
+
+def rank_candidates(
+    scores: list[float],
+    log_likelihood: list[float],
+    copies: list[bool] | None = None,
+    exclude_copies: bool = False,
+) -> list[int]:
+    """Candidate indices, best first: highest score (NaN last), then highest likelihood, then drawing order; with
+    ``exclude_copies`` copies of training checkpoints rank after every new candidate."""
+
+    def key(i: int) -> tuple:
+        s = scores[i]
+        return (
+            bool(exclude_copies and copies and copies[i]),
+            s != s,  # NaN last
+            -(s if s == s else 0.0),
+            -log_likelihood[i],
+            i,
+        )
+
+    return sorted(range(len(scores)), key=key)
