@@ -6,7 +6,12 @@ the task, text only, (c) the same wordings with ``support_per_class`` labelled s
 instructions, which must be flagged out of distribution. Beside each: retrieval by the nearest instruction
 embedding given the same text (the known task whose training wordings are most similar among those with
 checkpoints of the architecture; its checkpoints, lowest seeds of the last epoch), and copies (generated sequences
-that repeat a training checkpoint token for token). Ratios are generated mean / zoo mean of the same (task,
+that repeat a training checkpoint token for token). The pipeline runs with the options the config names (by default
+``match_known_task`` and ``guidance_scale=1.25`` on every call; text only, the most likely of 4 candidates; with
+samples ``select_by="support_accuracy"`` over the instruction's and the three nearest known tasks' candidates, the
+support samples from the training split and the accuracy on the test split); ``--set
+instructions.match_known_task=false --set 'instructions.select_by="likelihood"' --set
+instructions.candidates_per_sample=1 --set instructions.guidance_scale=1.0`` measures the plain prior. Ratios are generated mean / zoo mean of the same (task,
 architecture). The flag rates are over every evaluation wording of the zoo's tasks and every evaluation
 unrelated instruction; the threshold was calibrated when the prior was trained on the *calibration* halves, which
 this experiment never uses (`igpg_hf.zoo.instructions`, `igpg_hf.conditioning.coverage`).
@@ -41,7 +46,16 @@ class InstructionsConfig:
     canonical_samples: int = 3  # per (task, architecture)
     wording_samples: int = 2  # per (task, wording), text only and with samples alike
     unrelated_per_task: int = 2  # unrelated instructions generated per task (each on one architecture)
-    candidates_per_sample: int = 1  # best-of-k by the prior's likelihood (1: plain sampling)
+    # best-of-k by the prior's likelihood, text-only calls (1: plain sampling); calls that select by accuracy on
+    # the samples draw one candidate per instruction and condition instead (already 2 x (1 + candidate_tasks))
+    candidates_per_sample: int = 4
+    guidance_scale: float = 1.25  # classifier-free guidance on the instruction (1: none)
+    # the pipeline's options for instructions it was not trained on (`IGPGPipeline.__call__`): condition on the
+    # nearest known task's canonical instruction; with samples, keep the candidate (of the instruction's and the
+    # `candidate_tasks` nearest known tasks', with and without the samples) most accurate on the samples
+    match_known_task: bool = True
+    select_by: str = "support_accuracy"
+    candidate_tasks: int = 3
     seed: int = 0
     # an existing corpus of the "general" zoo (e.g. a shared `igpg-hf zoo build --preset default` folder) to train
     # its pipeline on instead of building the zoo into the benchmark folder
@@ -158,7 +172,13 @@ class Instructions(Experiment):
                     temperature=s.temperature,
                     top_k=s.top_k,
                     top_p=s.top_p,
-                    candidates_per_sample=cfg.candidates_per_sample,
+                    guidance_scale=cfg.guidance_scale,
+                    match_known_task=cfg.match_known_task,
+                    **(
+                        {"select_by": cfg.select_by, "candidate_tasks": cfg.candidate_tasks}
+                        if data and z.conditions_on_data and cfg.select_by != "likelihood"
+                        else {"candidates_per_sample": cfg.candidates_per_sample}
+                    ),
                 )
             acc = evaluate_state_dicts(spec, out.state_dicts, task)
             c = out.conditions
@@ -169,6 +189,8 @@ class Instructions(Experiment):
                 "flagged": bool(c.out_of_distribution),
                 "nearest_task": c.nearest_tasks[0][0] if c.nearest_tasks else None,
                 "similarity": c.similarity,
+                "conditioned_on": out.conditioning_instructions,
+                "support_accuracy": out.support_accuracy,
             }
 
         canonical, wordings, unrelated = [], [], []
@@ -257,6 +279,13 @@ class Instructions(Experiment):
             "wordings are nearest to the same text (same architecture). Targets: canonical ≥ 0.95 on ≥ 90 % of "
             "(task, family) pairs and ≥ 0.9 on all; held-out text ≥ 0.9 on ≥ 90 % of (task, wording) pairs; with "
             "samples ≥ 0.95 on ≥ 90 %; unrelated flagged ≥ 95 %; held-out wordings flagged ≤ 5 %.",
+            "",
+            f"Pipeline options: match_known_task={r.settings.get('match_known_task', False)}, guidance_scale="
+            f"{r.settings.get('guidance_scale', 1.0)}; text only, best of {r.settings.get('candidates_per_sample', 1)}"
+            " by likelihood; with samples "
+            f"select_by={r.settings.get('select_by', 'likelihood')!r}, candidate_tasks="
+            f"{r.settings.get('candidate_tasks', 0)} (candidates scored on the training-split samples the call "
+            "conditions on; accuracy reported on the test split).",
             "",
         ]
         for name, z in r.zoos.items():
