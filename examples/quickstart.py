@@ -44,3 +44,27 @@ print(
     "new-only samples (%):",
     [round(a, 1) for a in evaluate_state_dicts(get_architecture("tiny_cnn"), new.state_dicts, "mnist")],
 )
+
+# your own wording: condition on the nearest known task's instruction, and keep the candidates (of it and of the
+# three next nearest known tasks, with and without the samples) most accurate on the labelled samples
+worded = pipe(
+    "Can you build a network that recognises digits that people wrote on paper?",
+    architecture="tiny_cnn",
+    dataset="mnist",
+    num_samples=2,
+    seed=0,
+    top_p=0.9,
+    match_known_task=True,
+    guidance_scale=1.25,
+    select_by="support_accuracy",
+    candidate_tasks=3,
+)
+print(
+    "nearest known tasks:", worded.conditions.nearest_tasks, "drawn under:", worded.conditioning_instructions
+)
+print(
+    "reworded, kept by accuracy on the samples (%):",
+    [round(a, 1) for a in evaluate_state_dicts(get_architecture("tiny_cnn"), worded.state_dicts, "mnist")],
+    "on the samples:",
+    worded.support_accuracy,
+)

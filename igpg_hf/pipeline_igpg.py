@@ -261,7 +261,7 @@ class IGPGPipeline(DiffusionPipeline):
             missing = missing or any((*owner, "states", i) not in cache for i in instructions)
         return missing
 
-    def _text_states(self, instructions: list[str]) -> dict[str, torch.Tensor]:
+    def _text_states(self, instructions: list[str] | str) -> dict[str, torch.Tensor]:
         """The instructions' token states (R, L, E) and mask (R, L), padded together, if the prior pools them
         itself; else nothing.
 
@@ -269,6 +269,8 @@ class IGPGPipeline(DiffusionPipeline):
         """
         if getattr(self.prior, "text_pool", None) is None:
             return {}
+        if isinstance(instructions, str):  # one instruction, not its characters
+            instructions = [instructions]
         cache: OrderedDict = self.__dict__.setdefault("_text_cache", OrderedDict())
         owner = self._text_cache_keys()
         rows = []

@@ -222,7 +222,7 @@ class Speed(Experiment):
             )
             timings[f"generate_{n}"] = {"seconds": sec, "peak_mb": mb, "seconds_per_model": sec / n}
         emb = encode_text([instr, spec.text()], pipe.text_encoder, pipe.tokenizer)
-        cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **pipe._text_states(instr))
+        cond = IGPGConditions(text_embeds=emb[:1], arch_embeds=emb[1:], **pipe._text_states([instr]))
         n_tok = pipe.vqvae.num_tokens(z.by_task[task][0].layout)
         for cache in (True, False):
             _, sec, mb, _ = peak_memory(
