@@ -297,8 +297,13 @@ class IGPGPipeline(DiffusionPipeline):
         0.87 of held-out wordings against 0.60 for the text encoder's mean embedding, `benchmarks/instruction_text.py`),
         else with the text encoder's mean embeddings (those of the out-of-distribution check). With
         ``architecture`` (anything ``__call__`` takes), only tasks with training checkpoints of that architecture
-        compete, unless none has any. Empty if the prior records no known tasks.
+        compete, unless none has any. Empty if the prior records no known tasks. ValueError for an empty
+        instruction or ``top_k < 1``.
         """
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("instruction must be a non-empty string, e.g. 'Classify handwritten digits 0-9'")
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
         arch_text = self.resolve_architecture(architecture)[1] if architecture is not None else None
         return self._identify(instruction, arch_text, top_k)
 

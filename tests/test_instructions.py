@@ -151,6 +151,10 @@ def test_identify_task_and_match_known_task_condition_on_the_nearest_known_instr
     ranked = pipe.identify_task(wording, "tiny_cnn", top_k=3)
     assert [t for t, _ in ranked][0] == "mnist" and len(ranked) == 3
     assert ranked == sorted(ranked, key=lambda p: -p[1])
+    with pytest.raises(ValueError, match="top_k"):
+        pipe.identify_task(wording, top_k=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        pipe.identify_task("  ")
     # an architecture no known task was trained on: every known task competes
     assert len(pipe.identify_task(wording, get_architecture("tiny_cnn", activation="relu"), top_k=5)) == 3
     out = pipe(wording, "tiny_cnn", seed=0, match_known_task=True)
