@@ -33,7 +33,7 @@ def support_accuracy(
 
     ``build()`` returns a fresh module the state dicts load into (strictly); it runs in eval mode on the CPU or
     wherever its parameters are. A state dict with non-finite floating-point weights scores NaN. ValueError if
-    ``x`` and ``y`` differ in length or are empty.
+    ``x`` and ``y`` differ in length or are empty, or if the samples do not fit the module (wrong shape).
     """
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(
@@ -49,7 +49,12 @@ def support_accuracy(
         module.load_state_dict(sd, strict=True)
         hits = 0
         for i in range(0, len(x), batch_size):
-            logits = module(x[i : i + batch_size].to(dev))
+            try:
+                logits = module(x[i : i + batch_size].to(dev, next(module.parameters()).dtype))
+            except RuntimeError as e:
+                raise ValueError(
+                    f"the labelled samples of shape {tuple(x.shape[1:])} do not fit the architecture: {e}"
+                ) from e
             hits += int((logits.argmax(-1).cpu() == y[i : i + batch_size]).sum())
         out.append(100.0 * hits / len(y))
     return out

@@ -245,6 +245,15 @@ class IGPGPipeline(DiffusionPipeline):
         if not (isinstance(dataset, (tuple, list)) and len(dataset) == 2):
             raise TypeError(f"{what} must be a (samples, labels) pair of tensors, or a registered task name")
         x, y = (torch.as_tensor(t) for t in dataset)
+        if y.ndim != 1:
+            raise ValueError(
+                f"{what} labels must be one class index per sample, shape (S,), got {tuple(y.shape)} "
+                "(one-hot labels: pass y.argmax(-1))"
+            )
+        if y.is_floating_point() and not bool(torch.equal(y, y.round())):
+            raise ValueError(f"{what} labels must be whole class indices, got fractional values")
+        if len(y) and int(y.min()) < 0:
+            raise ValueError(f"{what} labels must be class indices 0, 1, ..., got {int(y.min())}")
         return x, y.long()
 
     def _text_cache_keys(self) -> tuple:

@@ -130,8 +130,10 @@ class SamplingConfig:
     def __post_init__(self):
         if self.do_sample and not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if not self.guidance_scale >= 0:
-            raise ValueError(f"guidance_scale must be 0 or more (1: no guidance), got {self.guidance_scale}")
+        if not (self.guidance_scale >= 0 and math.isfinite(self.guidance_scale)):
+            raise ValueError(
+                f"guidance_scale must be a finite number, 0 or more (1: no guidance), got {self.guidance_scale}"
+            )
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(
                 f"top_k must be a positive number of tokens (or 0/None for all), got {self.top_k}"

@@ -197,6 +197,18 @@ def test_support_accuracy_selection_keeps_the_candidates_that_fit_the_samples(pi
         pipe("Classify handwritten digits", "tiny_cnn", select_by="support_accuracy")
     with pytest.raises(ValueError, match="select_by must be"):
         pipe("Classify handwritten digits", "tiny_cnn", select_by="accuracy")
+    # labels and samples that cannot score a candidate: a clear error, never a silent figure (newcomer check)
+    for bad_y, match in (
+        (y.float() + 0.5, "whole class indices"),
+        (y - 5, "class indices 0, 1"),
+        (torch.nn.functional.one_hot(y, 10), "one class index per sample"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            pipe("Classify handwritten digits", "tiny_cnn", dataset=(x, bad_y), select_by="support_accuracy")
+    with pytest.raises(ValueError, match="do not fit the architecture"):
+        pipe(
+            "Classify handwritten digits", "tiny_cnn", dataset=(x.flatten(1), y), select_by="support_accuracy"
+        )
 
 
 def test_identify_task_measures_through_the_priors_own_text_pooling(pipe):

@@ -320,5 +320,6 @@ def test_guidance_scale_mixes_the_instruction_and_null_instruction_logits():
         sample_weight_tokens(
             prior, cond, n, 1, seed=3, backend="generate", sampling=SamplingConfig(guidance_scale=2)
         )
-    with pytest.raises(ValueError, match="guidance_scale must be"):
-        SamplingConfig(guidance_scale=-1)
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="guidance_scale must be"):
+            SamplingConfig(guidance_scale=bad)
