@@ -50,7 +50,13 @@ from .label_alignment import LabelAlignment
 from .label_alignment import align_labels as align_labels_fn
 from .modeling_prior import IGPGConditions, IGPGPriorModel
 from .modeling_vqvae import IGPGVQVAEModel
-from .sampling import SamplingConfig, generation_num_threads, sample_weight_tokens, torch_threads
+from .sampling import (
+    SamplingConfig,
+    generation_num_threads,
+    sample_weight_tokens,
+    torch_threads,
+    warn_kept_copies,
+)
 from .weights import WeightLayout, match_layout
 from .zoo.architectures import ArchSpec, get_architecture
 
@@ -619,23 +625,16 @@ class IGPGPipeline(DiffusionPipeline):
             if target is not None:
                 state_dicts = [target.arrange(sd) for sd in state_dicts]  # keyed in the module's order
             drawn_under = [conditioning[i // per_row] for i in range(len(state_dicts))]
+            build = (
+                spec.build if spec is not None else (lambda: copy.deepcopy(template))
+            )  # a fresh target module
             # 5b. keep the candidates that do best on the labelled samples
             scores = None
             if support_xy is not None:
-                scores = support_accuracy(
-                    (lambda: spec.build()) if spec is not None else (lambda: copy.deepcopy(template)),
-                    state_dicts,
-                    *support_xy,
-                )
+                scores = support_accuracy(build, state_dicts, *support_xy)
                 keep = rank_candidates(scores, log_likelihood, is_copy, exclude_copies)[:num_samples]
-                if exclude_copies and is_copy is not None and any(is_copy[i] for i in keep):
-                    logger.warning(
-                        "only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
-                        "samples are copies: raise candidates_per_sample",
-                        len(is_copy) - sum(is_copy),
-                        len(is_copy),
-                        sum(is_copy[i] for i in keep),
-                    )
+                if exclude_copies and is_copy is not None:
+                    warn_kept_copies(is_copy, keep)
                 state_dicts, tokens = [state_dicts[i] for i in keep], tokens[keep]
                 scores, log_likelihood = [scores[i] for i in keep], [log_likelihood[i] for i in keep]
                 drawn_under = [drawn_under[i] for i in keep]
@@ -643,7 +642,7 @@ class IGPGPipeline(DiffusionPipeline):
             # 6. optionally reorder each sample's output units to the labelled samples
             alignments = None
             if align_labels:
-                scratch = spec.build() if spec is not None else copy.deepcopy(template)
+                scratch = build()
                 aligned = [
                     align_labels_fn(scratch, sd, *align_xy, min_z=alignment_min_z) for sd in state_dicts
                 ]
@@ -653,7 +652,7 @@ class IGPGPipeline(DiffusionPipeline):
             if return_modules:
                 modules = []
                 for sd in state_dicts:
-                    m = spec.build() if spec is not None else copy.deepcopy(template)
+                    m = build()
                     m.load_state_dict(sd, strict=True)
                     modules.append(m.eval())
         output = IGPGPipelineOutput(

@@ -855,6 +855,18 @@ def sample_weight_tokens(
     return result
 
 
+def warn_kept_copies(copies: list[bool], keep: list[int]) -> None:
+    """Warn when candidates kept with ``exclude_copies`` still include copies of training checkpoints."""
+    if any(copies[i] for i in keep):
+        logger.warning(
+            "only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
+            "samples are copies: raise candidates_per_sample",
+            len(copies) - sum(copies),
+            len(copies),
+            sum(copies[i] for i in keep),
+        )
+
+
 def _select(
     tokens: torch.Tensor,
     logp: torch.Tensor,
@@ -873,14 +885,8 @@ def _select(
         pool = range(c * n_draw, (c + 1) * n_draw)
         rank = sorted(pool, key=lambda i: (exclude_copies and copies[i], -float(logp[i])))
         keep += sorted(rank[:num_samples])  # in drawing order
-    if exclude_copies and any(copies[i] for i in keep):
-        logger.warning(
-            "only %d of %d candidates are new (not copies of a training checkpoint), so %d returned "
-            "samples are copies: raise candidates_per_sample",
-            len(copies) - sum(copies),
-            len(copies),
-            sum(copies[i] for i in keep),
-        )
+    if exclude_copies:
+        warn_kept_copies(copies, keep)
     idx = torch.tensor(keep, dtype=torch.long, device=tokens.device)
     return SampledTokens(
         tokens=tokens[idx] if k > 1 else tokens,
