@@ -6,6 +6,12 @@ can: each candidate is loaded and scored on them, and the best ones are kept. Th
 text-to-image systems that sample many images and keep those a scorer prefers (DALL-E's CLIP reranking, Ramesh
 et al. 2021), with accuracy on the user's samples as the scorer.
 
+Without labelled samples the prior itself can still check a candidate against the tasks it could be confused
+with: `condition_posterior` is the prior's Bayes posterior that a candidate was drawn under the instruction it
+was asked for rather than under one of the nearest other known tasks' instructions (a generative classifier over
+the known tasks, uniform prior over them). A net the prior would have produced just as readily for another task
+scores low; one specific to the asked task scores near 1.
+
 The samples that score are the ones the call conditions on (``dataset=``): the caller's own training data. A
 benchmark that reports test accuracy of the kept nets must draw them from the training split (the registered
 tasks' `igpg_hf.zoo.tasks.sample_support_set` does), so that selection never sees the test set.
@@ -18,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["rank_candidates", "support_accuracy"]
+__all__ = ["condition_posterior", "rank_candidates", "support_accuracy"]
 
 
 @torch.no_grad()
@@ -80,3 +86,22 @@ def rank_candidates(
         )
 
     return sorted(range(len(scores)), key=key)
+
+
+def condition_posterior(log_likelihoods: torch.Tensor) -> torch.Tensor:
+    """Posterior probability of condition 0 for each candidate, from its log-likelihoods under every condition.
+
+    log_likelihoods: (K, C) total log-probabilities (nats) of K candidates under C conditions
+    (`igpg_hf.sampling.score_weight_tokens`), column 0 the condition asked for. Returns (K,) float in [0, 1]:
+    ``exp(l0 - logsumexp(l))``, the posterior under a uniform prior over the C conditions. ValueError for fewer
+    than two conditions or non-finite values.
+    """
+    if log_likelihoods.dim() != 2 or log_likelihoods.shape[1] < 2:
+        raise ValueError(
+            f"need (candidates, conditions) log-likelihoods with at least 2 conditions, got "
+            f"{tuple(log_likelihoods.shape)}"
+        )
+    if not bool(torch.isfinite(log_likelihoods).all()):
+        raise ValueError("log-likelihoods must be finite")
+    ll = log_likelihoods.double()
+    return (ll[:, 0] - ll.logsumexp(1)).exp().float()

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable
@@ -63,9 +64,38 @@ def _setup(verbose: bool) -> None:
         sys.modules["datasets"].disable_progress_bars()
 
 
-def _fail(e: Exception) -> typing.NoReturn:
-    console.print(f"[bold red]error:[/] {e}")
+def _fail(e: Exception, flags: dict[str, str] | None = None) -> typing.NoReturn:
+    """Print the error and exit with status 2. ``flags`` maps the library's keyword arguments that the message may
+    name (``select_by='task_posterior'``, ``dataset=``) to this command's options, so that the user reads what to
+    type (``--select-by task_posterior``, ``--dataset``)."""
+    msg = str(e)
+    for kw, flag in (flags or {}).items():
+        msg = re.sub(
+            rf"\b{kw}=(['\"]?)([\w.-]*)\1",
+            lambda m, f=flag: f"{f} {m.group(2)}".removesuffix(" True").rstrip(),
+            msg,
+        )
+    console.print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(2)
+
+
+# the pipeline's keyword arguments as `igpg-hf generate` options (for error messages)
+_GENERATE_FLAGS = {
+    "select_by": "--select-by",
+    "candidate_tasks": "--candidate-tasks",
+    "candidates_per_sample": "--candidates",
+    "guidance_scale": "--guidance-scale",
+    "match_known_task": "--match-known-task",
+    "num_samples": "--num-samples",
+    "alignment_samples": "--alignment-task",
+    "align_labels": "--align-labels",
+    "dataset": "--dataset",
+    "architecture": "--architecture",
+    "num_threads": "--threads",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "temperature": "--temperature",
+}
 
 
 # ------------------------------------------------------------------------------ options from config dataclasses
@@ -469,8 +499,9 @@ def generate_cmd(
     select_by: Annotated[
         str,
         typer.Option(
-            help="'likelihood', or 'support_accuracy': draw candidates with and without the --dataset samples as "
-            "condition and keep the most accurate on those samples."
+            help="'likelihood'; 'support_accuracy': draw candidates with and without the --dataset samples as "
+            "condition and keep the most accurate on those samples; 'task_posterior' (no labels needed): keep the "
+            "candidates the prior ties most to INSTRUCTION against the --candidate-tasks nearest other known tasks."
         ),
     ] = "likelihood",
     candidates: Annotated[int, typer.Option(min=1, help="Candidates drawn per sample and instruction.")] = 1,
@@ -486,7 +517,7 @@ def generate_cmd(
         typer.Option(
             min=0,
             help="With --select-by support_accuracy: also draw candidates under the N nearest known tasks' "
-            "instructions.",
+            "instructions; with task_posterior: weigh each candidate against the N nearest other known tasks.",
         ),
     ] = 0,
     adapter: Annotated[
@@ -559,7 +590,7 @@ def generate_cmd(
             guidance_scale=guidance_scale,
         )
     except (ValueError, TypeError, OSError) as e:
-        _fail(e)
+        _fail(e, _GENERATE_FLAGS)
     for i, sd in enumerate(res.state_dicts):
         path = out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix}")
         with atomic_path(path) as tmp:
@@ -577,6 +608,8 @@ def generate_cmd(
             msg += f"  test accuracy on {evaluate}: {acc:.1f} %"
         if res.support_accuracy is not None:
             msg += f"  accuracy on the --dataset samples {res.support_accuracy[i]:.1f} %"
+        if res.task_posterior is not None:
+            msg += f"  task posterior {res.task_posterior[i]:.2f}"
         if res.conditioning_instructions and res.conditioning_instructions[i] != instruction:
             msg += f"  (drawn under {res.conditioning_instructions[i]!r})"
         if res.label_alignments:
@@ -594,7 +627,7 @@ def generate_cmd(
     c = res.conditions
     if c is not None and c.nearest_tasks:
         console.print(
-            "nearest known tasks: "
+            "nearest known tasks (text-encoder similarity, the scale of the out-of-distribution check): "
             + ", ".join(f"{t} ({s:.2f})" for t, s in c.nearest_tasks)
             + ("  OUT OF DISTRIBUTION" if c.out_of_distribution else "")
             + ("  architecture never trained on" if c.architecture_known is False else "")

@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -39,10 +40,17 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapters import AdapterSpec, base_model_identity, is_base_model_folder, save_adapter
-from .candidate_selection import rank_candidates, support_accuracy
+from .candidate_selection import condition_posterior, rank_candidates, support_accuracy
 from .cards import component_cards_disabled, pipeline_card, write_card
 from .conditioning import encode_text, encode_text_states, pad_text_states, prepare_support_set
-from .conditioning.coverage import ConditionReport, KnownTask, check_conditions, known_tasks, task_similarity
+from .conditioning.coverage import (
+    ConditionReport,
+    KnownTask,
+    OutOfDistributionWarning,
+    check_conditions,
+    known_tasks,
+    task_similarity,
+)
 from .configuration_igpg import IGPGPriorConfig
 from .hub import push_folder, snapshot
 from .integrity import verify_checksums, write_checksums
@@ -54,6 +62,7 @@ from .sampling import (
     SamplingConfig,
     generation_num_threads,
     sample_weight_tokens,
+    score_weight_tokens,
     torch_threads,
     warn_kept_copies,
 )
@@ -87,7 +96,9 @@ class IGPGPipelineOutput(BaseOutput):
     `AdapterSpec` the state dicts follow when the call generated adapters (``save_adapters`` writes them);
     support_accuracy: each sample's accuracy (%) on the labelled samples that chose it (None unless
     ``select_by="support_accuracy"``); conditioning_instructions: the instruction each sample was drawn under (the
-    given one, or a known task's with ``match_known_task`` / ``candidate_tasks``)."""
+    given one, or a known task's with ``match_known_task`` / ``candidate_tasks``); task_posterior: each sample's
+    posterior probability (0-1) under the prior that it belongs to the instruction's task rather than to one of the
+    nearest other known tasks (None unless ``select_by="task_posterior"``)."""
 
     state_dicts: list[dict[str, torch.Tensor]]
     modules: list[nn.Module] | None
@@ -102,6 +113,7 @@ class IGPGPipelineOutput(BaseOutput):
     adapter: AdapterSpec | None = None
     support_accuracy: list[float] | None = None
     conditioning_instructions: list[str] | None = None
+    task_posterior: list[float] | None = None
 
     def save_adapters(
         self, out_dir: str | os.PathLike, info: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -312,14 +324,22 @@ class IGPGPipeline(DiffusionPipeline):
         0.87 of held-out wordings against 0.60 for the text encoder's mean embedding, `benchmarks/instruction_text.py`),
         else with the text encoder's mean embeddings (those of the out-of-distribution check). With
         ``architecture`` (anything ``__call__`` takes), only tasks with training checkpoints of that architecture
-        compete, unless none has any. Empty if the prior records no known tasks. ValueError for an empty
-        instruction or ``top_k < 1``.
+        compete, unless none has any: then every known task does, with an `OutOfDistributionWarning` saying so.
+        Empty if the prior records no known tasks. ValueError for an empty instruction or ``top_k < 1``.
         """
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction must be a non-empty string, e.g. 'Classify handwritten digits 0-9'")
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         arch_text = self.resolve_architecture(architecture)[1] if architecture is not None else None
+        known = self.known_tasks()
+        if arch_text is not None and known and not any(arch_text in k.architectures for k in known.values()):
+            warnings.warn(
+                f"no known task was trained on the architecture {arch_text!r}: every known task is ranked "
+                "(known architectures: pipe.known_architectures())",
+                OutOfDistributionWarning,
+                stacklevel=2,
+            )
         return self._identify(instruction, arch_text, top_k)
 
     @torch.no_grad()
@@ -449,6 +469,14 @@ class IGPGPipeline(DiffusionPipeline):
         ``out.support_accuracy`` gives each kept sample's accuracy (%) on the samples. Those samples are the
         caller's training data: report test accuracy on other data.
 
+        ``select_by="task_posterior"`` (no labels needed) draws ``k * num_samples`` candidates under the
+        instruction, scores each under it and under the canonical instructions of the ``candidate_tasks=m`` known
+        tasks nearest to it after the first (`identify_task`; m >= 1) and keeps those the prior finds most
+        specific to the instruction: highest posterior of the instruction among the m + 1 (uniform prior over
+        them; `igpg_hf.candidate_selection.condition_posterior`), ties by likelihood, best first. A memorized net
+        of a neighbouring task that the prior produced for this instruction too loses to one of this task.
+        ``out.task_posterior`` gives the kept samples' posteriors.
+
         ``guidance_scale=s``: classifier-free guidance on the instruction (`igpg_hf.sampling.SamplingConfig`):
         logits ``u + s * (c - u)`` against the prior's null instruction; 1 (default) is plain sampling. It doubles
         the decode batch.
@@ -498,14 +526,22 @@ class IGPGPipeline(DiffusionPipeline):
                 "align_labels=True needs labelled samples: pass dataset= or alignment_samples= "
                 "(a (samples, labels) pair or a registered task name)"
             )
-        if select_by not in ("likelihood", "support_accuracy"):
-            raise ValueError(f"select_by must be 'likelihood' or 'support_accuracy', got {select_by!r}")
+        if select_by not in ("likelihood", "support_accuracy", "task_posterior"):
+            raise ValueError(
+                f"select_by must be 'likelihood', 'support_accuracy' or 'task_posterior', got {select_by!r}"
+            )
         if candidate_tasks < 0:
             raise ValueError(f"candidate_tasks must be 0 or more, got {candidate_tasks}")
-        if candidate_tasks and select_by != "support_accuracy":
+        if candidate_tasks and select_by == "likelihood":
             raise ValueError(
-                "candidate_tasks draws candidates under other instructions, which the prior's likelihood cannot "
-                "compare: pass select_by='support_accuracy' with labelled dataset= samples"
+                "candidate_tasks names other known tasks, which the prior's likelihood alone cannot compare: pass "
+                "select_by='support_accuracy' (with labelled dataset= samples) or select_by='task_posterior'"
+            )
+        posterior = select_by == "task_posterior"
+        if posterior and candidate_tasks < 1:
+            raise ValueError(
+                "select_by='task_posterior' weighs the instruction against the candidate_tasks nearest other "
+                "known tasks: pass candidate_tasks=1 or more (3 is a good start)"
             )
         support_xy = self._labelled_samples(dataset) if select_by == "support_accuracy" else None
         if select_by == "support_accuracy" and support_xy is None:
@@ -541,25 +577,36 @@ class IGPGPipeline(DiffusionPipeline):
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
         # 2b. the instructions to condition on: the given one (or its nearest known task's), then other known tasks'
-        conditioning = [instruction]
+        conditioning, rivals = [instruction], []  # rivals: other tasks' instructions to weigh samples against
         if match_known_task or candidate_tasks:
             known = self.known_tasks()
             ranked = [t for t, _ in self._identify(instruction, arch_text, candidate_tasks + 1)]
             if not ranked:
                 raise ValueError(
-                    "match_known_task and candidate_tasks need a prior that records its known tasks (priors trained "
-                    "by igpg_hf >= 0.3 do)"
+                    "match_known_task, candidate_tasks and task_posterior need a prior that records its known "
+                    "tasks (priors trained by igpg_hf >= 0.3 do)"
                 )
             if match_known_task:
                 conditioning = [known[ranked[0]].instruction]
-            extra = [known[t].instruction for t in ranked if known[t].instruction not in conditioning]
-            conditioning += extra[:candidate_tasks]
+            # the instruction stands for its nearest task; the posterior weighs it against the next ones
+            others = ranked[1:] if posterior else ranked
+            extra = [known[t].instruction for t in others if known[t].instruction not in conditioning]
+            if posterior:
+                rivals = extra[:candidate_tasks]
+                if not rivals:
+                    raise ValueError(
+                        "select_by='task_posterior' needs another known task trained on this architecture to "
+                        "weigh the instruction against; this prior knows only one"
+                    )
+            else:
+                conditioning += extra[:candidate_tasks]
         if (
             support_xy is not None
         ):  # each instruction with and without the samples as condition (condition dropout)
             conditioning = conditioning * 2
         rows = len(conditioning)
-        per_row = num_samples * candidates_per_sample if support_xy is not None else num_samples
+        pooled = support_xy is not None or posterior  # candidates kept here, not in the sampler
+        per_row = num_samples * candidates_per_sample if pooled else num_samples
         n_draw = rows * num_samples * candidates_per_sample
         if num_threads is None:
             num_threads = generation_num_threads(self.prior.decode_step_flops(n_draw))
@@ -567,19 +614,21 @@ class IGPGPipeline(DiffusionPipeline):
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         with torch_threads(num_threads):
             # 3. encode the conditions (one row per conditioning instruction, expanded over samples by the sampler)
-            texts = [instruction, *conditioning, arch_text]
+            texts = [instruction, *conditioning, *rivals, arch_text]
             new_text = self._text_cache_misses(texts, conditioning)
             with (
                 self._stage(self.text_encoder) if new_text else contextlib.nullcontext()
             ):  # one stage for both
-                emb = self._text_embeddings(texts)  # (rows + 2, E)
-                text = self._text_states(conditioning)  # token states, for priors that pool the instruction
-            cond = IGPGConditions(
-                text_embeds=emb[1 : 1 + rows],
-                arch_embeds=emb[-1:].expand(rows, -1),
+                emb = self._text_embeddings(texts)  # (rows + rivals + 2, E)
+                text = self._text_states(conditioning + rivals)  # token states, for priors that pool them
+            n_all = rows + len(rivals)
+            cond_all = IGPGConditions(
+                text_embeds=emb[1 : 1 + n_all],
+                arch_embeds=emb[-1:].expand(n_all, -1),
                 **text,
-                **self._dataset_condition(dataset, rows),
+                **self._dataset_condition(dataset, n_all),
             )
+            cond = cond_all.rows(slice(0, rows)) if rivals else cond_all
             if support_xy is not None:
                 cond.drop["dataset"] = torch.arange(rows) >= rows // 2
             # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
@@ -609,10 +658,19 @@ class IGPGPipeline(DiffusionPipeline):
                     use_cache,
                     positions,
                     generator=generator,
-                    candidates_per_sample=1 if support_xy is not None else candidates_per_sample,
-                    exclude_copies=exclude_copies and support_xy is None,
+                    candidates_per_sample=1 if pooled else candidates_per_sample,
+                    exclude_copies=exclude_copies and not pooled,
                     progress=bar.update,
                 )
+                if posterior:  # every candidate under its instruction (column 0) and the rivals'
+                    K, C = len(sampled.tokens), n_all
+                    ll = score_weight_tokens(
+                        self.prior,
+                        cond_all.repeat_interleave(K),
+                        sampled.tokens.repeat(C, 1),
+                        positions,
+                    )
+                    post = condition_posterior(ll.view(C, K).T)
             tokens, log_likelihood, is_copy = (
                 sampled.tokens,
                 sampled.log_likelihood.cpu().tolist(),
@@ -628,15 +686,19 @@ class IGPGPipeline(DiffusionPipeline):
             build = (
                 spec.build if spec is not None else (lambda: copy.deepcopy(template))
             )  # a fresh target module
-            # 5b. keep the candidates that do best on the labelled samples
-            scores = None
-            if support_xy is not None:
-                scores = support_accuracy(build, state_dicts, *support_xy)
-                keep = rank_candidates(scores, log_likelihood, is_copy, exclude_copies)[:num_samples]
+            # 5b. keep the candidates that do best on the labelled samples, or that the prior ties to the task
+            scores = kept_posterior = None
+            if pooled:
+                ranking = post.tolist() if posterior else support_accuracy(build, state_dicts, *support_xy)
+                keep = rank_candidates(ranking, log_likelihood, is_copy, exclude_copies)[:num_samples]
                 if exclude_copies and is_copy is not None:
                     warn_kept_copies(is_copy, keep)
                 state_dicts, tokens = [state_dicts[i] for i in keep], tokens[keep]
-                scores, log_likelihood = [scores[i] for i in keep], [log_likelihood[i] for i in keep]
+                log_likelihood = [log_likelihood[i] for i in keep]
+                if posterior:
+                    kept_posterior = [ranking[i] for i in keep]
+                else:
+                    scores = [ranking[i] for i in keep]
                 drawn_under = [drawn_under[i] for i in keep]
                 is_copy = [is_copy[i] for i in keep] if is_copy is not None else None
             # 6. optionally reorder each sample's output units to the labelled samples
@@ -669,6 +731,7 @@ class IGPGPipeline(DiffusionPipeline):
             adapter=adapter_spec,
             support_accuracy=scores,
             conditioning_instructions=drawn_under,
+            task_posterior=kept_posterior,
         )
         if not return_dict:
             return tuple(getattr(output, f.name) for f in fields(output))

@@ -62,6 +62,7 @@ __all__ = [
     "BlockWindow",
     "block_windows",
     "sample_weight_tokens",
+    "score_weight_tokens",
     "SampledTokens",
     "SamplingConfig",
     "sequence_hash",
@@ -853,6 +854,56 @@ def sample_weight_tokens(
     result.seconds = time.perf_counter() - t_start
     logger.debug("sampled %d x %d tokens in %.2fs (%s)", B, num_tokens, result.seconds, backend)
     return result
+
+
+@torch.no_grad()
+def score_weight_tokens(
+    prior: IGPGPriorModel,
+    cond: IGPGConditions,
+    tokens: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Each sequence's total log-probability (nats) under the prior, given its row of conditions.
+
+    tokens: (B, N) int64; ``cond``: B condition rows (one per sequence) or one row for all. Teacher-forced, block
+    by block exactly as `sample_weight_tokens` factorizes a long model (`block_windows`: each block's new tokens
+    given its prefix, block index and overlap context), under the prior's own distribution (no temperature,
+    top-k/p or guidance). ``positions`` (N, F): structure priors' token places (`IGPGPriorModel.weight_positions`).
+    Returns (B,) float32 on the CPU. Comparing the same sequence under several conditions gives the prior's
+    posterior over them (`igpg_hf.candidate_selection.condition_posterior`). Raises ValueError for a row count
+    that matches neither, or a structure prior without positions.
+    """
+    cfg = prior.config
+    B, N = tokens.shape
+    rows = cond.batch_size() or 1
+    if rows not in (1, B):
+        raise ValueError(f"cond has {rows} rows for {B} sequences: give one row, or one per sequence")
+    if prior.uses_structure and (positions is None or len(positions) != N):
+        raise ValueError(
+            f"this prior needs positions= of shape ({N}, F) (prior.weight_positions(layout)), got "
+            f"{None if positions is None else tuple(positions.shape)}"
+        )
+    dev = prior.device
+    wins = block_windows(N, cfg.max_weight_tokens, cfg.block_overlap, cfg.tokens_per_chunk)
+    P = cfg.num_prefix_tokens
+    total = torch.zeros(B, dtype=torch.float64)
+    for i in range(0, B, batch_size):
+        sl = slice(i, min(i + batch_size, B))
+        n = sl.stop - sl.start
+        sub = (cond if rows == 1 else cond.rows(sl)).to(dev)
+        if rows == 1:
+            sub = sub.repeat_interleave(n)
+        for w in wins:
+            sub.block_index = torch.full((n,), w.index, dtype=torch.long, device=dev)
+            seq = tokens[sl, w.context_start : w.stop].to(dev)
+            window = None if positions is None else positions[w.context_start : w.stop].to(dev)
+            embeds, _ = prior.build_inputs(sub, seq, None, window)
+            logits = prior(inputs_embeds=embeds, use_cache=False).logits  # (n, P + len, V)
+            new = w.start - w.context_start  # the block's first new token, within seq
+            pred = logits[:, P - 1 + new : P - 1 + seq.shape[1]].float().log_softmax(-1)
+            total[sl] += pred.gather(-1, seq[:, new:, None]).squeeze(-1).sum(1).double().cpu()
+    return total.float()
 
 
 def warn_kept_copies(copies: list[bool], keep: list[int]) -> None:

@@ -240,6 +240,15 @@ def test_generate_selects_candidates_by_accuracy_on_the_dataset_samples(run, tmp
     assert all(torch.equal(load_file(out)[k], v) for k, v in ref.state_dicts[0].items())
     bad = CliRunner().invoke(app, ["generate", "x", *map(str, args[:-2]), "--select-by", "support_accuracy"])
     assert bad.exit_code == 2 and "labelled samples" in bad.output
+    # the message names this command's options, not the library's keyword arguments (newcomer check)
+    flat = " ".join(bad.output.split())
+    assert "--dataset" in flat and "--select-by support_accuracy" in flat and "dataset=" not in flat
+    # task posterior: only iris was trained on this architecture, so there is no other task to weigh it against
+    bad = CliRunner().invoke(
+        app,
+        ["generate", "x", *map(str, args[:-2]), "--select-by", "task_posterior", "--candidate-tasks", "1"],
+    )
+    assert bad.exit_code == 2 and "knows only one" in " ".join(bad.output.split())
 
 
 def test_generate_errors(run):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from igpg_hf import (
+    IGPGConditions,
     IGPGPipeline,
     IGPGPriorConfig,
     IGPGPriorModel,
@@ -156,7 +157,8 @@ def test_identify_task_and_match_known_task_condition_on_the_nearest_known_instr
     with pytest.raises(ValueError, match="non-empty"):
         pipe.identify_task("  ")
     # an architecture no known task was trained on: every known task competes
-    assert len(pipe.identify_task(wording, get_architecture("tiny_cnn", activation="relu"), top_k=5)) == 3
+    with pytest.warns(OutOfDistributionWarning, match="no known task was trained on the architecture"):
+        assert len(pipe.identify_task(wording, get_architecture("tiny_cnn", activation="relu"), top_k=5)) == 3
     out = pipe(wording, "tiny_cnn", seed=0, match_known_task=True)
     assert out.conditioning_instructions == [pipe.known_tasks()["mnist"].instruction]
     same = pipe(pipe.known_tasks()["mnist"].instruction, "tiny_cnn", seed=0)
@@ -236,3 +238,38 @@ def test_identify_task_measures_through_the_priors_own_text_pooling(pipe):
     q = pooled([wording])
     for task, known in pipe.known_tasks().items():
         assert got[task] == pytest.approx(float((q @ pooled(known.wordings).T).max()), abs=2e-4)
+
+
+def test_task_posterior_selection_keeps_the_candidates_the_prior_ties_to_the_task(pipe):
+    from igpg_hf.candidate_selection import condition_posterior
+    from igpg_hf.sampling import score_weight_tokens
+
+    text = "Classify handwritten digits"
+    kw = dict(select_by="task_posterior", candidate_tasks=2, seed=5)
+    every = pipe(text, "tiny_cnn", num_samples=4, **kw)  # 4 candidates, all kept, best first
+    best = pipe(text, "tiny_cnn", num_samples=1, candidates_per_sample=4, **kw)
+    assert every.num_candidates == best.num_candidates == 4 and len(every.state_dicts) == 4
+    post = every.task_posterior
+    assert post == sorted(post, reverse=True) and all(0.0 <= p <= 1.0 for p in post)
+    assert best.task_posterior == post[:1] and torch.equal(best.token_ids[0], every.token_ids[0])
+    assert every.conditioning_instructions == [text] * 4 and every.support_accuracy is None
+    # the reported posteriors are the prior's: the instruction against the known tasks ranked 2nd and 3rd
+    ranked = [t for t, _ in pipe.identify_task(text, "tiny_cnn", top_k=3)]
+    rivals = [pipe.known_tasks()[t].instruction for t in ranked[1:]]
+    texts = [text, *rivals]
+    emb = pipe._text_embeddings([*texts, get_architecture("tiny_cnn").text()])
+    cond = IGPGConditions(text_embeds=emb[:3], arch_embeds=emb[3:].expand(3, -1), **pipe._text_states(texts))
+    from igpg_hf.weights import match_layout
+
+    layout = match_layout(pipe.resolve_architecture("tiny_cnn")[0], pipe.prior.config.trained_layouts, None)
+    positions = pipe.prior.weight_positions(layout) if pipe.prior.uses_structure else None
+    tok = every.token_ids
+    ll = score_weight_tokens(pipe.prior, cond.repeat_interleave(4), tok.repeat(3, 1), positions)
+    torch.testing.assert_close(condition_posterior(ll.view(3, 4).T), torch.tensor(post), atol=1e-4, rtol=1e-3)
+    # matched to the nearest known task: drawn under its canonical instruction, weighed against the next ones
+    matched = pipe(text, "tiny_cnn", match_known_task=True, **kw)
+    assert matched.conditioning_instructions == [pipe.known_tasks()[ranked[0]].instruction]
+    with pytest.raises(ValueError, match="candidate_tasks=1 or more"):
+        pipe(text, "tiny_cnn", select_by="task_posterior")
+    with pytest.raises(ValueError, match="task_posterior"):
+        pipe(text, "tiny_cnn", candidate_tasks=1)

@@ -323,3 +323,45 @@ def test_guidance_scale_mixes_the_instruction_and_null_instruction_logits():
     for bad in (-1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="guidance_scale must be"):
             SamplingConfig(guidance_scale=bad)
+
+
+@pytest.mark.parametrize("scheme", ["absolute", "structure"])
+def test_score_weight_tokens_is_the_samplers_log_likelihood_block_by_block(scheme):
+    from igpg_hf import WeightLayout
+    from igpg_hf.sampling import score_weight_tokens
+    from igpg_hf.zoo import get_architecture
+
+    prior = _prior(4.0, n_positions=24, block_overlap=8, position_scheme=scheme)
+    positions, n = None, 60
+    if scheme == "structure":
+        positions = prior.weight_positions(WeightLayout.from_module(get_architecture("mlp_small").build()))
+        n = len(positions)
+    assert len(block_windows(n, prior.config.max_weight_tokens, prior.config.block_overlap, 2)) > 3
+    cond = _cond(2)
+    out = sample_weight_tokens(prior, cond, n, 3, SETTINGS["top-p"], seed=0, positions=positions)
+    # rows 0-2 drawn under condition 0, rows 3-5 under condition 1; the sampler's likelihood is the prior's own
+    scored = score_weight_tokens(prior, cond.repeat_interleave(3), out.tokens, positions, batch_size=4)
+    assert scored.shape == (6,) and scored.dtype == torch.float32
+    torch.testing.assert_close(scored / n, out.log_likelihood, atol=1e-4, rtol=1e-4)
+    # one condition row for every sequence; the other condition scores the same tokens differently
+    first = score_weight_tokens(prior, cond.rows(slice(0, 1)), out.tokens, positions)
+    torch.testing.assert_close(first[:3], scored[:3], atol=1e-3, rtol=1e-5)
+    assert not torch.allclose(first[3:], scored[3:])
+    with pytest.raises(ValueError, match="rows"):
+        score_weight_tokens(prior, cond, out.tokens, positions)
+    if scheme == "structure":
+        with pytest.raises(ValueError, match="positions"):
+            score_weight_tokens(prior, cond.rows(slice(0, 1)), out.tokens)
+
+
+def test_condition_posterior_is_the_bayes_posterior_of_the_first_condition():
+    from igpg_hf.candidate_selection import condition_posterior
+
+    ll = torch.tensor([[-10.0, -10.0, -10.0], [-1.0, -1.0 - 3.0, -50.0], [-900.0, -100.0, -100.0]])
+    post = condition_posterior(ll)
+    torch.testing.assert_close(post[:2], torch.tensor([1 / 3, 1 / (1 + torch.e**-3)]))
+    assert 0 <= float(post[2]) < 1e-300 or float(post[2]) == 0.0
+    with pytest.raises(ValueError, match="2 conditions"):
+        condition_posterior(ll[:, :1])
+    with pytest.raises(ValueError, match="finite"):
+        condition_posterior(torch.tensor([[0.0, float("nan")]]))

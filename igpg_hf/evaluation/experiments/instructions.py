@@ -56,6 +56,9 @@ class InstructionsConfig:
     match_known_task: bool = True
     select_by: str = "support_accuracy"
     candidate_tasks: int = 3
+    # text-only calls (canonical, held-out text, unrelated): best of `candidates_per_sample` by the prior's
+    # "likelihood", or by its "task_posterior" against the `candidate_tasks` nearest other known tasks
+    text_select_by: str = "likelihood"
     seed: int = 0
     # an existing corpus of the "general" zoo (e.g. a shared `igpg-hf zoo build --preset default` folder) to train
     # its pipeline on instead of building the zoo into the benchmark folder
@@ -177,7 +180,15 @@ class Instructions(Experiment):
                     **(
                         {"select_by": cfg.select_by, "candidate_tasks": cfg.candidate_tasks}
                         if data and z.conditions_on_data and cfg.select_by != "likelihood"
-                        else {"candidates_per_sample": cfg.candidates_per_sample}
+                        else {
+                            "candidates_per_sample": cfg.candidates_per_sample,
+                            **(
+                                {"select_by": "task_posterior", "candidate_tasks": cfg.candidate_tasks}
+                                if cfg.text_select_by == "task_posterior"
+                                and sum(a == arch for _, a in groups) > 1
+                                else {}
+                            ),
+                        }
                     ),
                 )
             acc = evaluate_state_dicts(spec, out.state_dicts, task)
@@ -282,7 +293,7 @@ class Instructions(Experiment):
             "",
             f"Pipeline options: match_known_task={r.settings.get('match_known_task', False)}, guidance_scale="
             f"{r.settings.get('guidance_scale', 1.0)}; text only, best of {r.settings.get('candidates_per_sample', 1)}"
-            " by likelihood; with samples "
+            f" by {r.settings.get('text_select_by', 'likelihood')}; with samples "
             f"select_by={r.settings.get('select_by', 'likelihood')!r}, candidate_tasks="
             f"{r.settings.get('candidate_tasks', 0)} (candidates scored on the training-split samples the call "
             "conditions on; accuracy reported on the test split).",
