@@ -313,3 +313,23 @@ def test_reproduce_command_rebuilds_the_same_config():
     # the preset's own run: nothing to add
     plain = reproduce_command(BenchConfig.from_preset("default"), default_parts(), "DIR")
     assert plain == "igpg-hf bench --preset default --out DIR"
+
+
+def test_instructions_summary_of_a_run_without_the_samples_setting():
+    """`instructions.with_samples=false` skips setting (c): its figures are NaN / None and the targets unmet."""
+    import math
+
+    from igpg_hf.evaluation.experiments.instructions import _SKIPPED, _summary
+
+    def gen(acc):
+        return {"acc": [acc], "ratio": acc / 90.0, "copies": 1, "flagged": False, "nearest_task": "digits"}
+
+    canonical = [{"task": "digits", "family": "mlp", "zoo_mean": 90.0, **gen(90.0), "retrieval": gen(89.0)}]
+    wordings = [
+        {"task": "digits", "zoo_mean": 90.0, "text": gen(85.0), "data": _SKIPPED, "retrieval": gen(88.0)},
+        {"task": "digits", "zoo_mean": 90.0, "text": gen(89.0), "data": _SKIPPED, "retrieval": gen(80.0)},
+    ]
+    s = _summary(canonical, wordings, [gen(10.0)], [0.9, 0.8], [0.1], 0.5)
+    assert math.isnan(s["heldout_data_ratio_pass_rate"]) and s["retrieval_wins_data"] is None
+    assert s["heldout_text_ratio_pass_rate"] == 1.0 and s["retrieval_wins_text"] == 1
+    assert s["meets_targets"] is False and s["samples"] == 1 + 2 + 1 and s["copies"] == 4

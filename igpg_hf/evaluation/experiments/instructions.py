@@ -59,6 +59,9 @@ class InstructionsConfig:
     # text-only calls (canonical, held-out text, unrelated): best of `candidates_per_sample` by the prior's
     # "likelihood", or by its "task_posterior" against the `candidate_tasks` nearest other known tasks
     text_select_by: str = "likelihood"
+    # setting (c), held-out wordings with samples: the slowest by far (8 candidates per call, each scored on the
+    # samples); False skips it for a quick look at the text-only settings (its figures are then NaN, never met)
+    with_samples: bool = True
     seed: int = 0
     # an existing corpus of the "general" zoo (e.g. a shared `igpg-hf zoo build --preset default` folder) to train
     # its pipeline on instead of building the zoo into the benchmark folder
@@ -232,7 +235,11 @@ class Instructions(Experiment):
                         "architecture": arch,
                         "zoo_mean": groups[(task, arch)][2],
                         "text": generate(text, task, arch, cfg.wording_samples, False, cfg.seed + 1 + wi),
-                        "data": generate(text, task, arch, cfg.wording_samples, True, cfg.seed + 1 + wi),
+                        "data": (
+                            generate(text, task, arch, cfg.wording_samples, True, cfg.seed + 1 + wi)
+                            if cfg.with_samples
+                            else _SKIPPED
+                        ),
                         "retrieval": retrieve(text, task, arch),
                     }
                 )
@@ -416,6 +423,10 @@ def _task_identification(pipe, tasks, archs_of, heldout: list[str], embed) -> di
     return out
 
 
+# a setting the run skipped (`InstructionsConfig.with_samples=False`): no samples, NaN ratio
+_SKIPPED = {"acc": [], "ratio": float("nan"), "copies": 0, "skipped": True}
+
+
 def _share(xs: list[float], at_least: float) -> float:
     xs = [x for x in xs if x == x]
     return sum(x >= at_least for x in xs) / len(xs) if xs else float("nan")
@@ -474,7 +485,9 @@ def _summary(canonical, wordings, unrelated, sim_heldout, sim_unrelated, thresho
             float(w["text"]["nearest_task"] == w["task"]) for w in wordings
         ),
         "retrieval_wins_text": sum(r > t for r, t in zip(ret, text, strict=True)),
-        "retrieval_wins_data": sum(r > d for r, d in zip(ret, data, strict=True)),
+        "retrieval_wins_data": sum(r > d for r, d in zip(ret, data, strict=True))
+        if any(d == d for d in data)
+        else None,
         "num_pairs": len(canon),
         "num_wordings": len(wordings),
         "copies": sum(s["copies"] for s in samples),
