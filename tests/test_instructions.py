@@ -273,3 +273,39 @@ def test_task_posterior_selection_keeps_the_candidates_the_prior_ties_to_the_tas
         pipe(text, "tiny_cnn", select_by="task_posterior")
     with pytest.raises(ValueError, match="task_posterior"):
         pipe(text, "tiny_cnn", candidate_tasks=1)
+
+
+@pytest.mark.slow
+def test_instructions_bench_calls_give_the_same_rows_in_worker_processes(pipe):
+    """The `instructions` part runs its pipeline calls in the benchmark's worker processes: same rows as in-process."""
+    from igpg_hf.evaluation.benchmark import _Pool
+    from igpg_hf.evaluation.experiments.instructions import _run_jobs
+
+    spec = get_architecture("tiny_cnn")
+    base = {"task": "mnist", "spec": spec.to_json(), "zoo_mean": 90.0, "dataset": None}
+    jobs = [
+        {**base, "text": "Classify handwritten digits", "kwargs": {"num_samples": 2, "seed": 0}},
+        {**base, "text": "digits turned a quarter turn", "kwargs": {"seed": 1, "match_known_task": True}},
+        {
+            **base,
+            "text": "Classify handwritten digits",
+            "kwargs": {
+                "seed": 2,
+                "select_by": "task_posterior",
+                "candidate_tasks": 2,
+                "candidates_per_sample": 2,
+            },
+        },
+    ]
+    here = _run_jobs(pipe, jobs)
+    pool = _Pool(2)
+    try:
+        there = _run_jobs(pipe, jobs, pool)
+    finally:
+        pool.close()
+    assert len(here) == 3 and here[2]["task_posterior"] is not None
+    for a, b in zip(here, there, strict=True):
+        assert a.keys() == b.keys() and a["conditioned_on"] == b["conditioned_on"]
+        assert a["acc"] == pytest.approx(b["acc"], abs=0.11) and a["task_posterior"] == pytest.approx(
+            b["task_posterior"], abs=1e-4
+        )

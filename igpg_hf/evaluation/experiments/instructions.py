@@ -126,12 +126,12 @@ class Instructions(Experiment):
         if self.config.general_corpus and "general" in ctx.config.zoos:
             ctx.config.zoos["general"].corpus = self.config.general_corpus
         return InstructionsResult(
-            zoos={name: self._zoo(ctx.zoo(name)) for name in self.config.zoos},
+            zoos={name: self._zoo(ctx.zoo(name), ctx.pool) for name in self.config.zoos},
             settings={k: v for k, v in vars(self.config).items()},
         )
 
     # -------------------------------------------------------------------------------------------------
-    def _zoo(self, z) -> dict[str, Any]:
+    def _zoo(self, z, pool=None) -> dict[str, Any]:
         cfg, pipe = self.config, z.pipe
         known = pipe.known_tasks()
         groups = {}  # (task, arch_text) -> (spec, checkpoints, zoo mean %)
@@ -164,48 +164,38 @@ class Instructions(Experiment):
             acc = evaluate_state_dicts(spec, [c.state_dict() for c in picked], task)
             return {"task": best, "correct": best == task, "acc": acc, "ratio": _ratio(acc, zoo_mean)}
 
-        def generate(text: str, task: str, arch: str, n: int, data: bool, seed: int) -> dict[str, Any]:
+        jobs: list[dict[str, Any]] = []  # every pipeline call, run in order at the end (in worker processes)
+
+        def generate(text: str, task: str, arch: str, n: int, data: bool, seed: int) -> int:
+            """Queue a pipeline call; its row (`_generate`) replaces the returned job index below."""
             spec, _, zoo_mean = groups[(task, arch)]
             s = z.settings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", OutOfDistributionWarning)  # recorded in the row instead
-                out = pipe(
-                    text,
-                    architecture=spec,
-                    dataset=task if data and z.conditions_on_data else None,
-                    num_samples=n,
-                    seed=seed,
-                    temperature=s.temperature,
-                    top_k=s.top_k,
-                    top_p=s.top_p,
-                    guidance_scale=cfg.guidance_scale,
-                    match_known_task=cfg.match_known_task,
-                    **(
-                        {"select_by": cfg.select_by, "candidate_tasks": cfg.candidate_tasks}
-                        if data and z.conditions_on_data and cfg.select_by != "likelihood"
-                        else {
-                            "candidates_per_sample": cfg.candidates_per_sample,
-                            **(
-                                {"select_by": "task_posterior", "candidate_tasks": cfg.candidate_tasks}
-                                if cfg.text_select_by == "task_posterior"
-                                and sum(a == arch for _, a in groups) > 1
-                                else {}
-                            ),
-                        }
-                    ),
-                )
-            acc = evaluate_state_dicts(spec, out.state_dicts, task)
-            c = out.conditions
-            return {
-                "acc": acc,
-                "ratio": _ratio(acc, zoo_mean),
-                "copies": sum(out.is_copy or []),
-                "flagged": bool(c.out_of_distribution),
-                "nearest_task": c.nearest_tasks[0][0] if c.nearest_tasks else None,
-                "similarity": c.similarity,
-                "conditioned_on": out.conditioning_instructions,
-                "support_accuracy": out.support_accuracy,
-            }
+            kw = dict(
+                num_samples=n,
+                seed=seed,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                guidance_scale=cfg.guidance_scale,
+                match_known_task=cfg.match_known_task,
+            )
+            if data and z.conditions_on_data and cfg.select_by != "likelihood":
+                kw.update(select_by=cfg.select_by, candidate_tasks=cfg.candidate_tasks)
+            else:
+                kw.update(candidates_per_sample=cfg.candidates_per_sample)
+                if cfg.text_select_by == "task_posterior" and sum(a == arch for _, a in groups) > 1:
+                    kw.update(select_by="task_posterior", candidate_tasks=cfg.candidate_tasks)
+            jobs.append(
+                {
+                    "text": text,
+                    "task": task,
+                    "spec": spec.to_json(),
+                    "zoo_mean": zoo_mean,
+                    "dataset": task if data and z.conditions_on_data else None,
+                    "kwargs": kw,
+                }
+            )
+            return len(jobs) - 1
 
         canonical, wordings, unrelated = [], [], []
         unrel = list(unrelated_instructions("evaluation"))
@@ -220,7 +210,7 @@ class Instructions(Experiment):
                         "architecture": arch,
                         "family": groups[(task, arch)][0].family,
                         "zoo_mean": groups[(task, arch)][2],
-                        **g,
+                        "_job": g,
                         "retrieval": retrieve(text, task, arch),
                     }
                 )
@@ -252,10 +242,17 @@ class Instructions(Experiment):
                         "instruction": text,
                         "architecture": arch,
                         "zoo_mean": groups[(task, arch)][2],
-                        **generate(text, task, arch, cfg.wording_samples, False, cfg.seed + 100 + ui),
+                        "_job": generate(text, task, arch, cfg.wording_samples, False, cfg.seed + 100 + ui),
                         "retrieval": retrieve(text, task, arch),
                     }
                 )
+        results = _run_jobs(pipe, jobs, pool)
+        for row in (*canonical, *unrelated):
+            row.update(results[row.pop("_job")])
+        for row in wordings:
+            row["text"] = results[row["text"]]
+            if isinstance(row["data"], int):
+                row["data"] = results[row["data"]]
         # flag rates over every evaluation wording of the zoo's tasks and every evaluation unrelated instruction
         all_heldout = [w for t in tasks for w in heldout_instructions(t, "evaluation")]
         threshold = pipe.prior.config.ood_threshold
@@ -378,6 +375,55 @@ class Instructions(Experiment):
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         return path
+
+
+_WORKER_PIPES: dict[str, Any] = {}  # pipeline folder -> pipeline, loaded once per worker process
+
+
+def _generate(pipe, job: dict[str, Any]) -> dict[str, Any]:
+    """One queued pipeline call: the generated nets' test accuracy, ratio to the zoo mean, and what the call said."""
+    from ...zoo.architectures import ArchSpec
+
+    spec = ArchSpec.from_json(job["spec"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfDistributionWarning)  # recorded in the row instead
+        out = pipe(job["text"], architecture=spec, dataset=job["dataset"], **job["kwargs"])
+    acc = evaluate_state_dicts(spec, out.state_dicts, job["task"])
+    c = out.conditions
+    return {
+        "acc": acc,
+        "ratio": _ratio(acc, job["zoo_mean"]),
+        "copies": sum(out.is_copy or []),
+        "flagged": bool(c.out_of_distribution),
+        "nearest_task": c.nearest_tasks[0][0] if c.nearest_tasks else None,
+        "similarity": c.similarity,
+        "conditioned_on": out.conditioning_instructions,
+        "support_accuracy": out.support_accuracy,
+        "task_posterior": out.task_posterior,
+    }
+
+
+def _generate_in_worker(job: dict[str, Any]) -> dict[str, Any]:
+    from ...pipeline_igpg import IGPGPipeline
+
+    path = job["pipeline"]
+    if path not in _WORKER_PIPES:
+        _WORKER_PIPES[path] = IGPGPipeline.from_pretrained(path)
+        _WORKER_PIPES[path].set_progress_bar_config(disable=True)
+    return _generate(_WORKER_PIPES[path], job)
+
+
+def _run_jobs(pipe, jobs: list[dict[str, Any]], pool=None) -> list[dict[str, Any]]:
+    """Every queued call, in order: in the benchmark's worker processes when it has more than one (each loads the
+    pipeline from a temporary copy once; every call is seeded, so the rows do not depend on which process ran
+    it), else here."""
+    if pool is None or pool.workers <= 1 or len(jobs) <= 1:
+        return [_generate(pipe, j) for j in jobs]
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="igpg-instructions-") as tmp:
+        pipe.save_pretrained(tmp)
+        return pool.map(_generate_in_worker, [{**j, "pipeline": tmp} for j in jobs])
 
 
 def _task_identification(pipe, tasks, archs_of, heldout: list[str], embed) -> dict[str, Any]:
