@@ -408,6 +408,9 @@ def _generate_in_worker(job: dict[str, Any]) -> dict[str, Any]:
 
     path = job["pipeline"]
     if path not in _WORKER_PIPES:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" once per worker says nothing
         _WORKER_PIPES[path] = IGPGPipeline.from_pretrained(path)
         _WORKER_PIPES[path].set_progress_bar_config(disable=True)
     return _generate(_WORKER_PIPES[path], job)
