@@ -71,9 +71,12 @@ def rank_candidates(
     log_likelihood: list[float],
     copies: list[bool] | None = None,
     exclude_copies: bool = False,
+    preferred: list[bool] | None = None,
 ) -> list[int]:
-    """Candidate indices, best first: highest score (NaN last), then highest likelihood, then drawing order; with
-    ``exclude_copies`` copies of training checkpoints rank after every new candidate."""
+    """Candidate indices, best first: highest score (NaN last), then ``preferred`` ones (e.g. drawn under the
+    instruction itself rather than another known task's: where a few samples cannot tell two nets apart, the text
+    decides), then highest likelihood, then drawing order; with ``exclude_copies`` copies of training checkpoints
+    rank after every new candidate."""
 
     def key(i: int) -> tuple:
         s = scores[i]
@@ -81,6 +84,7 @@ def rank_candidates(
             bool(exclude_copies and copies and copies[i]),
             s != s,  # NaN last
             -(s if s == s else 0.0),
+            not (preferred[i] if preferred is not None else True),
             -log_likelihood[i],
             i,
         )

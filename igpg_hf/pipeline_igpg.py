@@ -459,7 +459,8 @@ class IGPGPipeline(DiffusionPipeline):
         says when not). Kept samples stay in the order they were drawn.
 
         ``select_by="support_accuracy"`` keeps instead the candidates with the highest accuracy on the labelled
-        ``dataset`` samples (ties: likelihood; best first; `igpg_hf.candidate_selection`), and
+        ``dataset`` samples (ties: those drawn under the instruction itself, then likelihood; best first;
+        `igpg_hf.candidate_selection`), and
         ``candidate_tasks=m`` also draws ``k * num_samples`` candidates under the canonical instruction of each of
         the ``m`` known tasks nearest to ``instruction`` (`identify_task`, among tasks trained on this
         architecture): a misread instruction's net of the wrong task loses to the right task's on the user's own
@@ -690,7 +691,9 @@ class IGPGPipeline(DiffusionPipeline):
             scores = kept_posterior = None
             if pooled:
                 ranking = post.tolist() if posterior else support_accuracy(build, state_dicts, *support_xy)
-                keep = rank_candidates(ranking, log_likelihood, is_copy, exclude_copies)[:num_samples]
+                # ties on the samples: candidates drawn under the instruction (or its nearest known task) first
+                own = [d == conditioning[0] for d in drawn_under]
+                keep = rank_candidates(ranking, log_likelihood, is_copy, exclude_copies, own)[:num_samples]
                 if exclude_copies and is_copy is not None:
                     warn_kept_copies(is_copy, keep)
                 state_dicts, tokens = [state_dicts[i] for i in keep], tokens[keep]

@@ -365,3 +365,13 @@ def test_condition_posterior_is_the_bayes_posterior_of_the_first_condition():
         condition_posterior(ll[:, :1])
     with pytest.raises(ValueError, match="finite"):
         condition_posterior(torch.tensor([[0.0, float("nan")]]))
+
+
+def test_rank_candidates_breaks_score_ties_by_preference_then_likelihood():
+    from igpg_hf.candidate_selection import rank_candidates
+
+    scores, ll = [90.0, 90.0, 80.0, float("nan"), 90.0], [-0.1, -0.5, -0.01, 0.0, -0.3]
+    assert rank_candidates(scores, ll) == [0, 4, 1, 2, 3]  # score, then likelihood; NaN last
+    # the samples cannot tell 0, 1 and 4 apart: the ones drawn under the instruction itself come first
+    assert rank_candidates(scores, ll, preferred=[False, True, True, False, True]) == [4, 1, 0, 2, 3]
+    assert rank_candidates(scores, ll, [True, False, False, False, False], True, [True] * 5) == [4, 1, 2, 3, 0]

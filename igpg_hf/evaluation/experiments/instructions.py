@@ -11,7 +11,10 @@ that repeat a training checkpoint token for token). The pipeline runs with the o
 samples ``select_by="support_accuracy"`` over the instruction's and the three nearest known tasks' candidates, the
 support samples from the training split and the accuracy on the test split); ``--set
 instructions.match_known_task=false --set 'instructions.select_by="likelihood"' --set
-instructions.candidates_per_sample=1 --set instructions.guidance_scale=1.0`` measures the plain prior. Ratios are generated mean / zoo mean of the same (task,
+instructions.candidates_per_sample=1 --set instructions.guidance_scale=1.0`` measures the plain prior;
+``instructions.text_select_by="task_posterior"`` keeps the text-only candidates by the prior's posterior of the
+instruction's task against the ``candidate_tasks`` nearest other known tasks instead of by likelihood. The
+pipeline calls run in the benchmark's ``--workers`` processes. Ratios are generated mean / zoo mean of the same (task,
 architecture). The flag rates are over every evaluation wording of the zoo's tasks and every evaluation
 unrelated instruction; the threshold was calibrated when the prior was trained on the *calibration* halves, which
 this experiment never uses (`igpg_hf.zoo.instructions`, `igpg_hf.conditioning.coverage`).
