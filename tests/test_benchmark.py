@@ -331,5 +331,6 @@ def test_instructions_summary_of_a_run_without_the_samples_setting():
     ]
     s = _summary(canonical, wordings, [gen(10.0)], [0.9, 0.8], [0.1], 0.5)
     assert math.isnan(s["heldout_data_ratio_pass_rate"]) and s["retrieval_wins_data"] is None
+    assert s["retrieval_data_ratio_pass_rate"] is None and s["retrieval_data_wins"] is None
     assert s["heldout_text_ratio_pass_rate"] == 1.0 and s["retrieval_wins_text"] == 1
     assert s["meets_targets"] is False and s["samples"] == 1 + 2 + 1 and s["copies"] == 4

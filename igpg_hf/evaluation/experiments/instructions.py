@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ...candidate_selection import rank_candidates, support_accuracy
 from ...conditioning import encode_text
 from ...conditioning.coverage import OutOfDistributionWarning, similarity_to_known
 from ...zoo.instructions import heldout_instructions, unrelated_instructions
@@ -167,6 +168,29 @@ class Instructions(Experiment):
             acc = evaluate_state_dicts(spec, [c.state_dict() for c in picked], task)
             return {"task": best, "correct": best == task, "acc": acc, "ratio": _ratio(acc, zoo_mean)}
 
+        def retrieve_with_samples(text: str, task: str, arch: str) -> dict[str, Any]:
+            """Retrieval given the samples too: the stored checkpoints of the ``1 + candidate_tasks`` known tasks
+            nearest to ``text`` (same architecture; as many per task as the generator draws samples), the ones most
+            accurate on the samples the pipeline call scores its candidates on; their test accuracy on task."""
+            scores, names = similarity_to_known(pipe.prior, embed([text]))
+            near = sorted(
+                ((float(sc), n) for n, sc in zip(names, scores[0], strict=True) if (n, arch) in groups),
+                reverse=True,
+            )[: cfg.candidate_tasks + 1]
+            spec, _, zoo_mean = groups[(task, arch)]
+            pool = [(n, c) for _, n in near for c in groups[(n, arch)][1][: cfg.wording_samples]]
+            sds = [c.state_dict() for _, c in pool]
+            sup = support_accuracy(spec.build, sds, *pipe._labelled_samples(task))
+            best = rank_candidates(sup, [0.0] * len(sup))[: cfg.wording_samples]
+            acc = evaluate_state_dicts(spec, [sds[i] for i in best], task)
+            return {
+                "tasks": [pool[i][0] for i in best],
+                "correct": all(pool[i][0] == task for i in best),
+                "acc": acc,
+                "ratio": _ratio(acc, zoo_mean),
+                "support_accuracy": [sup[i] for i in best],
+            }
+
         jobs: list[dict[str, Any]] = []  # every pipeline call, run in order at the end (in worker processes)
 
         def generate(text: str, task: str, arch: str, n: int, data: bool, seed: int) -> int:
@@ -234,6 +258,11 @@ class Instructions(Experiment):
                             else _SKIPPED
                         ),
                         "retrieval": retrieve(text, task, arch),
+                        **(
+                            {"retrieval_data": retrieve_with_samples(text, task, arch)}
+                            if cfg.with_samples and z.conditions_on_data
+                            else {}
+                        ),
                     }
                 )
             for ui in range(cfg.unrelated_per_task):  # (d) unrelated text on the task's architectures
@@ -320,7 +349,12 @@ class Instructions(Experiment):
                 f"| held-out wordings, text only: share ≥ 0.9 | {fmt(s['heldout_text_ratio_pass_rate'], 3)} | "
                 f"{fmt(s['retrieval_heldout_ratio_pass_rate_90'], 3)} | ≥ 0.9 |",
                 f"| held-out wordings + samples: share ≥ 0.95 | {fmt(s['heldout_data_ratio_pass_rate'], 3)} | "
-                f"{fmt(s['retrieval_heldout_ratio_pass_rate_95'], 3)} (text only) | ≥ 0.9 |",
+                + (
+                    f"{fmt(s['retrieval_data_ratio_pass_rate'], 3)} (+ samples: best on them of the "
+                    f"{r.settings.get('candidate_tasks', 0) + 1} nearest tasks' nets) | ≥ 0.9 |"
+                    if s.get("retrieval_data_ratio_pass_rate") is not None
+                    else f"{fmt(s['retrieval_heldout_ratio_pass_rate_95'], 3)} (text only) | ≥ 0.9 |"
+                ),
                 f"| unrelated instructions flagged | {fmt(s['ood_flag_rate_unrelated'], 3)} | | ≥ 0.95 |",
                 f"| held-out wordings flagged | {fmt(s['ood_flag_rate_heldout'], 3)} | | ≤ 0.05 |",
                 f"| copies of training checkpoints | {s['copies']} of {s['samples']} samples | | |",
@@ -330,16 +364,22 @@ class Instructions(Experiment):
                 f"prior's text pooling {fmt(s.get('task_identification_prior_text_pool'), 3)}. "
                 f"Retrieval picked the right task for {fmt(s['retrieval_task_accuracy'], 3)} of held-out wordings. "
                 f"Where retrieval wins (text only, ratio above the generated one): {s['retrieval_wins_text']} of "
-                f"{s['num_wordings']} (task, wording) pairs; with samples: {s['retrieval_wins_data']}.",
+                f"{s['num_wordings']} (task, wording) pairs; with samples: {s['retrieval_wins_data']}"
+                + (
+                    f" (retrieval given the samples too: {s['retrieval_data_wins']})."
+                    if s.get("retrieval_data_wins") is not None
+                    else "."
+                ),
                 "",
-                "| task | family | canonical | retrieval | held-out text | + samples | retrieval (held-out) |",
-                "|---|---|---|---|---|---|---|",
+                "| task | family | canonical | retrieval | held-out text | + samples | retrieval (held-out) | "
+                "retrieval (held-out + samples) |",
+                "|---|---|---|---|---|---|---|---|",
             ]
             for row in s["per_task"]:
                 lines.append(
                     f"| {row['task']} | {row['family']} | {fmt(row['canonical'], 2)} | "
                     f"{fmt(row['retrieval_canonical'], 2)} | {fmt(row['text'], 2)} | {fmt(row['data'], 2)} | "
-                    f"{fmt(row['retrieval_text'], 2)} |"
+                    f"{fmt(row['retrieval_text'], 2)} | {fmt(row.get('retrieval_data'), 2)} |"
                 )
             lines.append("")
         return lines
@@ -364,8 +404,11 @@ class Instructions(Experiment):
                 ("text", "held-out text", "x"),
                 ("data", "held-out + samples", "^"),
                 ("retrieval_text", "retrieval (held-out)", "s"),
+                ("retrieval_data", "retrieval (held-out + samples)", "d"),
             ):
-                ax.scatter(xs, [row[key] for row in rows], label=label, marker=mk, s=14)
+                ys = [row.get(key, float("nan")) for row in rows]
+                if any(y == y for y in ys):  # a run without samples has none of the last
+                    ax.scatter(xs, ys, label=label, marker=mk, s=14)
             ax.axhline(0.9, color="#999999", lw=0.8)
             ax.set_xticks(list(xs), [row["task"] for row in rows], rotation=90, fontsize=6)
             ax.set_ylabel("generated mean / zoo mean")
@@ -498,6 +541,7 @@ def _summary(canonical, wordings, unrelated, sim_heldout, sim_unrelated, thresho
     text = [w["text"]["ratio"] for w in wordings]
     data = [w["data"]["ratio"] for w in wordings]
     ret = [w["retrieval"]["ratio"] for w in wordings]
+    ret_data = [w["retrieval_data"]["ratio"] for w in wordings if "retrieval_data" in w]
     per_task = []
     for task, family in sorted(pairs):
         ws = [w for w in wordings if w["task"] == task]
@@ -510,6 +554,9 @@ def _summary(canonical, wordings, unrelated, sim_heldout, sim_unrelated, thresho
                 "text": finite_mean(w["text"]["ratio"] for w in ws),
                 "data": finite_mean(w["data"]["ratio"] for w in ws),
                 "retrieval_text": finite_mean(w["retrieval"]["ratio"] for w in ws),
+                "retrieval_data": finite_mean(
+                    w["retrieval_data"]["ratio"] for w in ws if "retrieval_data" in w
+                ),
             }
         )
     samples = [*canonical, *(w[k] for w in wordings for k in ("text", "data")), *unrelated]
@@ -532,6 +579,14 @@ def _summary(canonical, wordings, unrelated, sim_heldout, sim_unrelated, thresho
         "retrieval_heldout_ratio_pass_rate_90": _share(ret, TEXT_PASS),
         "retrieval_heldout_ratio_pass_rate_95": _share(ret, DATA_PASS),
         "retrieval_heldout_ratio_mean": finite_mean(ret),
+        # retrieval given the samples too (the nearest tasks' stored nets, the best on the samples)
+        "retrieval_data_ratio_pass_rate": _share(ret_data, DATA_PASS) if ret_data else None,
+        "retrieval_data_ratio_mean": finite_mean(ret_data) if ret_data else None,
+        "retrieval_data_wins": sum(
+            w["retrieval_data"]["ratio"] > w["data"]["ratio"] for w in wordings if "retrieval_data" in w
+        )
+        if ret_data
+        else None,
         "retrieval_task_accuracy": finite_mean(float(w["retrieval"].get("correct", False)) for w in wordings),
         "generated_nearest_task_accuracy": finite_mean(
             float(w["text"]["nearest_task"] == w["task"]) for w in wordings
