@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,6 +75,12 @@ def _fail(e: Exception, flags: dict[str, str] | None = None) -> typing.NoReturn:
             rf"\b{kw}=(['\"]?)([\w.-]*)\1",
             lambda m, f=flag: f"{f} {m.group(2)}".removesuffix(" True").rstrip(),
             msg,
+        )
+        if "_" in kw:  # a bare keyword (``candidate_tasks nearest ...``); plain words such as "dataset" stay
+            msg = re.sub(rf"(?<![\w-]){kw}\b", flag, msg)
+    if flags:  # the CLI takes a registered task's name only
+        msg = msg.replace(
+            " (a (samples, labels) pair or a registered task name)", " (a registered task name)"
         )
     console.print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(2)
@@ -505,6 +512,13 @@ def generate_cmd(
         ),
     ] = "likelihood",
     candidates: Annotated[int, typer.Option(min=1, help="Candidates drawn per sample and instruction.")] = 1,
+    exclude_copies: Annotated[
+        bool,
+        typer.Option(
+            help="Rank candidates that repeat a training checkpoint token for token last (with --candidates K: new "
+            "weights whenever enough candidates are new)."
+        ),
+    ] = False,
     guidance_scale: Annotated[
         float,
         typer.Option(
@@ -569,28 +583,39 @@ def generate_cmd(
     os.environ[THREADS_ENV] = str(threads)  # the sampler's setting too
     torch.set_num_threads(threads)
     diffusers_logging.disable_progress_bar()
+    from .conditioning.coverage import OutOfDistributionWarning
+
     try:
         pipe = IGPGPipeline.from_pretrained(pipeline)
         pipe.set_progress_bar_config(disable=True)
-        res = pipe(
-            instruction,
-            architecture=architecture,
-            dataset=dataset,
-            num_samples=num_samples,
-            seed=seed,
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            align_labels=align_labels,
-            alignment_samples=alignment_task,
-            match_known_task=match_known_task,
-            select_by=select_by,
-            candidates_per_sample=candidates,
-            candidate_tasks=candidate_tasks,
-            guidance_scale=guidance_scale,
-        )
+        # the prior's warnings are shown as lines of ours below, not with Python's source line
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutOfDistributionWarning)
+            res = pipe(
+                instruction,
+                architecture=architecture,
+                dataset=dataset,
+                num_samples=num_samples,
+                seed=seed,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                align_labels=align_labels,
+                alignment_samples=alignment_task,
+                match_known_task=match_known_task,
+                select_by=select_by.replace("-", "_"),  # task-posterior as well as task_posterior
+                candidates_per_sample=candidates,
+                exclude_copies=exclude_copies,
+                candidate_tasks=candidate_tasks,
+                guidance_scale=guidance_scale,
+            )
     except (ValueError, TypeError, OSError) as e:
         _fail(e, _GENERATE_FLAGS)
+    for w in caught:
+        if issubclass(w.category, OutOfDistributionWarning):
+            console.print(f"[bold yellow]warning:[/] {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     for i, sd in enumerate(res.state_dicts):
         path = out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix}")
         with atomic_path(path) as tmp:
@@ -604,7 +629,15 @@ def generate_cmd(
             from .evaluation.metrics import evaluate_state_dicts
             from .zoo.architectures import get_architecture
 
-            acc = evaluate_state_dicts(get_architecture(architecture), [sd], evaluate)[0]
+            try:
+                acc = evaluate_state_dicts(get_architecture(architecture), [sd], evaluate)[0]
+            except (RuntimeError, ValueError) as e:
+                _fail(
+                    ValueError(
+                        f"--evaluate {evaluate}: the task's data do not fit --architecture ({e}); "
+                        f"the weights were written to {path}"
+                    )
+                )
             msg += f"  test accuracy on {evaluate}: {acc:.1f} %"
         if res.support_accuracy is not None:
             msg += f"  accuracy on the --dataset samples {res.support_accuracy[i]:.1f} %"

@@ -23,6 +23,7 @@ import contextlib
 import copy
 import json
 import logging
+import operator
 import os
 import tempfile
 import time
@@ -70,6 +71,19 @@ from .weights import WeightLayout, match_layout
 from .zoo.architectures import ArchSpec, get_architecture
 
 logger = logging.getLogger(__name__)
+
+
+def _check_count(name: str, value: Any, least: int) -> None:
+    """TypeError unless ``value`` is a whole number (not a bool), ValueError if it is below ``least``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    if not isinstance(value, int):
+        try:
+            value = operator.index(value)  # numpy and torch integers
+        except TypeError:
+            raise TypeError(f"{name} must be a whole number, got {value!r}") from None
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value}")
 
 
 def _pooled(pool: nn.Module, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -329,8 +343,7 @@ class IGPGPipeline(DiffusionPipeline):
         """
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction must be a non-empty string, e.g. 'Classify handwritten digits 0-9'")
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        _check_count("top_k", top_k, 1)
         arch_text = self.resolve_architecture(architecture)[1] if architecture is not None else None
         known = self.known_tasks()
         if arch_text is not None and known and not any(arch_text in k.architectures for k in known.values()):
@@ -476,7 +489,9 @@ class IGPGPipeline(DiffusionPipeline):
         specific to the instruction: highest posterior of the instruction among the m + 1 (uniform prior over
         them; `igpg_hf.candidate_selection.condition_posterior`), ties by likelihood, best first. A memorized net
         of a neighbouring task that the prior produced for this instruction too loses to one of this task.
-        ``out.task_posterior`` gives the kept samples' posteriors.
+        ``out.task_posterior`` gives the kept samples' posteriors. Fewer rivals are used when fewer known tasks
+        share the architecture (ValueError when none does). As with support-accuracy selection, the candidates
+        compete across samples, and ``generator`` lists need one generator per candidate.
 
         ``guidance_scale=s``: classifier-free guidance on the instruction (`igpg_hf.sampling.SamplingConfig`):
         logits ``u + s * (c - u)`` against the prior's null instruction; 1 (default) is plain sampling. It doubles
@@ -513,8 +528,14 @@ class IGPGPipeline(DiffusionPipeline):
         # 1. check inputs
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction must be a non-empty string, e.g. 'Classify handwritten digits 0-9'")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        for name, value, least in (
+            ("num_samples", num_samples, 1),
+            ("candidates_per_sample", candidates_per_sample, 1),
+            ("candidate_tasks", candidate_tasks, 0),
+        ):
+            _check_count(name, value, least)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise TypeError(f"guidance_scale must be a number (1: no guidance), got {guidance_scale!r}")
         align_xy = (
             self._labelled_samples(
                 alignment_samples if alignment_samples is not None else dataset, "alignment_samples"
@@ -531,8 +552,6 @@ class IGPGPipeline(DiffusionPipeline):
             raise ValueError(
                 f"select_by must be 'likelihood', 'support_accuracy' or 'task_posterior', got {select_by!r}"
             )
-        if candidate_tasks < 0:
-            raise ValueError(f"candidate_tasks must be 0 or more, got {candidate_tasks}")
         if candidate_tasks and select_by == "likelihood":
             raise ValueError(
                 "candidate_tasks names other known tasks, which the prior's likelihood alone cannot compare: pass "
@@ -587,6 +606,14 @@ class IGPGPipeline(DiffusionPipeline):
                     "match_known_task, candidate_tasks and task_posterior need a prior that records its known "
                     "tasks (priors trained by igpg_hf >= 0.3 do)"
                 )
+            overall = self._identify(instruction, None, 1)[0][0]
+            if overall != ranked[0]:
+                warnings.warn(
+                    f"the known task nearest to the instruction, {overall!r}, was not trained on this architecture; "
+                    f"{ranked[0]!r} is the nearest that was (see pipe.known_tasks()[task].architectures)",
+                    OutOfDistributionWarning,
+                    stacklevel=2,
+                )
             if match_known_task:
                 conditioning = [known[ranked[0]].instruction]
             # the instruction stands for its nearest task; the posterior weighs it against the next ones
@@ -595,9 +622,11 @@ class IGPGPipeline(DiffusionPipeline):
             if posterior:
                 rivals = extra[:candidate_tasks]
                 if not rivals:
+                    trained = sorted(t for t, k in known.items() if arch_text in k.architectures)
                     raise ValueError(
-                        "select_by='task_posterior' needs another known task trained on this architecture to "
-                        "weigh the instruction against; this prior knows only one"
+                        "select_by='task_posterior' weighs the instruction against other known tasks trained on the "
+                        f"same architecture, and only {trained or list(ranked[:1])} was trained on {arch_text!r}: "
+                        "use select_by='likelihood' (or 'support_accuracy' with labelled samples) here"
                     )
             else:
                 conditioning += extra[:candidate_tasks]

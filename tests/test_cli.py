@@ -248,7 +248,30 @@ def test_generate_selects_candidates_by_accuracy_on_the_dataset_samples(run, tmp
         app,
         ["generate", "x", *map(str, args[:-2]), "--select-by", "task_posterior", "--candidate-tasks", "1"],
     )
-    assert bad.exit_code == 2 and "knows only one" in " ".join(bad.output.split())
+    flat = " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "only ['iris'] was trained on" in flat and "select_by" not in flat
+    # a bare keyword in a message becomes the flag too; --select-by takes dashes as well (newcomer check)
+    bad = CliRunner().invoke(app, ["generate", "x", *map(str, args[:-2]), "--select-by", "task-posterior"])
+    flat = " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "--candidate-tasks 1 or more" in flat and "candidate_tasks" not in flat
+    # wine's text on iris's architecture: the nearest task overall was not trained on it, and the CLI says so
+    printed = invoke(
+        "generate", "Classify wines into 3 cultivars from 13 chemical measurements", *args[:-2],
+        "--match-known-task", "--exclude-copies", "--candidates", "2",
+    )  # fmt: skip
+    flat = " ".join(printed.split())
+    assert (
+        "warning: the known task nearest to the instruction, 'wine', was not trained on this architecture"
+        in flat
+    )
+    assert "drawn under" in flat and "cli.py" not in flat
+    # --evaluate on a task whose data do not fit the architecture: a clean error, not a traceback
+    bad = CliRunner().invoke(
+        app, ["generate", "Sort iris plants by species", *map(str, args[:-2]), "--evaluate", "wine"]
+    )
+    assert bad.exit_code == 2 and "--evaluate wine: the task's data do not fit --architecture" in " ".join(
+        bad.output.split()
+    )
 
 
 def test_generate_errors(run):

@@ -271,6 +271,21 @@ def test_task_posterior_selection_keeps_the_candidates_the_prior_ties_to_the_tas
     assert matched.conditioning_instructions == [pipe.known_tasks()[ranked[0]].instruction]
     with pytest.raises(ValueError, match="candidate_tasks=1 or more"):
         pipe(text, "tiny_cnn", select_by="task_posterior")
+    # counts and scales of the wrong type: the argument's name, not a deep TypeError (newcomer check)
+    for bad in (
+        {"candidate_tasks": "3"},
+        {"candidate_tasks": 1.5},
+        {"candidate_tasks": True},
+        {"num_samples": 2.0},
+        {"candidates_per_sample": "2"},
+        {"guidance_scale": "1.25"},
+    ):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            pipe(text, "tiny_cnn", **bad)
+    with pytest.raises(ValueError, match="candidates_per_sample must be at least 1"):
+        pipe(text, "tiny_cnn", candidates_per_sample=0, **kw)
+    with pytest.raises(TypeError, match="top_k"):
+        pipe.identify_task(text, top_k=1.5)
     with pytest.raises(ValueError, match="task_posterior"):
         pipe(text, "tiny_cnn", candidate_tasks=1)
 

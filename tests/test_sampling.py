@@ -374,4 +374,10 @@ def test_rank_candidates_breaks_score_ties_by_preference_then_likelihood():
     assert rank_candidates(scores, ll) == [0, 4, 1, 2, 3]  # score, then likelihood; NaN last
     # the samples cannot tell 0, 1 and 4 apart: the ones drawn under the instruction itself come first
     assert rank_candidates(scores, ll, preferred=[False, True, True, False, True]) == [4, 1, 0, 2, 3]
-    assert rank_candidates(scores, ll, [True, False, False, False, False], True, [True] * 5) == [4, 1, 2, 3, 0]
+    assert rank_candidates(scores, ll, [True, False, False, False, False], True, [True] * 5) == [
+        4,
+        1,
+        2,
+        3,
+        0,
+    ]
