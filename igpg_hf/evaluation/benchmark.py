@@ -184,14 +184,19 @@ def reproduce_command(cfg: BenchConfig, parts: list[str], out: str | os.PathLike
 
 
 class _Pool:
-    """Fine-tuning jobs in ``workers`` single-threaded processes (in-process when workers <= 1)."""
+    """Jobs (fine-tuning, pipeline calls) in ``workers`` single-threaded processes (in-process when workers <= 1)."""
 
     def __init__(self, workers: int):
         self.workers, self._ex = workers, None
 
     def map(self, fn, jobs: list) -> list:
+        return list(self.imap(fn, jobs))
+
+    def imap(self, fn, jobs: list):
+        """``fn(job)`` for every job, yielded in job order (as soon as each and those before it are done)."""
         if self.workers <= 1 or len(jobs) <= 1:
-            return [fn(j) for j in jobs]
+            yield from (fn(j) for j in jobs)
+            return
         if self._ex is None:
             import multiprocessing as mp
 
@@ -201,7 +206,7 @@ class _Pool:
                 initializer=torch.set_num_threads,
                 initargs=(1,),
             )
-        return list(self._ex.map(fn, jobs, chunksize=1))
+        yield from self._ex.map(fn, jobs, chunksize=1)
 
     def close(self) -> None:
         if self._ex is not None:

@@ -130,12 +130,12 @@ class Instructions(Experiment):
         if self.config.general_corpus and "general" in ctx.config.zoos:
             ctx.config.zoos["general"].corpus = self.config.general_corpus
         return InstructionsResult(
-            zoos={name: self._zoo(ctx.zoo(name), ctx.pool) for name in self.config.zoos},
+            zoos={name: self._zoo(ctx.zoo(name), ctx.pool, ctx.progress) for name in self.config.zoos},
             settings={k: v for k, v in vars(self.config).items()},
         )
 
     # -------------------------------------------------------------------------------------------------
-    def _zoo(self, z, pool=None) -> dict[str, Any]:
+    def _zoo(self, z, pool=None, progress: bool = False) -> dict[str, Any]:
         cfg, pipe = self.config, z.pipe
         known = pipe.known_tasks()
         groups = {}  # (task, arch_text) -> (spec, checkpoints, zoo mean %)
@@ -278,7 +278,7 @@ class Instructions(Experiment):
                         "retrieval": retrieve(text, task, arch),
                     }
                 )
-        results = _run_jobs(pipe, jobs, pool)
+        results = _run_jobs(pipe, jobs, pool, progress)
         for row in (*canonical, *unrelated):
             row.update(results[row.pop("_job")])
         for row in wordings:
@@ -455,24 +455,35 @@ def _generate_in_worker(job: dict[str, Any]) -> dict[str, Any]:
     path = job["pipeline"]
     if path not in _WORKER_PIPES:
         from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as hf_logging
 
         diffusers_logging.disable_progress_bar()  # "Loading pipeline components" once per worker says nothing
+        hf_logging.disable_progress_bar()
         _WORKER_PIPES[path] = IGPGPipeline.from_pretrained(path)
         _WORKER_PIPES[path].set_progress_bar_config(disable=True)
     return _generate(_WORKER_PIPES[path], job)
 
 
-def _run_jobs(pipe, jobs: list[dict[str, Any]], pool=None) -> list[dict[str, Any]]:
+def _run_jobs(pipe, jobs: list[dict[str, Any]], pool=None, progress: bool = False) -> list[dict[str, Any]]:
     """Every queued call, in order: in the benchmark's worker processes when it has more than one (each loads the
     pipeline from a temporary copy once; every call is seeded, so the rows do not depend on which process ran
-    it), else here."""
-    if pool is None or pool.workers <= 1 or len(jobs) <= 1:
-        return [_generate(pipe, j) for j in jobs]
+    it), else here. A progress bar over the calls on a terminal."""
     import tempfile
 
+    from ...progress import progress_bar
+
+    out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="igpg-instructions-") as tmp:
-        pipe.save_pretrained(tmp)
-        return pool.map(_generate_in_worker, [{**j, "pipeline": tmp} for j in jobs])
+        if pool is None or pool.workers <= 1 or len(jobs) <= 1:
+            results = (_generate(pipe, j) for j in jobs)
+        else:
+            pipe.save_pretrained(tmp)
+            results = pool.imap(_generate_in_worker, [{**j, "pipeline": tmp} for j in jobs])
+        with progress_bar(len(jobs), "instructions: pipeline calls", progress) as bar:
+            for r in results:
+                out.append(r)
+                bar.update(1)
+    return out
 
 
 def _task_identification(pipe, tasks, archs_of, heldout: list[str], embed) -> dict[str, Any]:
