@@ -7,13 +7,13 @@ instructions, which must be flagged out of distribution. Beside each: retrieval 
 embedding given the same text (the known task whose training wordings are most similar among those with
 checkpoints of the architecture; its checkpoints, lowest seeds of the last epoch), and copies (generated sequences
 that repeat a training checkpoint token for token). The pipeline runs with the options the config names (by default
-``match_known_task`` and ``guidance_scale=1.25`` on every call; text only, the most likely of 4 candidates; with
+``match_known_task`` and ``guidance_scale=1.25`` on every call; text only, of 4 candidates the most likely among
+those the prior attributes to the task (``select_by="task_posterior"``, ``text_select_by``); with
 samples ``select_by="support_accuracy"`` over the instruction's and the three nearest known tasks' candidates, the
 support samples from the training split and the accuracy on the test split); ``--set
 instructions.match_known_task=false --set 'instructions.select_by="likelihood"' --set
-instructions.candidates_per_sample=1 --set instructions.guidance_scale=1.0`` measures the plain prior;
-``instructions.text_select_by="task_posterior"`` keeps the text-only candidates by the prior's posterior of the
-instruction's task against the ``candidate_tasks`` nearest other known tasks instead of by likelihood. The
+instructions.candidates_per_sample=1 --set instructions.guidance_scale=1.0 --set
+'instructions.text_select_by="likelihood"'`` measures the plain prior. The
 pipeline calls run in the benchmark's ``--workers`` processes. Ratios are generated mean / zoo mean of the same (task,
 architecture). The flag rates are over every evaluation wording of the zoo's tasks and every evaluation
 unrelated instruction; the threshold was calibrated when the prior was trained on the *calibration* halves, which
@@ -61,8 +61,9 @@ class InstructionsConfig:
     select_by: str = "support_accuracy"
     candidate_tasks: int = 3
     # text-only calls (canonical, held-out text, unrelated): best of `candidates_per_sample` by the prior's
-    # "likelihood", or by its "task_posterior" against the `candidate_tasks` nearest other known tasks
-    text_select_by: str = "likelihood"
+    # "likelihood", or by its "task_posterior" against the `candidate_tasks` nearest other known tasks (measured
+    # on the general pipeline: canonical min 0.808 vs 0.730, held-out text 0.878 vs 0.872)
+    text_select_by: str = "task_posterior"
     # setting (c), held-out wordings with samples: the slowest by far (8 candidates per call, each scored on the
     # samples); False skips it for a quick look at the text-only settings (its figures are then NaN, never met)
     with_samples: bool = True
