@@ -22,6 +22,7 @@ this experiment never uses (`igpg_hf.zoo.instructions`, `igpg_hf.conditioning.co
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,13 +158,18 @@ class Instructions(Experiment):
                     embed_cache[t] = e
             return torch.stack([embed_cache[t] for t in texts])
 
+        def nearest_known(text: str, arch: str) -> list[str]:
+            """The known tasks with checkpoints of ``arch``, nearest to ``text`` (instruction embedding) first."""
+            scores, names = similarity_to_known(pipe.prior, embed([text]))
+            cands = [(n, float(sc)) for n, sc in zip(names, scores[0], strict=True) if (n, arch) in groups]
+            return [n for n, _ in sorted(cands, key=lambda p: -p[1])]
+
         def retrieve(text: str, task: str, arch: str) -> dict[str, Any]:
             """The known task nearest to ``text`` among those with checkpoints of ``arch``; its accuracy on task."""
-            scores, names = similarity_to_known(pipe.prior, embed([text]))
-            cands = {n: float(s) for n, s in zip(names, scores[0], strict=True) if (n, arch) in groups}
-            if not cands:
+            near = nearest_known(text, arch)
+            if not near:
                 return {"task": None, "acc": [], "ratio": float("nan")}
-            best = max(cands, key=cands.get)
+            best = near[0]
             spec, cs, zoo_mean = groups[(task, arch)]
             picked = groups[(best, arch)][1][: cfg.wording_samples]
             acc = evaluate_state_dicts(spec, [c.state_dict() for c in picked], task)
@@ -173,13 +179,9 @@ class Instructions(Experiment):
             """Retrieval given the samples too: the stored checkpoints of the ``1 + candidate_tasks`` known tasks
             nearest to ``text`` (same architecture; as many per task as the generator draws samples), the ones most
             accurate on the samples the pipeline call scores its candidates on; their test accuracy on task."""
-            scores, names = similarity_to_known(pipe.prior, embed([text]))
-            near = sorted(
-                ((float(sc), n) for n, sc in zip(names, scores[0], strict=True) if (n, arch) in groups),
-                reverse=True,
-            )[: cfg.candidate_tasks + 1]
+            near = nearest_known(text, arch)[: cfg.candidate_tasks + 1]
             spec, _, zoo_mean = groups[(task, arch)]
-            pool = [(n, c) for _, n in near for c in groups[(n, arch)][1][: cfg.wording_samples]]
+            pool = [(n, c) for n in near for c in groups[(n, arch)][1][: cfg.wording_samples]]
             sds = [c.state_dict() for _, c in pool]
             sup = support_accuracy(spec.build, sds, *pipe._labelled_samples(task))
             best = rank_candidates(sup, [0.0] * len(sup))[: cfg.wording_samples]
@@ -474,11 +476,14 @@ def _run_jobs(pipe, jobs: list[dict[str, Any]], pool=None, progress: bool = Fals
     from ...progress import progress_bar
 
     out: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="igpg-instructions-") as tmp:
-        if pool is None or pool.workers <= 1 or len(jobs) <= 1:
+    here = pool is None or pool.workers <= 1 or len(jobs) <= 1
+    with (
+        contextlib.nullcontext() if here else tempfile.TemporaryDirectory(prefix="igpg-instructions-") as tmp
+    ):
+        if here:
             results = (_generate(pipe, j) for j in jobs)
         else:
-            pipe.save_pretrained(tmp)
+            pipe.save_pretrained(tmp)  # the workers' copy
             results = pool.imap(_generate_in_worker, [{**j, "pipeline": tmp} for j in jobs])
         with progress_bar(len(jobs), "instructions: pipeline calls", progress) as bar:
             for r in results:
