@@ -52,6 +52,7 @@ from .conditioning.coverage import (
     known_tasks,
     task_similarity,
 )
+from .conditioning.lexical import LexicalTaskIndex
 from .configuration_igpg import IGPGPriorConfig
 from .hub import push_folder, snapshot
 from .integrity import verify_checksums, write_checksums
@@ -331,12 +332,16 @@ class IGPGPipeline(DiffusionPipeline):
     def identify_task(
         self, instruction: str, architecture: Any = None, top_k: int = 3
     ) -> list[tuple[str, float]]:
-        """The known tasks nearest to ``instruction``, best first, as (task, cosine similarity).
+        """The known tasks nearest to ``instruction``, best first, as (task, score).
 
-        Similarity is the best over each task's known training wordings, measured through the prior's own text
-        pooling when it has one (what the prior conditions on; on the general pipeline it names the right task for
-        0.87 of held-out wordings against 0.60 for the text encoder's mean embedding, `benchmarks/instruction_text.py`),
-        else with the text encoder's mean embeddings (those of the out-of-distribution check). With
+        Score: the best cosine similarity over each task's known training wordings, measured through the prior's own
+        text pooling when it has one (what the prior conditions on; on the general pipeline it names the right task
+        for 0.87 of held-out wordings against 0.60 for the text encoder's mean embedding,
+        `benchmarks/instruction_text.py`), else with the text encoder's mean embeddings (those of the
+        out-of-distribution check); plus ``prior.config.identify_lexical_weight`` (3) times the TF-IDF cosine of the
+        instruction's words with the task's wordings (`igpg_hf.conditioning.lexical`: numbers and words such as
+        "horizontal" that embeddings blur; 0.873 -> 0.915 of the general pipeline's held-out wordings). So the
+        score is not bounded by 1; 0 weight gives the cosine alone. With
         ``architecture`` (anything ``__call__`` takes), only tasks with training checkpoints of that architecture
         compete, unless none has any: then every known task does, with an `OutOfDistributionWarning` saying so.
         Empty if the prior records no known tasks. ValueError for an empty instruction or ``top_k < 1``.
@@ -384,6 +389,15 @@ class IGPGPipeline(DiffusionPipeline):
             with self._stage(self.prior):
                 query = _pooled(pool, text["text_states"], text["text_mask"])
         scores, names = task_similarity(query, keys, [t for _, t in rows])
+        weight = float(getattr(self.prior.config, "identify_lexical_weight", 0.0) or 0.0)
+        if weight:
+            lex_cache = self.__dict__.setdefault("_lexical_index", {})
+            lex_key = hash(tuple((t, tuple(k.wordings)) for t, k in known.items()))
+            if lex_key not in lex_cache:
+                lex_cache.clear()
+                lex_cache[lex_key] = LexicalTaskIndex({t: k.wordings for t, k in known.items()})
+            lexical = lex_cache[lex_key].similarity(instruction)
+            scores = scores + weight * torch.tensor([[lexical.get(t, 0.0) for t in names]])
         allowed = set(names)
         if arch_text is not None:
             with_arch = {t for t in names if arch_text in known[t].architectures}
@@ -492,6 +506,10 @@ class IGPGPipeline(DiffusionPipeline):
         instruction too loses to one of this task. (Ranking by the posterior alone favours atypical samples: any
         sample is likelier under the condition it was drawn from, so on the general pipeline it kept broken
         non-copies and lost 0.14 of the canonical share; `benchmarks/results/instructions_general/`.)
+        The rivals also include the instruction under every known architecture of the same weight layout
+        (`sibling_architectures`: the same net with another activation), so a memorized net of the instruction's
+        task on a sibling architecture, which loads without error, loses too (the general pipeline's canonical
+        mnist_rot90 on its relu CNN kept the tanh CNN's net: 39.5 % instead of 88.8 %).
         ``out.task_posterior`` gives the kept samples' posteriors. Fewer rivals are used when fewer known tasks
         share the architecture (ValueError when none does). As with support-accuracy selection, the candidates
         compete across samples, and ``generator`` lists need one generator per candidate.
@@ -600,7 +618,9 @@ class IGPGPipeline(DiffusionPipeline):
         self.vqvae.check_layout(layout)
         n_tokens = self.vqvae.num_tokens(layout)
         # 2b. the instructions to condition on: the given one (or its nearest known task's), then other known tasks'
-        conditioning, rivals = [instruction], []  # rivals: other tasks' instructions to weigh samples against
+        # rivals: other tasks' instructions to weigh samples against; arch_rivals: known architectures of the same
+        # layout (another activation), under which the instruction's candidates are weighed too
+        conditioning, rivals, arch_rivals = [instruction], [], []
         if match_known_task or candidate_tasks:
             known = self.known_tasks()
             ranked = [t for t, _ in self._identify(instruction, arch_text, candidate_tasks + 1)]
@@ -624,7 +644,8 @@ class IGPGPipeline(DiffusionPipeline):
             extra = [known[t].instruction for t in others if known[t].instruction not in conditioning]
             if posterior:
                 rivals = extra[:candidate_tasks]
-                if not rivals:
+                arch_rivals = self._sibling_texts(arch_text) if adapter_spec is None else []
+                if not rivals and not arch_rivals:
                     trained = sorted(t for t, k in known.items() if arch_text in k.architectures)
                     raise ValueError(
                         "select_by='task_posterior' weighs the instruction against other known tasks trained on the "
@@ -647,21 +668,23 @@ class IGPGPipeline(DiffusionPipeline):
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         with torch_threads(num_threads):
             # 3. encode the conditions (one row per conditioning instruction, expanded over samples by the sampler)
-            texts = [instruction, *conditioning, *rivals, arch_text]
+            texts = [instruction, *conditioning, *rivals, arch_text, *arch_rivals]
             new_text = self._text_cache_misses(texts, conditioning)
+            n_all, n_arch = rows + len(rivals), len(arch_rivals)
             with (
                 self._stage(self.text_encoder) if new_text else contextlib.nullcontext()
             ):  # one stage for both
-                emb = self._text_embeddings(texts)  # (rows + rivals + 2, E)
-                text = self._text_states(conditioning + rivals)  # token states, for priors that pool them
-            n_all = rows + len(rivals)
+                emb = self._text_embeddings(texts)  # (rows + rivals + 2 + arch rivals, E)
+                # token states, for priors that pool them; the sibling architectures' rows take the instruction
+                text = self._text_states(conditioning + rivals + conditioning[:1] * n_arch)
             cond_all = IGPGConditions(
-                text_embeds=emb[1 : 1 + n_all],
-                arch_embeds=emb[-1:].expand(n_all, -1),
+                text_embeds=torch.cat([emb[1 : 1 + n_all], emb[1:2].expand(n_arch, -1)]),
+                arch_embeds=torch.cat([emb[1 + n_all : 2 + n_all].expand(n_all, -1), emb[2 + n_all :]]),
                 **text,
-                **self._dataset_condition(dataset, n_all),
+                **self._dataset_condition(dataset, n_all + n_arch),
             )
-            cond = cond_all.rows(slice(0, rows)) if rivals else cond_all
+            n_all += n_arch
+            cond = cond_all.rows(slice(0, rows)) if n_all > rows else cond_all
             if support_xy is not None:
                 cond.drop["dataset"] = torch.arange(rows) >= rows // 2
             # 3b. say how close the instruction and architecture are to what the prior knows (warns when far)
@@ -783,6 +806,35 @@ class IGPGPipeline(DiffusionPipeline):
     def known_architectures(self) -> list[str]:
         """The architecture descriptions the prior has training checkpoints of."""
         return list(self.prior.config.known_architectures or [])
+
+    def sibling_architectures(self, architecture: str | dict | ArchSpec) -> list[str]:
+        """Known architectures (`known_architectures`) other than ``architecture`` with exactly its weight layout,
+        e.g. the same CNN with another activation: weights of one load into the other without error, and only the
+        prior's architecture condition tells them apart. Empty when ``architecture`` is not itself a known one
+        (the prior has no sequences of it to prefer). Descriptions that are not `ArchSpec.text()` are skipped.
+        """
+        arch_text = self.resolve_architecture(architecture)[1]
+        known = self.known_architectures()
+        if arch_text not in known:
+            return []
+        cache = self.__dict__.setdefault("_layout_cache", {})
+
+        def layout_of(text: str) -> list | None:
+            if text not in cache:
+                try:
+                    cache[text] = WeightLayout.from_module(ArchSpec.from_text(text).build()).to_list()
+                except ValueError:
+                    cache[text] = None
+            return cache[text]
+
+        own = layout_of(arch_text)
+        return [t for t in known if t != arch_text and own is not None and layout_of(t) == own]
+
+    def _sibling_texts(self, arch_text: str) -> list[str]:
+        try:
+            return self.sibling_architectures(ArchSpec.from_text(arch_text))
+        except ValueError:  # a module's own description: no known architecture to compare with
+            return []
 
     def check_instruction(self, instruction: str, architecture: Any = None) -> ConditionReport:
         """How close ``instruction`` (and optionally an architecture) is to what the prior knows, without

@@ -12,8 +12,10 @@ Four families, all in plain torch (no torchvision):
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +81,30 @@ _FIELDS: dict[str, dict[str, Any]] = {
 }
 FAMILIES = tuple(_FIELDS)
 
+_LIST, _INT = r"\[[0-9, ]*\]", r"[0-9]+"
+# `ArchSpec.text()` per family, read back by `ArchSpec.from_text`
+_TEXT_PATTERNS = {
+    "cnn": re.compile(
+        rf"cnn: conv channels (?P<channels>{_LIST}), kernels (?P<kernels>{_LIST}), pool (?P<pool>{_LIST}), "
+        rf"fc (?P<fc>{_LIST}), input (?P<in_channels>{_INT})x(?P<input_size>{_INT})x(?P<input_size2>{_INT}), "
+        rf"classes (?P<num_classes>{_INT}), activation (?P<activation>\w+)"
+    ),
+    "mlp": re.compile(
+        rf"mlp: input (?P<in_features>{_INT}), hidden (?P<hidden>{_LIST}), classes (?P<num_classes>{_INT}), "
+        rf"activation (?P<activation>\w+)"
+    ),
+    "cnn1d": re.compile(
+        rf"cnn1d: conv channels (?P<channels>{_LIST}), kernels (?P<kernels>{_LIST}), pool (?P<pool>{_LIST}), "
+        rf"fc (?P<fc>{_LIST}), input (?P<in_channels>{_INT})x(?P<length>{_INT}), classes (?P<num_classes>{_INT}), "
+        rf"activation (?P<activation>\w+)"
+    ),
+    "resnet": re.compile(
+        rf"resnet: layers (?P<blocks>{_LIST}), width (?P<width>{_INT}), batch norm: (?P<norm>true|false), "
+        rf"input (?P<in_channels>{_INT})x(?P<input_size>{_INT})x(?P<input_size2>{_INT}), "
+        rf"classes (?P<num_classes>{_INT})"
+    ),
+}
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -129,6 +155,34 @@ class ArchSpec:
     @classmethod
     def from_json(cls, s: str) -> ArchSpec:
         return cls.from_dict(json.loads(s))
+
+    @classmethod
+    def from_text(cls, text: str) -> ArchSpec:
+        """The spec whose `text` is ``text`` (fields the description leaves out, such as dropout, get their
+        defaults; none of them changes the weights' layout). ValueError when ``text`` is not such a description.
+
+        >>> ArchSpec.from_text("mlp: input 4, hidden [16], classes 3, activation relu").params["hidden"]
+        [16]
+        """
+        m = _TEXT_PATTERNS.get(text.split(":", 1)[0].strip()) if isinstance(text, str) else None
+        found = m.fullmatch(text.strip()) if m is not None else None
+        if found is None:
+            raise ValueError(
+                f"not an architecture description (ArchSpec.text()): {text!r}; e.g. "
+                f"{_PRESETS['mlp_small'].text()!r}"
+            )
+        family, g = text.split(":", 1)[0].strip(), found.groupdict()
+        params: dict[str, Any] = {}
+        for key, value in g.items():
+            if key == "norm":
+                params[key] = "batch" if value == "true" else "none"
+            elif key == "activation":
+                params[key] = value
+            else:
+                params[key] = ast.literal_eval(value)
+        if params.pop("input_size2", params.get("input_size")) != params.get("input_size"):
+            raise ValueError(f"only square inputs are described this way, got {text!r}")
+        return cls(family, params)
 
     def replace(self, **changes) -> ArchSpec:
         return ArchSpec(self.family, {**self.params, **changes})
