@@ -231,6 +231,7 @@ _PRIOR_RECIPE = (
     "align_checkpoints",
     "checkpoints",
     "runs_per_architecture",
+    "prior_runs",
 )
 
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..conditioning import load_text_encoder
 from ..files import atomic_write_json
 from ..modeling_prior import IGPGPriorModel
@@ -30,7 +32,14 @@ from .vqvae import refine_vqvae_decoder, train_vqvae
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PipelineRecipe", "train_pipeline", "train_pipeline_vqvae", "select_checkpoints", "RECIPE_PRESETS"]
+__all__ = [
+    "PipelineRecipe",
+    "train_pipeline",
+    "train_pipeline_vqvae",
+    "select_checkpoints",
+    "choose_runs_by_decoded_accuracy",
+    "RECIPE_PRESETS",
+]
 
 WeightCorpusLike = (
     Iterable | str | os.PathLike
@@ -83,6 +92,50 @@ def select_checkpoints(
         kept_runs = {r for rs in runs.values() for _, r in sorted(rs)[:runs_per_architecture]}
         keep &= {id(c) for c in checkpoints if run_of(c) in kept_runs}
     return [c for c in checkpoints if id(c) in keep]
+
+
+@torch.no_grad()
+def choose_runs_by_decoded_accuracy(
+    checkpoints: list, vqvae: IGPGVQVAEModel, runs_per_architecture: int = 1, progress: bool = True
+) -> tuple[list, dict[str, float]]:
+    """Per (task, architecture text), the ``runs_per_architecture`` checkpoints whose nets, encoded and decoded by
+    ``vqvae`` (`IGPGVQVAEModel.reconstruct`), reach the highest accuracy on the task's training split; ties go to
+    the lower (seed, model id). ``checkpoints``: one per run (``select_checkpoints(..., "last_epoch")``).
+
+    Returns (the kept checkpoints in their given order, {model_id: decoded training accuracy in %} of every
+    checkpoint). The test split is never used. ValueError naming a task whose data is not registered (a corpus
+    of ingested state dicts: use ``prior_runs="lowest_seed"``).
+    """
+    from ..evaluation.metrics import evaluate_state_dicts
+    from ..progress import progress_bar
+    from ..zoo.tasks import get_task
+
+    groups: dict[tuple, list] = {}
+    for c in checkpoints:
+        groups.setdefault((c.metadata.task, c.metadata.arch_text), []).append(c)
+    scores: dict[str, float] = {}
+    keep: set[int] = set()
+    with progress_bar(len(checkpoints), "decoded accuracy", enabled=progress) as bar:
+        for (task, _), group in sorted(groups.items()):
+            try:
+                spec = get_task(task)
+            except ValueError as e:
+                raise ValueError(
+                    f"prior_runs='decoded_accuracy' evaluates decoded nets on their task's training data, and task "
+                    f"{task!r} is not registered ({e}); use prior_runs='lowest_seed'"
+                ) from None
+            for c in group:
+                sd = c.state_dict()
+                acc = evaluate_state_dicts(c.arch(), [vqvae.reconstruct(sd, c.layout)], spec, split="train")[
+                    0
+                ]
+                scores[c.metadata.model_id] = acc if acc == acc else float("-inf")  # NaN (non-finite) last
+                bar.update(1)
+            ranked = sorted(
+                group, key=lambda c: (-scores[c.metadata.model_id], c.metadata.seed, c.metadata.model_id)
+            )
+            keep |= {id(c) for c in ranked[:runs_per_architecture]}
+    return [c for c in checkpoints if id(c) in keep], scores
 
 
 def _training_set(corpus_or_checkpoints: Any, recipe: PipelineRecipe) -> Callable[[], list]:
@@ -170,7 +223,8 @@ def train_pipeline(
     encode the corpus.
     """
     out = Path(output_dir)
-    training_set = _training_set(corpus_or_checkpoints, recipe)
+    corpus_checkpoints = _checkpoints(corpus_or_checkpoints)
+    training_set = _training_set(corpus_checkpoints, recipe)
     if vqvae is None:
         vqvae = _vqvae_stage(training_set, recipe, out, progress)
         if recipe.vqvae_decoder_training.steps > 0:  # same tokens, closer decoding: the prior needs no change
@@ -189,10 +243,28 @@ def train_pipeline(
         logger.info("reusing the prior in %s", final)
         prior = IGPGPriorModel.from_pretrained(final)
     else:
-        checkpoints = training_set()
+        checkpoints, decoded = training_set(), None
+        if recipe.prior_runs == "decoded_accuracy":  # among every run, those the VQ-VAE keeps best
+            pool = select_checkpoints(corpus_checkpoints, recipe.checkpoints, None)
+            checkpoints, decoded = choose_runs_by_decoded_accuracy(
+                pool, vqvae, recipe.runs_per_architecture or 1, progress=progress
+            )
+            chosen = {c.metadata.model_id for c in checkpoints} - {
+                c.metadata.model_id for c in training_set()
+            }
+            logger.info(
+                "prior runs by decoded accuracy: %d of %d differ from the lowest seeds",
+                len(chosen),
+                len(checkpoints),
+            )
         longest = max(vqvae.num_tokens(c.layout) for c in checkpoints)
         config = recipe.prior_config(vqvae, longest)
         config.training_summary = {"recipe": recipe.to_dict()}
+        if decoded is not None:  # provenance: what every candidate run decoded to, which were kept
+            config.training_summary["prior_runs"] = {
+                "decoded_train_accuracy": {k: round(v, 2) for k, v in sorted(decoded.items())},
+                "kept": sorted(c.metadata.model_id for c in checkpoints),
+            }
         prior = train_prior(
             checkpoints,
             vqvae,
