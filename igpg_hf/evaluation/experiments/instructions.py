@@ -175,6 +175,15 @@ class Instructions(Experiment):
             acc = evaluate_state_dicts(spec, [c.state_dict() for c in picked], task)
             return {"task": best, "correct": best == task, "acc": acc, "ratio": _ratio(acc, zoo_mean)}
 
+        def retrieve_identified(text: str, task: str, arch: str) -> dict[str, Any]:
+            """Retrieval through the pipeline's own task identification (`IGPGPipeline.identify_task`, what
+            ``match_known_task`` conditions on): the stored checkpoints of the task it names; accuracy on task."""
+            best = pipe._identify(text, arch, 1)[0][0]
+            spec, _, zoo_mean = groups[(task, arch)]
+            picked = groups[(best, arch)][1][: cfg.wording_samples]
+            acc = evaluate_state_dicts(spec, [c.state_dict() for c in picked], task)
+            return {"task": best, "correct": best == task, "acc": acc, "ratio": _ratio(acc, zoo_mean)}
+
         def retrieve_with_samples(text: str, task: str, arch: str) -> dict[str, Any]:
             """Retrieval given the samples too: the stored checkpoints of the ``1 + candidate_tasks`` known tasks
             nearest to ``text`` (same architecture; as many per task as the generator draws samples), the ones most
@@ -261,6 +270,7 @@ class Instructions(Experiment):
                             else _SKIPPED
                         ),
                         "retrieval": retrieve(text, task, arch),
+                        "retrieval_identified": retrieve_identified(text, task, arch),
                         **(
                             {"retrieval_data": retrieve_with_samples(text, task, arch)}
                             if cfg.with_samples and z.conditions_on_data
@@ -351,6 +361,15 @@ class Instructions(Experiment):
                 f"{fmt(s['retrieval_canonical_ratio_pass_rate'], 3)} | ≥ 0.9 |",
                 f"| held-out wordings, text only: share ≥ 0.9 | {fmt(s['heldout_text_ratio_pass_rate'], 3)} | "
                 f"{fmt(s['retrieval_heldout_ratio_pass_rate_90'], 3)} | ≥ 0.9 |",
+                *(
+                    [
+                        "| held-out wordings, text only: retrieval of the task the pipeline identifies | | "
+                        f"{fmt(s['retrieval_identified_heldout_ratio_pass_rate_90'], 3)} (ahead on "
+                        f"{s['retrieval_identified_wins_text']} of {s['num_wordings']}) | |"
+                    ]
+                    if s.get("retrieval_identified_heldout_ratio_pass_rate_90") is not None
+                    else []
+                ),
                 f"| held-out wordings + samples: share ≥ 0.95 | {fmt(s['heldout_data_ratio_pass_rate'], 3)} | "
                 + (
                     f"{fmt(s['retrieval_data_ratio_pass_rate'], 3)} (+ samples: best on them of the "
@@ -364,7 +383,8 @@ class Instructions(Experiment):
                 "",
                 "Task identification of every held-out wording (nearest known wording of a task with the same "
                 f"architecture): MiniLM mean embedding {fmt(s.get('task_identification_mean_embedding'), 3)}, the "
-                f"prior's text pooling {fmt(s.get('task_identification_prior_text_pool'), 3)}. "
+                f"prior's text pooling {fmt(s.get('task_identification_prior_text_pool'), 3)}, the pipeline's "
+                f"identify_task (pooling plus the words' TF-IDF) {fmt(s.get('task_identification_pipeline'), 3)}. "
                 f"Retrieval picked the right task for {fmt(s['retrieval_task_accuracy'], 3)} of held-out wordings. "
                 f"Where retrieval wins (text only, ratio above the generated one): {s['retrieval_wins_text']} of "
                 f"{s['num_wordings']} (task, wording) pairs; with samples: {s['retrieval_wins_data']}"
@@ -532,6 +552,11 @@ def _task_identification(pipe, tasks, archs_of, heldout: list[str], embed) -> di
                 )
 
             out["prior_text_pool"] = accuracy(pooled(heldout), pooled([w for w, _ in rows]))
+    # what the pipeline ranks by (`IGPGPipeline.identify_task`: the pooled cosine plus the words' TF-IDF cosine),
+    # among the known tasks of the wording's task's first architecture
+    out["pipeline"] = sum(
+        pipe._identify(w, archs_of[owner[w]][0], 1)[0][0] == owner[w] for w in heldout
+    ) / len(heldout)
     return out
 
 
@@ -559,6 +584,7 @@ def _summary(canonical, wordings, unrelated, sim_heldout, sim_unrelated, thresho
     data = [w["data"]["ratio"] for w in wordings]
     ret = [w["retrieval"]["ratio"] for w in wordings]
     ret_data = [w["retrieval_data"]["ratio"] for w in wordings if "retrieval_data" in w]
+    ret_ident = [w["retrieval_identified"]["ratio"] for w in wordings if "retrieval_identified" in w]
     per_task = []
     for task, family in sorted(pairs):
         ws = [w for w in wordings if w["task"] == task]
@@ -597,6 +623,18 @@ def _summary(canonical, wordings, unrelated, sim_heldout, sim_unrelated, thresho
         "retrieval_heldout_ratio_pass_rate_95": _share(ret, DATA_PASS),
         "retrieval_heldout_ratio_mean": finite_mean(ret),
         # retrieval given the samples too (the nearest tasks' stored nets, the best on the samples)
+        # retrieval through the pipeline's own identification (the task match_known_task conditions on)
+        "retrieval_identified_heldout_ratio_pass_rate_90": _share(ret_ident, TEXT_PASS)
+        if ret_ident
+        else None,
+        "retrieval_identified_heldout_ratio_mean": finite_mean(ret_ident) if ret_ident else None,
+        "retrieval_identified_wins_text": sum(
+            w["retrieval_identified"]["ratio"] > w["text"]["ratio"]
+            for w in wordings
+            if "retrieval_identified" in w
+        )
+        if ret_ident
+        else None,
         "retrieval_data_ratio_pass_rate": _share(ret_data, DATA_PASS) if ret_data else None,
         "retrieval_data_ratio_mean": finite_mean(ret_data) if ret_data else None,
         "retrieval_data_wins": sum(
