@@ -4,6 +4,7 @@
         --set chunk_size=8 --set 'fsq_levels=[8,8,8,8]' --set codebook_size=4096 --steps 2000 --lr 3e-3
     python benchmarks/zoo_fidelity.py --corpus zoo_default --noise 0.05,0.1,0.15,0.2,0.3
     python benchmarks/zoo_fidelity.py --corpus zoo_default --vqvae general/vqvae/final
+    python benchmarks/zoo_fidelity.py --corpus zoo_default --vqvae general/vqvae_decoder/final --prior-runs decoded_accuracy
 
 The first form trains a VQ-VAE (`igpg_hf.training.train_vqvae`) on the last epoch of every run of the corpus (at
 most ``--runs-per-architecture`` runs per (task, architecture), the lowest seeds, as `PipelineRecipe` selects
@@ -31,7 +32,7 @@ from igpg_hf.corpus import WeightCorpus
 from igpg_hf.evaluation.metrics import evaluate_state_dicts, finite_mean
 from igpg_hf.modeling_vqvae import IGPGVQVAEModel
 from igpg_hf.training.args import VQVAETrainingArgs
-from igpg_hf.training.pipeline import select_checkpoints
+from igpg_hf.training.pipeline import choose_runs_by_decoded_accuracy, select_checkpoints
 from igpg_hf.training.vqvae import train_vqvae
 from igpg_hf.zoo.tasks import get_task
 
@@ -90,6 +91,12 @@ def main() -> None:
     p.add_argument("--runs-per-architecture", type=int, default=1)
     p.add_argument("--noise", help="comma-separated relative noise levels (the noise form)")
     p.add_argument("--vqvae", help="a trained VQ-VAE folder to measure (the ceiling form)")
+    p.add_argument(
+        "--prior-runs",
+        default="lowest_seed",
+        choices=["lowest_seed", "decoded_accuracy"],
+        help="with --vqvae: which run per architecture to measure (PipelineRecipe.prior_runs; the prior's copies)",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,7 +124,14 @@ def main() -> None:
             _report(rows, f"relative noise {level}")
         return
     if args.vqvae:
-        _ceiling(IGPGVQVAEModel.from_pretrained(args.vqvae).eval(), checkpoints, corpus)
+        vq = IGPGVQVAEModel.from_pretrained(args.vqvae).eval()
+        if args.prior_runs == "decoded_accuracy":  # the runs the general recipe's prior trains on
+            pool = select_checkpoints(corpus, "last_epoch", None)
+            checkpoints = choose_runs_by_decoded_accuracy(
+                pool, vq, args.runs_per_architecture, progress=False
+            )[0]
+            print(f"{len(checkpoints)} checkpoints chosen by decoded training-split accuracy")
+        _ceiling(vq, checkpoints, corpus)
         return
     if not args.out:
         p.error("--out is needed to train a VQ-VAE (or pass --noise or --vqvae)")
