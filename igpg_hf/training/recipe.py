@@ -292,7 +292,8 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
     # need no memorization: 0.98 after 2,000 steps (16-value chunks, 3 bits: 0.94). The same script's noise form
     # says why: the nets keep 0.996 of their accuracy at 5 % relative noise per tensor, 0.985 at 10 %, 0.95 at 20 %.
     # The prior must then memorize one sequence of ~1,000-1,300 tokens per (task, architecture): the last epoch of
-    # its lowest-seed run (120 nets). Per unit of compute it memorizes far faster in small steps over short windows:
+    # the run the VQ-VAE decodes best on the training split (prior_runs; 120 nets; the lowest seeds decode to min
+    # 0.834 of the zoo mean per (task, family), these to min 0.965: benchmarks/results/general/). Per unit of compute it memorizes far faster in small steps over short windows:
     # 480 steps of 16 in one 1,272-token context (47 min 37 s) ended at 4.0 nats per token and chance-level nets;
     # on 20 of the nets, equal compute, batch 16 / 4 / 2 gave 6.9 / 4.5 / 3.0 nats, lr 5e-3 and 1e-3 were worse
     # than 2e-3, 256-token blocks (block-wise, as the "resnet" recipe) did as well as batch 2 in two thirds of the
