@@ -338,7 +338,8 @@ class IGPGPipeline(DiffusionPipeline):
         text pooling when it has one (what the prior conditions on; on the general pipeline it names the right task
         for 0.87 of held-out wordings against 0.60 for the text encoder's mean embedding,
         `benchmarks/instruction_text.py`), else with the text encoder's mean embeddings (those of the
-        out-of-distribution check); plus ``prior.config.identify_lexical_weight`` (3) times the TF-IDF cosine of the
+        out-of-distribution check); plus ``prior.config.identify_lexical_weight`` (3 in the general recipe, else 0) times
+        the TF-IDF cosine of the
         instruction's words with the task's wordings (`igpg_hf.conditioning.lexical`: numbers and words such as
         "horizontal" that embeddings blur; 0.873 -> 0.915 of the general pipeline's held-out wordings). So the
         score is not bounded by 1; 0 weight gives the cosine alone. With

@@ -307,6 +307,8 @@ RECIPE_PRESETS: dict[str, PipelineRecipe] = {
         vqvae_overrides={"chunk_size": 8, "fsq_levels": [8, 8, 8, 8], "codebook_size": 4096},
         vqvae_training=VQVAETrainingArgs(steps=4000, lr=3e-3, checkpoint_every=1000),
         vqvae_decoder_training=DecoderTrainingArgs(steps=2000),
+        # task identification adds the words' TF-IDF (36 tasks: held-out wordings 0.873 -> 0.915 identified)
+        prior_overrides={"identify_lexical_weight": 3.0},
         prior_training=PriorTrainingArgs(
             steps=14000, batch_size=4, lr=2e-3, checkpoint_every=2000, log_every=100
         ),
