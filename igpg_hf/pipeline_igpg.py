@@ -390,14 +390,15 @@ class IGPGPipeline(DiffusionPipeline):
             with self._stage(self.prior):
                 query = _pooled(pool, text["text_states"], text["text_mask"])
         scores, names = task_similarity(query, keys, [t for _, t in rows])
-        weight = float(getattr(self.prior.config, "identify_lexical_weight", 0.0) or 0.0)
+        weight = self.prior.config.identify_lexical_weight
         if weight:
-            lex_cache = self.__dict__.setdefault("_lexical_index", {})
-            lex_key = hash(tuple((t, tuple(k.wordings)) for t, k in known.items()))
-            if lex_key not in lex_cache:
+            lex_cache = self.__dict__.setdefault(
+                "_lexical_index", {}
+            )  # per prior, as the pooled wordings above
+            if id(self.prior) not in lex_cache:
                 lex_cache.clear()
-                lex_cache[lex_key] = LexicalTaskIndex({t: k.wordings for t, k in known.items()})
-            lexical = lex_cache[lex_key].similarity(instruction)
+                lex_cache[id(self.prior)] = LexicalTaskIndex({t: k.wordings for t, k in known.items()})
+            lexical = lex_cache[id(self.prior)].similarity(instruction)
             scores = scores + weight * torch.tensor([[lexical.get(t, 0.0) for t in names]])
         allowed = set(names)
         if arch_text is not None:
@@ -814,7 +815,11 @@ class IGPGPipeline(DiffusionPipeline):
         prior's architecture condition tells them apart. Empty when ``architecture`` is not itself a known one
         (the prior has no sequences of it to prefer). Descriptions that are not `ArchSpec.text()` are skipped.
         """
-        arch_text = self.resolve_architecture(architecture)[1]
+        return self._sibling_texts(self.resolve_architecture(architecture)[1])
+
+    def _sibling_texts(self, arch_text: str) -> list[str]:
+        """`sibling_architectures` of a description (one that is not `ArchSpec.text()`, e.g. a module's own, has
+        none)."""
         known = self.known_architectures()
         if arch_text not in known:
             return []
@@ -830,12 +835,6 @@ class IGPGPipeline(DiffusionPipeline):
 
         own = layout_of(arch_text)
         return [t for t in known if t != arch_text and own is not None and layout_of(t) == own]
-
-    def _sibling_texts(self, arch_text: str) -> list[str]:
-        try:
-            return self.sibling_architectures(ArchSpec.from_text(arch_text))
-        except ValueError:  # a module's own description: no known architecture to compare with
-            return []
 
     def check_instruction(self, instruction: str, architecture: Any = None) -> ConditionReport:
         """How close ``instruction`` (and optionally an architecture) is to what the prior knows, without
